@@ -1,0 +1,82 @@
+"""Shared type aliases and argument checks (private)."""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+ArrayLike = Any
+PRNGKey = jax.Array  # a typed key: jax.random.key(seed)
+
+
+def is_concrete(x: Any) -> bool:
+    """True when ``x`` holds values we can inspect in Python (not a tracer)."""
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_key(key: Any, name: str = "key") -> None:
+    """Raise ``ValueError`` unless ``key`` is a typed PRNG key (``jax.random.key``)."""
+    dtype = getattr(key, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jax.dtypes.prng_key):
+        raise ValueError(
+            f"{name} must be a typed PRNG key made with jax.random.key(seed), got "
+            f"{type(key).__name__} with dtype {dtype}; legacy uint32 keys from "
+            "jax.random.PRNGKey and plain integers are not accepted"
+        )
+
+
+def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    """Return ``value`` as an ``int`` >= ``minimum`` or raise ``ValueError``."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    try:
+        as_int = operator.index(value)
+    except TypeError:
+        if isinstance(value, float) and value.is_integer():
+            as_int = int(value)
+        else:
+            raise ValueError(
+                f"{name} must be an integer >= {minimum}, got {value!r}"
+            ) from None
+    if as_int < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return as_int
+
+
+def check_real(value: Any, name: str, *, minimum: float | None = None,
+               allow_inf: bool = False) -> None:
+    """Raise ``ValueError`` if a concrete scalar/array is NaN, infinite or too small.
+
+    Traced values are not inspected (validation never branches on values under jit).
+    """
+    if not is_concrete(value):
+        return
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be real, got dtype {arr.dtype}")
+    if np.any(np.isnan(arr)):
+        raise ValueError(f"{name} must not be NaN, got {value!r}")
+    if not allow_inf and np.any(np.isinf(arr)):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if minimum is not None and np.any(arr < minimum):
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+
+
+def float_dtype(*xs: Any):
+    """The floating dtype the inputs promote to (default float when all are ints)."""
+    dtypes = [jnp.result_type(x) for x in xs]
+    dtype = jnp.result_type(*dtypes) if dtypes else jnp.result_type(float)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.result_type(float)
+    return dtype
+
+
+def log_tolerance(dtype) -> float:
+    """Tolerance on |sum(p) - 1| accepted at model construction: sqrt(eps) of the dtype."""
+    return math.sqrt(float(jnp.finfo(dtype).eps))

@@ -1,0 +1,265 @@
+"""Memoryless language models and linear rewards: immutable pytrees of arrays.
+
+A :class:`MemorylessLM` draws a sequence of ``length`` tokens i.i.d. from a token
+distribution ``p`` over ``K`` tokens; a :class:`LinearReward` scores a sequence by
+``R(y) = sum_i r(y_i)``.  Model and reward are separate objects, so one can tilt by a
+proxy reward and score by a gold one.
+
+Construction validates concrete inputs and raises ``ValueError`` naming the argument,
+the bad value and what is allowed.  Pytree unflattening (``jit``, ``vmap``,
+``jax.tree.map``) bypasses validation, so batched or traced leaves are fine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxalign._types import (
+    Array,
+    ArrayLike,
+    PRNGKey,
+    check_key,
+    check_positive_int,
+    float_dtype,
+    is_concrete,
+    log_tolerance,
+)
+
+__all__ = ["MemorylessLM", "LinearReward", "check_compatible"]
+
+
+def _as_float_vector(x: ArrayLike, name: str) -> Array:
+    if is_concrete(x):
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "biuf":
+            raise ValueError(f"{name} must be a real vector, got dtype {arr.dtype}")
+    x = jnp.asarray(x)
+    x = x.astype(float_dtype(x))
+    if x.ndim != 1:
+        raise ValueError(f"{name} must have shape (K,), a vector, got shape {x.shape}")
+    if x.shape[0] < 2:
+        raise ValueError(f"{name} must have K >= 2 entries, got K = {x.shape[0]}")
+    return x
+
+
+def _new(cls, **fields):
+    obj = object.__new__(cls)
+    for name, value in fields.items():
+        object.__setattr__(obj, name, value)
+    return obj
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass(frozen=True)
+class MemorylessLM:
+    r"""A memoryless (i.i.d.-token) language model.
+
+    .. math::
+        P(y_1, \dots, y_n) = \prod_{i=1}^n p(y_i), \qquad n = \texttt{length}.
+
+    Attributes:
+      log_probs: ``(K,)`` normalised per-token log-probabilities; ``-inf`` marks a
+        zero-probability token, which is legal and handled exactly.
+      length: the static sequence length ``n >= 1`` (a Python ``int``; part of the
+        pytree structure, so changing it recompiles).
+
+    Prefer the constructors :meth:`from_probs`, :meth:`from_logits`,
+    :meth:`bernoulli`, :meth:`uniform`, :meth:`zipf` and :meth:`dirichlet`.
+
+    Examples:
+      >>> import jaxalign
+      >>> lm = jaxalign.MemorylessLM.from_probs([0.5, 0.3, 0.2], length=8)
+      >>> lm.num_tokens, lm.length
+      (3, 8)
+    """
+
+    log_probs: Array
+    length: int
+
+    def __post_init__(self):
+        length = check_positive_int(self.length, "length")
+        log_probs = _as_float_vector(self.log_probs, "log_probs")
+        if is_concrete(log_probs):
+            lp = np.asarray(log_probs)
+            if np.any(np.isnan(lp)) or np.any(lp == np.inf):
+                raise ValueError(
+                    f"log_probs must be finite or -inf (zero probability), got {lp}"
+                )
+            total = float(np.exp(np.logaddexp.reduce(lp.astype(np.float64))))
+            tol = log_tolerance(lp.dtype)
+            if not abs(total - 1.0) <= tol:
+                raise ValueError(
+                    f"log_probs must be normalised: exp(log_probs) sums to {total!r}, "
+                    f"allowed |sum - 1| <= {tol:.3g}"
+                )
+        object.__setattr__(self, "log_probs", log_probs)
+        object.__setattr__(self, "length", length)
+
+    # -- pytree protocol: unflattening never re-validates ------------------------
+    def tree_flatten(self):
+        return (self.log_probs,), self.length
+
+    @classmethod
+    def tree_unflatten(cls, length, children):
+        return _new(cls, log_probs=children[0], length=length)
+
+    # -- constructors ---------------------------------------------------------------
+    @classmethod
+    def from_probs(cls, probs: ArrayLike, *, length: int) -> MemorylessLM:
+        """Model from token probabilities ``(K,)``: non-negative, finite, summing to 1.
+
+        The sum must be within ``sqrt(eps)`` of 1 for the dtype (1.5e-8 in float64,
+        3.5e-4 in float32); the probabilities are then renormalised exactly.
+        Zero entries are allowed.
+
+        Examples:
+          >>> lm = MemorylessLM.from_probs([0.7, 0.3], length=4)
+        """
+        probs = _as_float_vector(probs, "probs")
+        if is_concrete(probs):
+            p = np.asarray(probs)
+            if not np.all(np.isfinite(p)):
+                raise ValueError(f"probs must be finite, got {p}")
+            if np.any(p < 0):
+                raise ValueError(f"probs must be non-negative, got {p}")
+            total = float(np.sum(p, dtype=np.float64))
+            tol = log_tolerance(p.dtype)
+            if not abs(total - 1.0) <= tol:
+                raise ValueError(
+                    f"probs must sum to 1 (tolerance {tol:.3g}), got sum {total!r} "
+                    f"for probs {p}"
+                )
+        log_probs = jnp.log(probs) - jnp.log(jnp.sum(probs))
+        return cls(log_probs, length)
+
+    @classmethod
+    def from_logits(cls, logits: ArrayLike, *, length: int) -> MemorylessLM:
+        """Model from unnormalised logits ``(K,)`` (finite, or ``-inf`` for zero mass).
+
+        Examples:
+          >>> lm = MemorylessLM.from_logits([0.0, 1.0, 2.0], length=4)
+        """
+        logits = _as_float_vector(logits, "logits")
+        if is_concrete(logits):
+            lg = np.asarray(logits)
+            if np.any(np.isnan(lg)) or np.any(lg == np.inf):
+                raise ValueError(f"logits must be finite or -inf, got {lg}")
+            if np.all(lg == -np.inf):
+                raise ValueError("logits must have at least one finite entry")
+        return cls(jax.nn.log_softmax(logits), length)
+
+    @classmethod
+    def bernoulli(cls, q: float, *, length: int) -> MemorylessLM:
+        """Two tokens ``(0, 1)`` with ``P(token 1) = q``, ``0 <= q <= 1``."""
+        if is_concrete(q) and not 0.0 <= float(q) <= 1.0:
+            raise ValueError(f"q must be a probability in [0, 1], got {q!r}")
+        q = jnp.asarray(q, dtype=float_dtype(q))
+        return cls.from_probs(jnp.stack([1 - q, q]), length=length)
+
+    @classmethod
+    def uniform(cls, num_tokens: int, *, length: int) -> MemorylessLM:
+        """Uniform distribution over ``num_tokens >= 2`` tokens."""
+        num_tokens = check_positive_int(num_tokens, "num_tokens", minimum=2)
+        return cls.from_logits(jnp.zeros(num_tokens), length=length)
+
+    @classmethod
+    def zipf(cls, num_tokens: int, exponent: float = 1.0, *, length: int
+             ) -> MemorylessLM:
+        """Zipf law ``p(k) ∝ k^{-exponent}`` over ranks ``k = 1..num_tokens``."""
+        num_tokens = check_positive_int(num_tokens, "num_tokens", minimum=2)
+        if not np.isfinite(exponent) or exponent < 0:
+            raise ValueError(f"exponent must be finite and >= 0, got {exponent!r}")
+        ranks = jnp.arange(1, num_tokens + 1, dtype=float_dtype(exponent))
+        return cls.from_logits(-exponent * jnp.log(ranks), length=length)
+
+    @classmethod
+    def dirichlet(cls, key: PRNGKey, num_tokens: int, concentration: float = 1.0,
+                  *, length: int) -> MemorylessLM:
+        """Random token law drawn from a symmetric Dirichlet(``concentration``).
+
+        Sampled in log space (log-gamma variates), so tiny concentrations give
+        extreme but valid laws instead of NaNs.
+        """
+        check_key(key)
+        num_tokens = check_positive_int(num_tokens, "num_tokens", minimum=2)
+        if not np.isfinite(concentration) or concentration <= 0:
+            raise ValueError(
+                f"concentration must be finite and > 0, got {concentration!r}"
+            )
+        log_gammas = jax.random.loggamma(key, jnp.full(num_tokens, concentration))
+        return cls.from_logits(log_gammas, length=length)
+
+    # -- derived views ----------------------------------------------------------------
+    @property
+    def num_tokens(self) -> int:
+        """K, the vocabulary size."""
+        return self.log_probs.shape[-1]
+
+    @property
+    def probs(self) -> Array:
+        """``(K,)`` token probabilities."""
+        return jnp.exp(self.log_probs)
+
+    def replace(self, **changes) -> MemorylessLM:
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass(frozen=True)
+class LinearReward:
+    r"""A linear (additive) sequence reward.
+
+    .. math::
+        R(y_1, \dots, y_n) = \sum_{i=1}^n r(y_i).
+
+    Attributes:
+      token_rewards: ``(K,)`` finite per-token rewards ``r``.
+
+    Examples:
+      >>> import jaxalign
+      >>> reward = jaxalign.LinearReward([0.0, 1.0, 2.0])
+      >>> reward.num_tokens
+      3
+    """
+
+    token_rewards: Array
+
+    def __post_init__(self):
+        r = _as_float_vector(self.token_rewards, "token_rewards")
+        if is_concrete(r) and not np.all(np.isfinite(np.asarray(r))):
+            raise ValueError(f"token_rewards must be finite, got {np.asarray(r)}")
+        object.__setattr__(self, "token_rewards", r)
+
+    def tree_flatten(self):
+        return (self.token_rewards,), None
+
+    @classmethod
+    def tree_unflatten(cls, _, children):
+        return _new(cls, token_rewards=children[0])
+
+    @property
+    def num_tokens(self) -> int:
+        """K, the vocabulary size."""
+        return self.token_rewards.shape[-1]
+
+    def __call__(self, tokens: ArrayLike) -> Array:
+        """Sequence rewards ``sum_i r(tokens[..., i])`` for integer ``tokens (..., n)``."""
+        return jnp.sum(self.token_rewards[jnp.asarray(tokens)], axis=-1)
+
+
+def check_compatible(lm: MemorylessLM, reward: LinearReward) -> None:
+    """Raise ``ValueError`` if model and reward disagree on the vocabulary size K."""
+    if not isinstance(lm, MemorylessLM):
+        raise ValueError(f"lm must be a MemorylessLM, got {type(lm).__name__}")
+    if not isinstance(reward, LinearReward):
+        raise ValueError(f"reward must be a LinearReward, got {type(reward).__name__}")
+    if lm.num_tokens != reward.num_tokens:
+        raise ValueError(
+            f"model and reward disagree on the vocabulary size: lm has K = "
+            f"{lm.num_tokens} tokens, reward has K = {reward.num_tokens}"
+        )
