@@ -1,0 +1,182 @@
+"""Run directories: the resolved config, the environment, and a tidy results table.
+
+A run directory holds
+
+- ``config.json``: the resolved :class:`~jaxalign.config.SweepConfig`;
+- ``environment.json``: jaxalign and JAX versions, device kind and count, PRNG
+  implementation, x64, host;
+- ``results.csv``: one row per (grid point, quantity) with the Monte Carlo mean,
+  standard error and count, and the exact and asymptotic values where they exist;
+- ``points_done.txt``: the tags of the completed points, appended after their rows
+  reach the disk (the resume journal).
+
+CSV rather than Parquet: it needs no dependency (Parquet would pull in pyarrow), it can
+be appended to row by row and flushed after every grid point, so a killed sweep loses
+at most the point in flight, and ``pandas.read_csv(run / "results.csv")`` loads it in
+one line.  Floats are written with ``repr`` and round-trip exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import pathlib
+
+__all__ = ["COLUMNS", "RunStore", "read_results"]
+
+COLUMNS = (
+    "point",
+    "model",
+    "length",
+    "method",
+    "sampling",
+    "lam",
+    "kl_budget",
+    "delta",
+    "num_candidates",
+    "log_num_candidates",
+    "temperature",
+    "quantity",
+    "mc_mean",
+    "mc_stderr",
+    "mc_count",
+    "exact",
+    "asymptotic",
+)
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ""
+        return repr(value)
+    return str(value)
+
+
+class RunStore:
+    """Appends results of a sweep to a run directory, and knows what is done.
+
+    ``RunStore(path, config_dict, environment, resume=False)`` creates the directory;
+    with ``resume=True`` it requires an existing run with the same config and
+    reports the completed points in :attr:`done`.
+    """
+
+    def __init__(self, path, config: dict, environment: dict, *, resume: bool):
+        self.path = pathlib.Path(path)
+        self.results_path = self.path / "results.csv"
+        self.journal_path = self.path / "points_done.txt"
+        config_path = self.path / "config.json"
+        if resume:
+            if not config_path.exists():
+                raise ValueError(
+                    f"--resume: {str(self.path)!r} holds no run to resume "
+                    "(config.json is missing)"
+                )
+            stored = json.loads(config_path.read_text())
+            if _comparable(stored) != _comparable(config):
+                raise ValueError(
+                    f"--resume: the config differs from the one stored in "
+                    f"{str(config_path)!r}; resume with the same config or use a "
+                    "new output directory"
+                )
+            self.done = self._recover()
+        else:
+            if self.results_path.exists():
+                raise ValueError(
+                    f"output directory {str(self.path)!r} already holds results; "
+                    "pass --resume to continue it or choose another --out"
+                )
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+                _write_json(config_path, config)
+                with open(self.results_path, "w", newline="") as f:
+                    csv.writer(f, lineterminator="\n").writerow(COLUMNS)
+                self.journal_path.write_text("")
+            except OSError as e:
+                raise ValueError(
+                    f"output directory {str(self.path)!r} is not writable: {e.strerror}"
+                ) from None
+            self.done = set()
+        _write_json(self.path / "environment.json", environment)
+
+    def _recover(self) -> set[str]:
+        """Completed points from the journal; drop rows of a point cut off mid-write."""
+        journal = self.journal_path.read_text() if self.journal_path.exists() else ""
+        done = set(
+            journal.splitlines()[:-1]
+            if not journal.endswith("\n")
+            else journal.splitlines()
+        )
+        raw = self.results_path.read_text()
+        lines = raw.splitlines(keepends=True)
+        header, body = lines[0], lines[1:]
+        kept = [
+            line
+            for line in body
+            if line.endswith("\n") and next(csv.reader([line]))[0] in done
+        ]
+        if len(kept) != len(body):
+            tmp = self.results_path.with_suffix(".tmp")
+            tmp.write_text(header + "".join(kept))
+            os.replace(tmp, self.results_path)
+        self.journal_path.write_text("".join(t + "\n" for t in sorted(done)))
+        return done
+
+    def append(self, rows: list[dict], point_tag: str) -> None:
+        """Append the rows of one grid point, then journal the point as done."""
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        for row in rows:
+            writer.writerow([_fmt(row.get(c)) for c in COLUMNS])
+        for path, text in (
+            (self.results_path, buf.getvalue()),
+            (self.journal_path, point_tag + "\n"),
+        ):
+            with open(path, "a", newline="") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        self.done.add(point_tag)
+
+
+def _comparable(config: dict) -> dict:
+    # The output directory may move between runs; everything else must match.
+    return {k: v for k, v in json.loads(json.dumps(config)).items() if k != "out"}
+
+
+def _write_json(path: pathlib.Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_results(run_dir) -> list[dict]:
+    """The result rows of a run, as dicts.
+
+    Numbers are parsed to ``float``/``int``; empty cells become ``None``.  With pandas:
+    ``pandas.read_csv(run_dir / "results.csv")``.
+    """
+    path = pathlib.Path(run_dir) / "results.csv"
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    ints = {"length", "num_candidates", "mc_count"}
+    text = {"point", "model", "method", "sampling", "quantity"}
+    out = []
+    for r in rows:
+        parsed = {}
+        for k, v in r.items():
+            if v == "":
+                parsed[k] = None
+            elif k in text:
+                parsed[k] = v
+            elif k in ints:
+                parsed[k] = int(v)
+            else:
+                parsed[k] = float(v)
+        out.append(parsed)
+    return out
