@@ -1,0 +1,606 @@
+r"""RL baselines for memoryless policies: REINFORCE, PPO, GRPO, exact-gradient ascent.
+
+A memoryless policy is a vector of per-token logits ``θ (K,)``; it samples ``length``
+tokens i.i.d. from ``π = softmax(θ)``.  All methods maximise the sequence-level
+KL-regularised objective
+
+.. math::
+    J(\theta) = \mathbb{E}_{\pi}[R] - \beta\, \mathrm{KL}(\pi^{\otimes n} \| P), \qquad
+    \beta = 1/\lambda,
+
+whose maximiser is the tilt :math:`p_\lambda` (THEORY.md §1.3).  Because the policy is
+memoryless, the exact ``(KL, reward)`` of every iterate is closed form
+(``n Σ π log(π/p)`` and ``n Σ π r``), so any shortfall against the frontier belongs to
+the algorithm, not to the policy class.
+
+Conventions shared by all sampled methods: a batch holds ``batch_size`` sequences;
+per-sequence losses are *sums* over tokens (so ``beta`` is the sequence-level
+coefficient; GRPO's per-token mean equals this with ``beta`` and the learning rate
+divided by ``n``); the KL penalty is one of the per-token estimators of Schulman
+(``k1 = log π/p``, ``k2 = ½ (log π/p)²``, ``k3 = p/π − 1 − log p/π``, with ``x ~ π``),
+either folded into the reward (``kl_mode="reward"``, score-function gradient) or added
+to the loss (``kl_mode="loss"``, pathwise gradient through ``π`` with the samples held
+fixed).  :func:`kl_estimator_gradient` gives the exact expected gradient of each
+choice; in short (on-policy): reward-k1 gives ``∇KL(π‖P)``, loss-k1 gives ``0``,
+loss-k2 gives ``∇KL(π‖P)`` and loss-k3 gives ``∇KL(P‖π)`` (the *reverse* KL).
+
+Training loops are ``lax.scan`` over steps inside one jit; :func:`train_sweep` vmaps
+them over seeds and ``beta`` values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxalign._types import (
+    Array,
+    ArrayLike,
+    PRNGKey,
+    check_key,
+    check_positive_int,
+    check_real,
+    is_concrete,
+)
+from jaxalign.models import LinearReward, MemorylessLM, check_compatible
+
+__all__ = [
+    "METHODS",
+    "KL_ESTIMATORS",
+    "KL_MODES",
+    "TrainResult",
+    "KLEstimatorMoments",
+    "PolicyValue",
+    "objective",
+    "evaluate",
+    "kl_estimates",
+    "kl_estimator_moments",
+    "kl_estimator_gradient",
+    "train",
+    "train_sweep",
+]
+
+METHODS = ("exact", "reinforce", "ppo", "grpo")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+KL_MODES = ("reward", "loss")
+
+
+class TrainResult(NamedTuple):
+    """Output of :func:`train` (leading ``(num_betas, num_seeds)`` axes in a sweep).
+
+    Index ``t`` of a trajectory describes the policy before update ``t``; the last
+    entry of ``kl`` and ``reward`` is the final policy.
+    """
+
+    logits: Array  # (K,) final policy logits
+    kl: Array  # (num_steps + 1,) exact KL(π_t^{⊗n} ‖ P)
+    reward: Array  # (num_steps + 1,) exact E_{π_t}[R]
+    kl_estimate: Array  # (num_steps,) batch mean of the chosen KL estimator (seq level)
+    reward_estimate: Array  # (num_steps,) batch mean of R
+
+
+class KLEstimatorMoments(NamedTuple):
+    """Exact sequence-level moments of a KL estimator summed over ``n`` tokens."""
+
+    mean: Array  # E_π[Σ_i k(x_i)]
+    variance: Array  # Var_π[Σ_i k(x_i)]
+    bias: Array  # mean − KL(π^{⊗n} ‖ P)
+
+
+class PolicyValue(NamedTuple):
+    """Exact sequence-level KL and expected reward of a memoryless policy."""
+
+    kl: Array  # KL(π^{⊗n} ‖ P)
+    reward: Array  # E_π[R]
+
+
+# -- closed forms ------------------------------------------------------------------
+
+
+def _policy_value(logits: Array, base_log_probs: Array, token_rewards: Array,
+                  length: int) -> PolicyValue:
+    log_pi = jax.nn.log_softmax(logits)
+    pi = jnp.exp(log_pi)
+    kl = length * jnp.sum(jnp.where(pi > 0, pi * (log_pi - base_log_probs), 0.0))
+    return PolicyValue(kl, length * jnp.sum(pi * token_rewards))
+
+
+def _check_base(lm: MemorylessLM) -> None:
+    if is_concrete(lm.log_probs) and np.any(np.isneginf(np.asarray(lm.log_probs))):
+        raise ValueError(
+            "lm.log_probs must be finite for training (every token needs p(x) > 0, "
+            "or the KL of a softmax policy is infinite), got "
+            f"{np.asarray(lm.log_probs)}"
+        )
+
+
+def _check_logits(logits: ArrayLike, lm: MemorylessLM, name: str = "logits") -> Array:
+    logits = jnp.asarray(logits)
+    if logits.shape != lm.log_probs.shape:
+        raise ValueError(
+            f"{name} must have shape {lm.log_probs.shape} (K,), got {logits.shape}"
+        )
+    if logits.dtype != lm.log_probs.dtype:
+        logits = logits.astype(lm.log_probs.dtype)
+    check_real(logits, name)
+    return logits
+
+
+def evaluate(logits: ArrayLike, lm: MemorylessLM, reward: LinearReward) -> PolicyValue:
+    r"""Exact KL to the base model and expected reward of ``softmax(logits)``.
+
+    .. math::
+        \mathrm{KL} = n \sum_x \pi(x) \log\frac{\pi(x)}{p(x)}, \qquad
+        \mathbb{E}_\pi R = n \sum_x \pi(x) r(x).
+
+    Args:
+      logits: ``(K,)`` policy logits.
+      lm: the base model ``P`` (its ``length`` is ``n``).
+      reward: the reward used for scoring (e.g. the gold reward).
+
+    Returns:
+      A :class:`PolicyValue` of 0-d arrays.
+
+    Examples:
+      >>> import jaxalign
+      >>> lm = jaxalign.MemorylessLM.uniform(2, length=4)
+      >>> r = jaxalign.LinearReward([0.0, 1.0])
+      >>> float(evaluate(lm.log_probs, lm, r).reward)
+      2.0
+    """
+    check_compatible(lm, reward)
+    logits = _check_logits(logits, lm)
+    return _policy_value(logits, lm.log_probs, reward.token_rewards, lm.length)
+
+
+def objective(logits: ArrayLike, lm: MemorylessLM, reward: LinearReward,
+              beta: ArrayLike) -> Array:
+    r"""Exact KL-regularised objective ``E_π R − β KL(π^{⊗n}‖P)`` of a policy.
+
+    Its maximiser over logits is the tilt ``p_λ`` with ``λ = 1/β``, with value
+    ``n Λ(λ)/λ`` (THEORY.md §1.3).
+
+    Examples:
+      >>> import jaxalign
+      >>> lm = jaxalign.MemorylessLM.uniform(2, length=1)
+      >>> r = jaxalign.LinearReward([0.0, 1.0])
+      >>> round(float(objective(lm.log_probs, lm, r, 1.0)), 6)
+      0.5
+    """
+    value = evaluate(logits, lm, reward)
+    return value.reward - beta * value.kl
+
+
+# -- KL estimators -------------------------------------------------------------------
+
+
+def _k_of_log_ratio(log_ratio: Array, estimator: str) -> Array:
+    # log_ratio = log p(x) - log π(x), x ~ π.
+    if estimator == "k1":
+        return -log_ratio
+    if estimator == "k2":
+        return 0.5 * log_ratio**2
+    return jnp.expm1(log_ratio) - log_ratio
+
+
+def _check_choice(value, name: str, allowed: tuple) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def kl_estimates(tokens: ArrayLike, policy: MemorylessLM, base: MemorylessLM,
+                 estimator: str = "k1") -> Array:
+    r"""Per-sequence Monte Carlo KL estimates ``Σ_i k(x_i)`` for tokens ``x ~ policy``.
+
+    .. math::
+        k_1 = -\log\rho,\quad k_2 = \tfrac12(\log\rho)^2,\quad
+        k_3 = \rho - 1 - \log\rho,\qquad \rho = p(x)/\pi(x).
+
+    Args:
+      tokens: integer ``(..., n)`` samples from the policy.
+      policy, base: memoryless models over the same ``K`` tokens.
+      estimator: ``"k1"``, ``"k2"`` or ``"k3"``.
+
+    Returns:
+      ``(...)`` estimates of ``KL(π^{⊗n} ‖ P)``.
+
+    Examples:
+      >>> import jaxalign
+      >>> pi = jaxalign.MemorylessLM.from_probs([0.5, 0.5], length=2)
+      >>> p = jaxalign.MemorylessLM.from_probs([0.5, 0.5], length=2)
+      >>> float(kl_estimates(jnp.array([[0, 1]]), pi, p, "k3")[0])
+      0.0
+    """
+    _check_choice(estimator, "estimator", KL_ESTIMATORS)
+    _check_pair(policy, base)
+    tokens = jnp.asarray(tokens)
+    log_ratio = base.log_probs[tokens] - policy.log_probs[tokens]
+    return jnp.sum(_k_of_log_ratio(log_ratio, estimator), axis=-1)
+
+
+def _check_pair(policy: MemorylessLM, base: MemorylessLM) -> None:
+    for name, m in (("policy", policy), ("base", base)):
+        if not isinstance(m, MemorylessLM):
+            raise ValueError(f"{name} must be a MemorylessLM, got {type(m).__name__}")
+    if policy.num_tokens != base.num_tokens:
+        raise ValueError(
+            f"policy and base disagree on K: {policy.num_tokens} vs {base.num_tokens}"
+        )
+
+
+def kl_estimator_moments(policy: MemorylessLM, base: MemorylessLM,
+                         estimator: str = "k1") -> KLEstimatorMoments:
+    r"""Exact mean, variance and bias of a per-token KL estimator summed over tokens.
+
+    Tokens are i.i.d. under the memoryless policy, so with ``k`` one of
+    :func:`kl_estimates`' estimators and ``n = policy.length``:
+
+    .. math::
+        \mathbb{E}\Big[\sum_i k(x_i)\Big] = n\,\mathbb{E}_\pi k, \qquad
+        \mathrm{Var}\Big[\sum_i k(x_i)\Big] = n\,\mathrm{Var}_\pi k.
+
+    ``k1`` and ``k3`` are unbiased for ``KL(π‖P)``; ``k2`` has mean
+    ``½ E_π (log π/p)²`` (biased, but low variance near ``π = p``).  The policy needs
+    ``π(x) > 0 ⇒ p(x) > 0``.
+
+    Examples:
+      >>> import jaxalign
+      >>> pi = jaxalign.MemorylessLM.from_probs([0.6, 0.4], length=3)
+      >>> p = jaxalign.MemorylessLM.from_probs([0.5, 0.5], length=3)
+      >>> abs(float(kl_estimator_moments(pi, p, "k3").bias)) < 1e-6
+      True
+    """
+    _check_choice(estimator, "estimator", KL_ESTIMATORS)
+    _check_pair(policy, base)
+    pi = policy.probs
+    log_ratio = jnp.where(pi > 0, base.log_probs - policy.log_probs, 0.0)
+    k = _k_of_log_ratio(log_ratio, estimator)
+    mean = jnp.sum(pi * k)
+    var = jnp.sum(pi * (k - mean) ** 2)
+    kl = jnp.sum(pi * -log_ratio)
+    n = policy.length
+    return KLEstimatorMoments(n * mean, n * var, n * (mean - kl))
+
+
+def _penalty_surrogate(logits: Array, base_log_probs: Array, estimator: str,
+                       kl_mode: str) -> Array:
+    # A per-token function whose gradient is the exact expected gradient of the
+    # sampled penalty: score-function for "reward", pathwise for "loss".
+    log_pi = jax.nn.log_softmax(logits)
+    pi = jnp.exp(log_pi)
+    k = _k_of_log_ratio(base_log_probs - log_pi, estimator)
+    if kl_mode == "reward":
+        return jnp.sum(pi * jax.lax.stop_gradient(k))
+    return jnp.sum(jax.lax.stop_gradient(pi) * k)
+
+
+def kl_estimator_gradient(logits: ArrayLike, lm: MemorylessLM, estimator: str = "k1",
+                          kl_mode: str = "reward") -> Array:
+    r"""Exact expected gradient (w.r.t. logits) of a sampled sequence-level KL penalty.
+
+    For on-policy samples ``x ~ π`` and estimator ``k``:
+
+    - ``kl_mode="reward"`` (score function): ``n Σ_x π(x) k(x) ∇log π(x)``;
+    - ``kl_mode="loss"`` (pathwise, samples fixed): ``n Σ_x π(x) ∇k(x)``.
+
+    Closed forms: reward-k1 and loss-k2 give ``∇KL(π‖P)``; loss-k1 gives ``0`` (no
+    regularisation at all); loss-k3 (GRPO's choice) gives ``∇KL(P‖π)``, the reverse
+    KL, so training with it converges to ``argmax E_π R − β KL(P‖π)``, not the tilt.
+
+    Returns:
+      ``(K,)`` gradient of the penalty (the loss adds ``β`` times it).
+
+    Examples:
+      >>> import jaxalign
+      >>> lm = jaxalign.MemorylessLM.from_probs([0.5, 0.5], length=2)
+      >>> g = kl_estimator_gradient(jnp.array([0.3, 0.0]), lm, "k1", "loss")
+      >>> [abs(round(float(v), 6)) for v in g]
+      [0.0, 0.0]
+    """
+    _check_choice(estimator, "estimator", KL_ESTIMATORS)
+    _check_choice(kl_mode, "kl_mode", KL_MODES)
+    _check_base(lm)
+    logits = _check_logits(logits, lm)
+    surrogate = lambda th: _penalty_surrogate(th, lm.log_probs, estimator, kl_mode)
+    return lm.length * jax.grad(surrogate)(logits)
+
+
+# -- training ----------------------------------------------------------------------
+
+
+class _Config(NamedTuple):
+    method: str
+    length: int
+    num_steps: int
+    batch_size: int
+    group_size: int
+    num_epochs: int
+    kl_mode: str
+    kl_estimator: str
+    optimizer_fn: Callable
+    scale_rewards: bool
+
+
+def _sample_tokens(key: PRNGKey, logits: Array, shape: tuple) -> Array:
+    # Inverse CDF: fast on CPU and exact up to the float rounding of the cdf.
+    cdf = jnp.cumsum(jax.nn.softmax(logits))
+    u = jax.random.uniform(key, shape + (1,), dtype=logits.dtype)
+    edges = jnp.reshape(cdf[:-1], (1,) * len(shape) + (cdf.shape[0] - 1,))
+    return jnp.sum(u > edges, axis=-1)
+
+
+def _group_advantages(scores: Array, cfg: _Config) -> Array:
+    if cfg.method == "grpo":
+        groups = scores.reshape(-1, cfg.group_size)
+        centred = groups - jnp.mean(groups, axis=1, keepdims=True)
+        if cfg.scale_rewards:
+            std = jnp.std(groups, axis=1, ddof=1, keepdims=True)
+            centred = centred / (std + 1e-6)
+        return centred.reshape(-1)
+    # Leave-one-out mean baseline: keeps the score-function gradient unbiased.
+    b = scores.shape[0]
+    return scores - (jnp.sum(scores) - scores) / (b - 1)
+
+
+def _opt_update(optimizer, grads, state, params):
+    # optax mixes python floats and int32 step counts (Adam's bias correction), which
+    # the strict dtype-promotion mode rejects; the promotion is harmless there.
+    with jax.numpy_dtype_promotion("standard"):
+        updates, state = optimizer.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+
+def _train_one(key, base_log_probs, token_rewards, beta, learning_rate, clip_eps,
+               init_logits, cfg: _Config) -> TrainResult:
+    optimizer = cfg.optimizer_fn(learning_rate)
+    n = cfg.length
+    est, mode = cfg.kl_estimator, cfg.kl_mode
+
+    def exact_loss(theta):
+        log_pi = jax.nn.log_softmax(theta)
+        gain = n * jnp.sum(jnp.exp(log_pi) * token_rewards)
+        pen = n * _penalty_surrogate(theta, base_log_probs, est, mode)
+        return -(gain - beta * pen)
+
+    def token_terms(theta, tokens):
+        log_pi_tok = jax.nn.log_softmax(theta)[tokens]
+        k_tok = _k_of_log_ratio(base_log_probs[tokens] - log_pi_tok, est)
+        return log_pi_tok, k_tok
+
+    def step(carry, t):
+        theta, opt_state = carry
+        value = _policy_value(theta, base_log_probs, token_rewards, n)
+        if cfg.method == "exact":
+            loss_fn = exact_loss
+            kl_hat, reward_hat = value.kl, value.reward
+            grads = jax.grad(loss_fn)(theta)
+            theta, opt_state = _opt_update(optimizer, grads, opt_state, theta)
+            return (theta, opt_state), (value.kl, value.reward, kl_hat, reward_hat)
+
+        tokens = _sample_tokens(jax.random.fold_in(key, t), theta, (cfg.batch_size, n))
+        rewards = jnp.sum(token_rewards[tokens], axis=-1)
+        old_log_pi_tok, old_k_tok = token_terms(theta, tokens)
+        kl_seq = jnp.sum(old_k_tok, axis=-1)
+        scores = rewards - beta * kl_seq if mode == "reward" else rewards
+        adv = jax.lax.stop_gradient(_group_advantages(scores, cfg))
+
+        def sampled_loss(th):
+            log_pi_tok, k_tok = token_terms(th, tokens)
+            pen = beta * jnp.mean(jnp.sum(k_tok, -1)) if mode == "loss" else 0.0
+            if cfg.method == "reinforce":
+                surr = adv * jnp.sum(log_pi_tok, axis=-1)
+            else:
+                ratio = jnp.exp(log_pi_tok - old_log_pi_tok)
+                a = adv[:, None]
+                clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+                surr = jnp.sum(jnp.minimum(ratio * a, clipped * a), axis=-1)
+            return -jnp.mean(surr) + pen
+
+        def epoch(c, _):
+            th, st = c
+            grads = jax.grad(sampled_loss)(th)
+            return _opt_update(optimizer, grads, st, th), None
+
+        (theta, opt_state), _ = jax.lax.scan(
+            epoch, (theta, opt_state), None, length=cfg.num_epochs
+        )
+        out = (value.kl, value.reward, jnp.mean(kl_seq), jnp.mean(rewards))
+        return (theta, opt_state), out
+
+    with jax.numpy_dtype_promotion("standard"):
+        carry = (init_logits, optimizer.init(init_logits))
+    (theta, _), (kl, rew, kl_hat, rew_hat) = jax.lax.scan(
+        step, carry, jnp.arange(cfg.num_steps))
+    final = _policy_value(theta, base_log_probs, token_rewards, n)
+    return TrainResult(
+        theta,
+        jnp.concatenate([kl, final.kl[None]]),
+        jnp.concatenate([rew, final.reward[None]]),
+        kl_hat,
+        rew_hat,
+    )
+
+
+def _sweep_impl(key, base_log_probs, token_rewards, betas, learning_rate, clip_eps,
+                init_logits, cfg: _Config, num_seeds: int) -> TrainResult:
+    # Keys are derived inside the vmapped bodies (fold_in of the closed-over key):
+    # vmapping a batch of keys into lax.scan trips JAX 0.10's key-reuse checker.
+    def per_beta(beta):
+        return jax.vmap(
+            lambda i: _train_one(jax.random.fold_in(key, i), base_log_probs,
+                                 token_rewards, beta, learning_rate, clip_eps,
+                                 init_logits, cfg)
+        )(jnp.arange(num_seeds))
+
+    return jax.vmap(per_beta)(betas)
+
+
+_sweep_jit = jax.jit(_sweep_impl, static_argnames=("cfg", "num_seeds"))
+
+
+def _validate(lm, reward, method, learning_rate, num_steps, batch_size, group_size,
+              num_epochs, kl_mode, kl_estimator, clip_eps, optimizer_fn, init_logits,
+              scale_rewards):
+    check_compatible(lm, reward)
+    _check_base(lm)
+    _check_choice(method, "method", METHODS)
+    _check_choice(kl_mode, "kl_mode", KL_MODES)
+    _check_choice(kl_estimator, "kl_estimator", KL_ESTIMATORS)
+    if is_concrete(learning_rate):
+        lr = np.asarray(learning_rate)
+        if lr.ndim != 0 or not np.isfinite(lr) or lr <= 0:
+            raise ValueError(
+                f"learning_rate must be a finite scalar > 0, got {learning_rate!r}"
+            )
+    if is_concrete(clip_eps):
+        ce = np.asarray(clip_eps)
+        if ce.ndim != 0 or not np.isfinite(ce) or ce <= 0:
+            raise ValueError(f"clip_eps must be a finite scalar > 0, got {clip_eps!r}")
+    num_steps = check_positive_int(num_steps, "num_steps")
+    num_epochs = check_positive_int(num_epochs, "num_epochs")
+    batch_size = check_positive_int(batch_size, "batch_size", minimum=2)
+    if method == "grpo":
+        group_size = check_positive_int(group_size, "group_size", minimum=2)
+        if batch_size % group_size:
+            raise ValueError(
+                f"batch_size must be a multiple of group_size for GRPO, got "
+                f"batch_size={batch_size}, group_size={group_size}"
+            )
+    else:
+        group_size = batch_size
+    if method in ("exact", "reinforce"):
+        num_epochs = 1
+    if not callable(optimizer_fn):
+        raise ValueError(
+            "optimizer_fn must be a callable learning_rate -> optax."
+            f"GradientTransformation (e.g. optax.adam), got {optimizer_fn!r}"
+        )
+    init = lm.log_probs if init_logits is None else _check_logits(
+        init_logits, lm, "init_logits")
+    dtype = lm.log_probs.dtype
+    if reward.token_rewards.dtype != dtype:
+        raise ValueError(
+            f"lm and reward must share a float dtype, got {dtype} and "
+            f"{reward.token_rewards.dtype}"
+        )
+    cfg = _Config(method, lm.length, num_steps, batch_size, group_size, num_epochs,
+                  kl_mode, kl_estimator, optimizer_fn, bool(scale_rewards))
+    lr = jnp.asarray(learning_rate, dtype=dtype)
+    ce = jnp.asarray(clip_eps, dtype=dtype)
+    return cfg, lr, ce, init
+
+
+def _default_kl(method, kl_mode, kl_estimator):
+    if kl_mode is None:
+        kl_mode = "loss" if method == "grpo" else "reward"
+    if kl_estimator is None:
+        kl_estimator = "k3" if method == "grpo" else "k1"
+    return kl_mode, kl_estimator
+
+
+def train_sweep(key: PRNGKey, lm: MemorylessLM, reward: LinearReward,
+                betas: ArrayLike, *, num_seeds: int = 1, method: str = "reinforce",
+                learning_rate: float = 0.05, num_steps: int = 200,
+                batch_size: int = 32, group_size: int = 8, num_epochs: int = 4,
+                kl_mode: str | None = None, kl_estimator: str | None = None,
+                clip_eps: float = 0.2, optimizer_fn: Callable = optax.adam,
+                init_logits: ArrayLike | None = None,
+                scale_rewards: bool = True) -> TrainResult:
+    r"""Train memoryless policies for every ``beta`` and seed, in one compiled call.
+
+    Maximises ``E_π R − β KL(π^{⊗n}‖P)`` (see the module docstring) with:
+
+    - ``"exact"``: autodiff of the closed-form objective (no sampling); with the default
+      ``kl_mode="reward"``, ``kl_estimator="k1"`` it is the true gradient and converges
+      to the tilt ``p_{1/β}``.  Other estimator/mode pairs use their exact expected
+      gradient (:func:`kl_estimator_gradient`), which shows where each drives training.
+    - ``"reinforce"``: score-function gradient with a leave-one-out mean baseline.
+    - ``"ppo"``: ``num_epochs`` full-batch steps on the token-level clipped surrogate
+      ``min(ρA, clip(ρ, 1±ε)A)`` with ``ρ = π_θ(x)/π_old(x)``; leave-one-out baseline,
+      no critic (the state is trivial for a memoryless policy).
+    - ``"grpo"``: as PPO, with group-relative advantages ``(s − mean_g)/(std_g + 1e-6)``
+      over groups of ``group_size`` (``scale_rewards=False`` drops the division) and by
+      default the k3 penalty in the loss.
+
+    Seeds use ``fold_in(key, seed_index)``; the same seeds are used for every ``beta``.
+
+    Args:
+      key: typed PRNG key.
+      lm: base model ``P`` (all ``p(x) > 0``); its ``length`` is ``n``.
+      reward: the training reward (gold, or a proxy).
+      betas: ``(num_betas,)`` KL coefficients ``β ≥ 0`` (``β = 1/λ``).
+      num_seeds: independent runs per ``beta``.
+      method: one of :data:`METHODS`.
+      learning_rate: step size ``> 0`` passed to ``optimizer_fn``.
+      num_steps: number of sampled batches (outer steps) ``>= 1``.
+      batch_size: sequences per batch ``>= 2``.
+      group_size: GRPO group size ``>= 2``, dividing ``batch_size``.
+      num_epochs: PPO/GRPO optimisation passes over each batch.
+      kl_mode: ``"reward"`` or ``"loss"`` (default ``"loss"`` for GRPO, else
+        ``"reward"``).
+      kl_estimator: ``"k1"``, ``"k2"`` or ``"k3"`` (default ``"k3"`` for GRPO, else
+        ``"k1"``).
+      clip_eps: PPO/GRPO clipping ``ε > 0``.
+      optimizer_fn: ``learning_rate -> optax.GradientTransformation``.
+      init_logits: ``(K,)`` initial logits (default: the base ``log_probs``).
+      scale_rewards: GRPO divides advantages by the group std.
+
+    Returns:
+      A :class:`TrainResult` with leading axes ``(num_betas, num_seeds)``.
+
+    Examples:
+      >>> import jax, jaxalign
+      >>> lm = jaxalign.MemorylessLM.uniform(3, length=4)
+      >>> r = jaxalign.LinearReward([0.0, 0.5, 1.0])
+      >>> res = train_sweep(jax.random.key(0), lm, r, jnp.array([0.5, 1.0]),
+      ...                   num_seeds=2, num_steps=10, batch_size=8)
+      >>> res.kl.shape
+      (2, 2, 11)
+    """
+    check_key(key)
+    kl_mode, kl_estimator = _default_kl(method, kl_mode, kl_estimator)
+    cfg, lr, ce, init = _validate(
+        lm, reward, method, learning_rate, num_steps, batch_size, group_size,
+        num_epochs, kl_mode, kl_estimator, clip_eps, optimizer_fn, init_logits,
+        scale_rewards)
+    num_seeds = check_positive_int(num_seeds, "num_seeds")
+    betas = jnp.asarray(betas)
+    if betas.ndim != 1:
+        raise ValueError(f"betas must have shape (num_betas,), got {betas.shape}")
+    check_real(betas, "betas", minimum=0.0)
+    betas = betas.astype(lm.log_probs.dtype)
+    return _sweep_jit(key, lm.log_probs, reward.token_rewards, betas, lr, ce, init,
+                      cfg=cfg, num_seeds=num_seeds)
+
+
+def train(key: PRNGKey, lm: MemorylessLM, reward: LinearReward, beta: float,
+          **kwargs) -> TrainResult:
+    r"""Train one memoryless policy for one ``beta`` (see :func:`train_sweep`).
+
+    Returns a :class:`TrainResult` without batch axes.  Bad hyperparameters (``beta <
+    0``, ``learning_rate <= 0``, ``num_steps < 1``, GRPO ``group_size < 2``) raise
+    ``ValueError``.
+
+    Examples:
+      >>> import jax, optax, jaxalign
+      >>> lm = jaxalign.MemorylessLM.uniform(2, length=2)
+      >>> r = jaxalign.LinearReward([0.0, 1.0])
+      >>> res = train(jax.random.key(0), lm, r, 1.0, method="exact",
+      ...             optimizer_fn=optax.sgd, learning_rate=0.5, num_steps=500)
+      >>> round(float(jax.nn.softmax(res.logits)[1]), 4)  # e/(1+e)
+      0.7311
+    """
+    if "num_seeds" in kwargs:
+        raise ValueError("train runs one seed; use train_sweep for num_seeds")
+    check_real(beta, "beta", minimum=0.0)
+    if is_concrete(beta) and np.ndim(beta) != 0:
+        raise ValueError(f"beta must be a scalar, got shape {np.shape(beta)}")
+    betas = jnp.reshape(jnp.asarray(beta, dtype=lm.log_probs.dtype), (1,))
+    res = train_sweep(key, lm, reward, betas, num_seeds=1, **kwargs)
+    return jax.tree.map(lambda x: x[0, 0], res)
