@@ -20,6 +20,7 @@ import math
 from fractions import Fraction
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.fft
@@ -32,7 +33,13 @@ from jaxalign.models import LinearReward, MemorylessLM, check_compatible
 
 __all__ = [
     "RewardLaw",
+    "BestOfNResult",
     "reward_law",
+    "tilted_law",
+    "best_of_n",
+    "best_of_n_from_law",
+    "log_tail",
+    "bahadur_rao_log_tail",
 ]
 
 # Relative tolerance for lattice detection, by input dtype (module docstring of
@@ -93,13 +100,17 @@ def _detect_lattice(r: np.ndarray, rtol: float, max_steps: int):
         return a, 1.0, np.zeros(r.shape, dtype=np.int64), 0.0
     positive = np.unique(diffs[diffs > rtol * scale])
     base = float(positive[0])
+    # Any real is within 1/q^2 of a fraction p/q, so only denominators with
+    # 1/q^2 >> rtol are evidence of a lattice.
+    max_den = max(1, min(max_steps, int(0.1 / math.sqrt(rtol))))
     denominators = []
     for d in positive:
-        frac = Fraction(float(d / base)).limit_denominator(max_steps)
+        frac = Fraction(float(d / base)).limit_denominator(max_den)
         if abs(d - base * float(frac)) > rtol * scale:
             raise ValueError(
                 "token_rewards do not lie on a lattice a + h*k with integer k "
-                f"(relative tolerance rtol={rtol:g}, at most {max_steps} steps): "
+                f"(relative tolerance rtol={rtol:g}, step ratios with denominators "
+                f"<= {max_den}): "
                 f"rewards {np.unique(r).tolist()}; pass span=h to snap them to a "
                 "grid of span h, or use method='types' for small K and n"
             )
@@ -246,9 +257,39 @@ class _Tilter:
         return center, log_p, rel
 
 
+_MAX_EDGE = 1500
+
+
+def _log_convolve_truncated(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """log of the first len(a) coefficients of the product of two log-polynomials."""
+    width = len(a)
+    idx = np.arange(width)
+    diff = idx[:, None] - idx[None, :]
+    terms = np.where(diff >= 0, a[None, :] + b[np.clip(diff, 0, width - 1)], -np.inf)
+    return scipy.special.logsumexp(terms, axis=1)
+
+
+def _log_power_truncated(log_w: np.ndarray, n: int, width: int) -> np.ndarray:
+    """log [z^s] (sum_j w_j z^j)^n for s < width, in log space (all terms positive)."""
+    result = np.full(width, -np.inf)
+    result[0] = 0.0
+    base = np.full(width, -np.inf)
+    base[: min(width, len(log_w))] = log_w[:width]
+    m = n
+    while m:
+        if m & 1:
+            result = _log_convolve_truncated(result, base)
+        m >>= 1
+        if m:
+            base = _log_convolve_truncated(base, base)
+    return result
+
+
 def _lattice_log_pmf(log_w: np.ndarray, n: int):
     """log P(S = s), s = 0..n d, for S a sum of n i.i.d. steps with log weights log_w.
 
+    Edges of width ~d^2 (where gaps and locally deep points live) are computed
+    exactly by log-space convolution powers; the rest by tilted FFTs.
     Returns (log_pmf, rel_error_estimate).
     """
     d = len(log_w) - 1
@@ -256,10 +297,19 @@ def _lattice_log_pmf(log_w: np.ndarray, n: int):
     if d == 0:
         return np.zeros(1), 0.0
     support = _support(np.isfinite(log_w), n)
-    tilter = _Tilter(log_w, n)
     out = np.full(size, -np.inf)
     best = np.full(size, -np.inf)
     need = np.ones(size, dtype=bool) if support is None else support.copy()
+    edge = min(max(d * d + 2, 32), _MAX_EDGE)
+    if 2 * edge >= size:
+        exact_edge = _log_power_truncated(log_w, n, size)
+        return exact_edge, 1e-15 * math.log2(n + 1) * size
+    out[:edge] = _log_power_truncated(log_w, n, edge)
+    out[size - edge :] = _log_power_truncated(log_w[::-1], n, edge)[::-1]
+    need[:edge] = False
+    need[size - edge :] = False
+    best[:edge] = best[size - edge :] = 0.0
+    tilter = _Tilter(log_w, n)
     cur = 0
     step = 1.0
     while True:
@@ -271,7 +321,7 @@ def _lattice_log_pmf(log_w: np.ndarray, n: int):
         theta = tilter.solve(target / n)
         start, log_p, rel = tilter.window(theta)
         sl = slice(start, start + len(log_p))
-        better = rel > best[sl]
+        better = (rel > best[sl]) & (need[sl] | np.isneginf(out[sl]))
         if support is not None:
             better &= support[sl]
         out[sl] = np.where(better, log_p, out[sl])
@@ -286,68 +336,83 @@ def _lattice_log_pmf(log_w: np.ndarray, n: int):
         else:
             # Locally deep point: no tilt lifts it near its peak; keep the best value.
             need[cur] = False
+    # Locally deep points (e.g. residues reachable only through a rare step) can
+    # sit farther from the edges than d^2: widen the exact edges to cover them.
+    deep = np.flatnonzero(np.isfinite(out) & (best < _LOG_MIN_HEIGHT))
+    low = deep[deep < size // 2]
+    if low.size and low[-1] < _MAX_EDGE:
+        width = min(int(low[-1]) + 17, _MAX_EDGE)
+        out[:width] = _log_power_truncated(log_w, n, width)
+        best[:width] = 0.0
+    high = size - 1 - deep[deep >= size // 2]
+    if high.size and high[0] < _MAX_EDGE:
+        width = min(int(high[0]) + 17, _MAX_EDGE)
+        out[size - width :] = _log_power_truncated(log_w[::-1], n, width)[::-1]
+        best[size - width :] = 0.0
     in_support = np.isfinite(out)
     worst = float(np.min(best[in_support])) if in_support.any() else 0.0
-    rel_error = 1e-15 * size**0.0 * math.exp(-worst) + 1e-15 * n
+    rel_error = 1e-15 * math.exp(-worst) + 1e-15 * n
     return out, rel_error
 
 
-def reward_law(
-    lm: MemorylessLM,
-    reward: LinearReward,
-    *,
-    span: float | None = None,
-    rtol: float | None = None,
-    max_steps: int = 1_000_000,
-) -> RewardLaw:
-    r"""The exact law of the sequence reward :math:`R = \sum_{i=1}^n r(y_i)`.
+_MAX_TYPES_DEFAULT = 2_000_000
 
-    .. math::
-        r(x) = a + h k_x,\ k_x \in \mathbb{Z}_{\ge 0}
-        \quad\Rightarrow\quad
-        P(R = n a + h s) = [z^s] \Big(\sum_x p(x) z^{k_x}\Big)^n .
 
-    The lattice ``(a, h, k)`` is detected from the rewards of the tokens with
-    positive probability: every ``r(x)`` must be within
-    ``rtol * (max r - min r)`` of ``a + h k_x`` (default ``rtol`` 1e-9 for float64
-    rewards, 1e-6 for float32), with at most ``max_steps`` steps ``k``.  With
-    ``span=h`` the rewards are instead snapped to ``a + h * round((r - a)/h)``
-    (``a = min r``) and the snapping error is reported in ``lattice_error``.
+def _compositions(n: int, k: int) -> np.ndarray:
+    """All (C(n+k-1, k-1), k) non-negative integer vectors summing to n."""
+    if k == 1:
+        return np.array([[n]], dtype=np.int64)
+    blocks = []
+    for first in range(n, -1, -1):
+        rest = _compositions(n - first, k - 1)
+        blocks.append(np.concatenate([np.full((len(rest), 1), first), rest], axis=1))
+    return np.concatenate(blocks, axis=0)
 
-    Method: the law of ``S = sum k`` is evaluated under several exponential
-    tilts ``P_θ(s) ∝ P(s) e^{θ s}``, each by an FFT over a window around its
-    mode (an accurately centred characteristic function raised to the ``n``-th
-    power in log space); each point takes the tilt under which it is highest
-    relative to that tilt's peak, and is kept only above ``1e-5`` of the peak,
-    so the *relative* error of every probability is ~1e-11 (tested to 1e-9 for
-    ``n`` up to 1e4 against mpmath), even for probabilities like ``0.3^1000``.
-    Unreachable lattice points are found exactly and get ``-inf``.  Cost is
-    about ``O(M log n)`` for ``M = n max k + 1`` points.
 
-    Args:
-      lm: the model (``K`` tokens, ``length`` n).
-      reward: per-token rewards ``(K,)``.
-      span: optional grid span ``h > 0`` to snap the rewards to.
-      rtol: relative lattice-detection tolerance (see above).
-      max_steps: largest allowed ``max k`` (lattice size per token).
+def _types_law(log_p: np.ndarray, r: np.ndarray, n: int, max_types: int):
+    """Exact law of R by enumerating types (counts per distinct reward value)."""
+    distinct, inverse = np.unique(r, return_inverse=True)
+    log_w = np.array(
+        [scipy.special.logsumexp(log_p[inverse == i]) for i in range(len(distinct))]
+    )
+    k = len(distinct)
+    count = math.comb(n + k - 1, k - 1)
+    if count > max_types:
+        raise ValueError(
+            f"method='types' would enumerate C(n+K-1, K-1) = {count} types for "
+            f"n={n} and K={k} distinct rewards, more than max_types={max_types}; "
+            "snap the rewards to a lattice with span=h instead"
+        )
+    counts = _compositions(n, k)
+    log_prob = (
+        scipy.special.gammaln(n + 1)
+        - scipy.special.gammaln(counts + 1).sum(axis=1)
+        + counts @ log_w
+    )
+    values = counts @ distinct
+    order = np.argsort(values, kind="stable")
+    values, log_prob = values[order], log_prob[order]
+    # Merge values equal up to rounding of the sums.
+    scale = max(float(np.max(np.abs(values))), 1e-300)
+    new_group = np.r_[True, np.diff(values) > 1e-12 * scale]
+    group = np.cumsum(new_group) - 1
+    merged = np.full(int(group[-1]) + 1, -np.inf)
+    np.logaddexp.at(merged, group, log_prob)
+    return values[new_group], merged
 
-    Returns:
-      A :class:`RewardLaw`; arrays ``(M,)`` in the model's dtype.
 
-    Raises:
-      ValueError: if the rewards are not on a lattice (and ``span`` is not
-      given), or the lattice is too large.
-
-    Examples:
-      >>> import jaxalign
-      >>> from jaxalign import exact
-      >>> lm = jaxalign.MemorylessLM.bernoulli(0.3, length=3)
-      >>> law = exact.reward_law(lm, jaxalign.LinearReward([0.0, 1.0]))
-      >>> [round(float(v), 3) for v in jnp.exp(law.log_pmf)]
-      [0.343, 0.441, 0.189, 0.027]
-    """
+def _law_numpy(lm, reward, span, rtol, max_steps, method, max_types):
+    """Float64 NumPy core of `reward_law`: (values, log_pmf, offset, h, err, rel)."""
+    if method not in ("lattice", "types"):
+        raise ValueError(f"method must be 'lattice' or 'types', got {method!r}")
     log_p, r, dtype = _positive_tokens(lm, reward)
     n = lm.length
+    if method == "types":
+        if span is not None:
+            raise ValueError("span applies to method='lattice' only, got span with "
+                             "method='types'")
+        values, log_pmf = _types_law(log_p, r, n, int(max_types))
+        return values, log_pmf, float(values[0]), math.nan, 0.0, 1e-15 * n, dtype
     if span is not None:
         if not (np.isfinite(span) and span > 0):
             raise ValueError(f"span must be a finite number > 0, got {span!r}")
@@ -369,11 +434,505 @@ def reward_law(
         log_w[j] = scipy.special.logsumexp(log_p[k == j])
     log_pmf, rel_error = _lattice_log_pmf(log_w, n)
     values = n * a + h * np.arange(n * d + 1, dtype=np.float64)
+    return values, log_pmf, float(n * a), float(h), err, float(rel_error), dtype
+
+
+def _to_law(values, log_pmf, offset, h, err, rel, dtype) -> RewardLaw:
     return RewardLaw(
         values=jnp.asarray(values, dtype=dtype),
         log_pmf=jnp.asarray(log_pmf, dtype=dtype),
-        offset=float(n * a),
-        span=float(h),
+        offset=offset,
+        span=h,
         lattice_error=err,
-        rel_error=float(rel_error),
+        rel_error=rel,
     )
+
+
+def reward_law(
+    lm: MemorylessLM,
+    reward: LinearReward,
+    *,
+    span: float | None = None,
+    rtol: float | None = None,
+    max_steps: int = 1_000_000,
+    method: str = "lattice",
+    max_types: int = _MAX_TYPES_DEFAULT,
+) -> RewardLaw:
+    r"""The exact law of the sequence reward :math:`R = \sum_{i=1}^n r(y_i)`.
+
+    .. math::
+        r(x) = a + h k_x,\ k_x \in \mathbb{Z}_{\ge 0}
+        \quad\Rightarrow\quad
+        P(R = n a + h s) = [z^s] \Big(\sum_x p(x) z^{k_x}\Big)^n .
+
+    **Lattice** (``method="lattice"``, the default).  The lattice ``(a, h, k)``
+    is detected from the rewards of the tokens with positive probability
+    (zero-probability tokens are ignored): every ``r(x)`` must be within
+    ``rtol * (max r - min r)`` of ``a + h k_x``, with ``h`` the largest such span
+    (default ``rtol`` 1e-9 for float64 rewards, 1e-6 for float32) and at most
+    ``max_steps`` steps ``k``.  Otherwise a ``ValueError`` is raised.  With
+    ``span=h`` the rewards are instead *snapped* to ``a + h round((r - a)/h)``
+    (``a = min r``), and the largest change ``|r(x) - snapped r(x)|`` is
+    reported as ``lattice_error`` (the law is then exact for the snapped
+    rewards; ``|R - R_snapped| <= n * lattice_error``).
+
+    Method: near the two ends of the support (widths ``~(max k)^2``, where gaps
+    and locally deep points live) the pmf is an exact log-space convolution
+    power.  Elsewhere the law of ``S = sum k`` is evaluated under exponential
+    tilts ``P_θ(s) ∝ P(s) e^{θ s}``, each by an FFT over a window around its mode
+    (an accurately centred characteristic function raised to the ``n``-th
+    power in log space); each point takes the tilt under which it is highest
+    relative to that tilt's peak, and only values above ``1e-5`` of the peak
+    are used.  **Accuracy: relative error of every probability below 1e-9**
+    (tested against mpmath to ``1e-9`` in log space for ``n`` up to ``10^4``,
+    including ``P = 0.3^{1000}``; ``rel_error`` reports the method's own
+    estimate, typically ``1e-10``).  Unreachable lattice points are found
+    exactly and get ``-inf``.  Cost ``O(M log n)`` for ``M = n max k + 1``.
+
+    **Types** (``method="types"``), for non-lattice rewards with small ``K``:
+    enumerates the ``C(n+K-1, K-1)`` types (counts of each distinct reward),
+    each with its exact multinomial log-probability, and merges equal sums.
+    Raises ``ValueError`` beyond ``max_types`` types.  ``span`` is ``nan``.
+
+    Args:
+      lm: the model (``K`` tokens, ``length`` n).
+      reward: per-token rewards ``(K,)``.
+      span: optional grid span ``h > 0`` to snap the rewards to.
+      rtol: relative lattice-detection tolerance (see above).
+      max_steps: largest allowed ``max k`` (lattice size per token).
+      method: ``"lattice"`` or ``"types"``.
+      max_types: largest number of types enumerated by ``method="types"``.
+
+    Returns:
+      A :class:`RewardLaw`; arrays ``(M,)`` in the model's dtype (computed in
+      float64).  Not traceable under ``jit`` (its size depends on the values).
+
+    Raises:
+      ValueError: non-lattice rewards without ``span``; too many lattice points
+      or types; bad ``span``, ``rtol`` or ``method``.
+
+    Examples:
+      >>> import jaxalign
+      >>> from jaxalign import exact
+      >>> lm = jaxalign.MemorylessLM.bernoulli(0.3, length=3)
+      >>> law = exact.reward_law(lm, jaxalign.LinearReward([0.0, 1.0]))
+      >>> [round(float(v), 3) for v in jnp.exp(law.log_pmf)]
+      [0.343, 0.441, 0.189, 0.027]
+    """
+    return _to_law(*_law_numpy(lm, reward, span, rtol, max_steps, method, max_types))
+
+
+def tilted_law(
+    lm: MemorylessLM, reward: LinearReward, lam: float, **law_kwargs
+) -> RewardLaw:
+    r"""The exact law of ``R`` under the tilted policy :math:`\Phi_\lambda`.
+
+    .. math::
+        \Phi_\lambda(R = v) = P(R = v)\, e^{\lambda v - n \Lambda(\lambda)},
+        \qquad n\Lambda(\lambda) = \log \sum_v P(R = v) e^{\lambda v}.
+
+    The normaliser is taken from the law itself, so it is exact for snapped
+    rewards too; relative accuracy is that of :func:`reward_law` plus
+    ``~1e-16 |λ| max|v|``.
+
+    Args:
+      lm, reward: model and reward.
+      lam: a real scalar ``λ``.
+      **law_kwargs: passed to :func:`reward_law` (``span``, ``method`` ...).
+
+    Returns:
+      A :class:`RewardLaw` on the same values.
+
+    Examples:
+      >>> import jaxalign
+      >>> lm = jaxalign.MemorylessLM.bernoulli(0.5, length=2)
+      >>> law = tilted_law(lm, jaxalign.LinearReward([0.0, 1.0]), 0.0)
+      >>> [round(float(v), 3) for v in jnp.exp(law.log_pmf)]
+      [0.25, 0.5, 0.25]
+    """
+    _check_scalar(lam, "lam")
+    lam = float(lam)
+    values, log_pmf, offset, h, err, rel, dtype = _law_numpy(
+        lm, reward, law_kwargs.pop("span", None), law_kwargs.pop("rtol", None),
+        law_kwargs.pop("max_steps", 1_000_000), law_kwargs.pop("method", "lattice"),
+        law_kwargs.pop("max_types", _MAX_TYPES_DEFAULT),
+    )
+    if law_kwargs:
+        raise ValueError(f"unknown keyword arguments {sorted(law_kwargs)}")
+    shifted = log_pmf + lam * (values - offset)
+    shifted = shifted - scipy.special.logsumexp(shifted)
+    rel = rel + 1e-16 * abs(lam) * float(np.max(np.abs(values - offset)))
+    return _to_law(values, shifted, offset, h, err, rel, dtype)
+
+
+def _check_scalar(value, name):
+    arr = np.asarray(value)
+    if arr.shape != () or arr.dtype.kind not in "biuf" or not np.isfinite(arr):
+        raise ValueError(f"{name} must be a finite real scalar, got {value!r}")
+
+
+# ---------------------------------------------------------------------- best of N
+
+
+class BestOfNResult(NamedTuple):
+    """Exact best-of-N quantities on the law of ``R``; leading shape ``G`` = grid of N.
+
+    Attributes:
+      log_num_candidates: ``(G,)`` ``log N``.
+      expected_reward: ``(G,)`` ``E_BoN[R]``.
+      kl: ``(G,)`` ``KL(π_BoN ‖ P)`` (policy level = reward level, ties uniform).
+      win_rate: ``(G,)`` ``P(R_BoN > R') + ½ P(R_BoN = R')``, ``R' ~ P`` independent.
+      log_pmf: ``(G, M)`` log-law of the selected reward on ``values``.
+      values: ``(M,)`` the reward values (those of the base law).
+      kl_to_tilted: ``(G,)`` ``KL(π_BoN ‖ Φ_λ)`` when ``lam`` was given, else None.
+    """
+
+    log_num_candidates: Array
+    expected_reward: Array
+    kl: Array
+    win_rate: Array
+    log_pmf: Array
+    values: Array
+    kl_to_tilted: Array | None
+
+
+def _log_neg_log1m(log_u):
+    """log(-log(1 - u)) for u = exp(log_u) in [0, 1], accurate for tiny u."""
+    small = log_u < -20.0
+    safe = jnp.where(small, -1.0, log_u)
+    direct = jnp.log(-jnp.log1p(-jnp.exp(safe)))
+    return jnp.where(small, log_u + 0.5 * jnp.exp(jnp.where(small, log_u, -1.0)),
+                     direct)
+
+
+def _log1mexp_of_exp(log_x):
+    """log(1 - e^{-x}) for x = exp(log_x) >= 0, accurate for tiny and huge x."""
+    small = log_x < -20.0
+    x = jnp.exp(jnp.where(small, -20.0, log_x))
+    mid = jnp.where(x < math.log(2.0), jnp.log(-jnp.expm1(-x)), jnp.log1p(-jnp.exp(-x)))
+    tiny = log_x - 0.5 * jnp.exp(jnp.where(small, log_x, -20.0))
+    return jnp.where(small, tiny, mid)
+
+
+@jax.jit
+def _bon_core(values, log_pmf, log_n, lam, log_mgf_n):
+    """Best-of-N on a law; log_n (G,), lam/log_mgf_n scalars (nan = absent)."""
+    half = math.log(0.5)
+    neg_inf = jnp.array(-jnp.inf, log_pmf.dtype)
+    lower = jax.lax.cumlogsumexp(log_pmf)  # log F_c
+    at_least = jax.lax.cumlogsumexp(log_pmf, reverse=True)  # log P(R >= v_c)
+    above = jnp.concatenate([at_least[1:], neg_inf[None]])  # log P(R > v_c)
+    use_lower = lower < half
+    log_f = jnp.where(use_lower, lower, jnp.log1p(-jnp.exp(above)))
+    lnl = jnp.where(use_lower, jnp.log(-jnp.where(use_lower, lower, half)),
+                    _log_neg_log1m(above))  # log(-log F_c)
+    a = -jnp.exp(log_n[:, None] + lnl[None, :])  # log F_c^N, (G, M)
+    finite_q = jnp.isfinite(log_pmf)
+    ratio = jnp.where(finite_q, jnp.minimum(log_pmf - jnp.where(finite_q, log_f, 0.0),
+                                            0.0), -jnp.inf)
+    d = log_n[:, None] + _log_neg_log1m(ratio)[None, :]  # log(A_c - A_{c-1})
+    log_b = jnp.where(finite_q[None, :], a + _log1mexp_of_exp(d), -jnp.inf)
+    prev_a = jnp.concatenate([jnp.full_like(a[:, :1], -jnp.inf), a[:, :-1]], axis=1)
+    gaps = jnp.diff(values)
+    expected = values[0] + jnp.sum(gaps[None, :] * -jnp.expm1(prev_a[:, 1:]), axis=1)
+    b = jnp.exp(log_b)
+    log_ratio = jnp.where(b > 0, log_b - jnp.where(finite_q, log_pmf, 0.0)[None, :],
+                          0.0)
+    kl = jnp.sum(b * log_ratio, axis=1)
+    below = jnp.concatenate([jnp.zeros_like(lower[:1]), jnp.exp(lower[:-1])])
+    win = jnp.sum(b * (below + 0.5 * jnp.exp(log_pmf))[None, :], axis=1)
+    kl_tilted = kl - lam * expected + log_mgf_n
+    return expected, kl, win, log_b, kl_tilted
+
+
+def _log_candidates(num_candidates, log_num_candidates) -> np.ndarray:
+    if (num_candidates is None) == (log_num_candidates is None):
+        raise ValueError(
+            "pass exactly one of num_candidates or log_num_candidates, got "
+            f"num_candidates={num_candidates!r}, "
+            f"log_num_candidates={log_num_candidates!r}"
+        )
+    if num_candidates is not None:
+        arr = np.asarray(num_candidates, dtype=object)
+        flat = arr.reshape(-1)
+        logs = np.empty(flat.shape, dtype=np.float64)
+        for i, v in enumerate(flat):
+            try:
+                iv = int(v)
+            except (TypeError, ValueError, OverflowError):
+                iv = None
+            if iv is None or isinstance(v, bool) or iv != v or iv < 1:
+                raise ValueError(
+                    f"num_candidates must be integers >= 1, got {num_candidates!r}"
+                )
+            logs[i] = math.log(iv)
+        return logs.reshape(arr.shape)
+    logs = np.asarray(log_num_candidates, dtype=np.float64)
+    if np.any(np.isnan(logs)) or np.any(logs < 0) or np.any(np.isinf(logs)):
+        raise ValueError(
+            "log_num_candidates must be finite and >= 0 (N >= 1), got "
+            f"{log_num_candidates!r}"
+        )
+    return logs
+
+
+def best_of_n_from_law(
+    law: RewardLaw,
+    *,
+    num_candidates=None,
+    log_num_candidates=None,
+    lam: float | None = None,
+) -> BestOfNResult:
+    r"""Exact best-of-N on a given law of the reward (see :func:`best_of_n`).
+
+    Args:
+      law: a :class:`RewardLaw` (or any ascending ``values``/``log_pmf``).
+      num_candidates: ``N``, an integer or array of integers ``>= 1`` (Python
+        integers may be arbitrarily large).
+      log_num_candidates: ``log N`` instead, floats ``>= 0``, any shape.
+      lam: optional tilt ``λ`` for ``kl_to_tilted``.
+
+    Returns:
+      A :class:`BestOfNResult` with leading shape that of ``N``.
+
+    Examples:
+      >>> import jaxalign
+      >>> lm = jaxalign.MemorylessLM.bernoulli(0.5, length=1)
+      >>> law = reward_law(lm, jaxalign.LinearReward([0.0, 1.0]))
+      >>> float(best_of_n_from_law(law, num_candidates=2).expected_reward)
+      0.75
+    """
+    log_n = _log_candidates(num_candidates, log_num_candidates)
+    shape = log_n.shape
+    dtype = law.log_pmf.dtype
+    values_np = np.asarray(law.values, dtype=np.float64)
+    log_pmf_np = np.asarray(law.log_pmf, dtype=np.float64)
+    m = len(values_np)
+    # Pad to a power of two (zero-mass classes on top) so few shapes compile.
+    padded = max(64, 1 << (m - 1).bit_length())
+    step = float(values_np[-1] - values_np[-2]) if m > 1 else 1.0
+    values_np = np.r_[values_np, values_np[-1] + step * np.arange(1, padded - m + 1)]
+    log_pmf_np = np.r_[log_pmf_np, np.full(padded - m, -np.inf)]
+    with jax.enable_x64(True):
+        values = jnp.asarray(values_np)
+        log_pmf = jnp.asarray(log_pmf_np)
+        if lam is None:
+            lam64, mgf = 0.0, 0.0
+        else:
+            _check_scalar(lam, "lam")
+            lam64 = float(lam)
+            mgf = float(scipy.special.logsumexp(np.asarray(log_pmf)
+                                                + lam64 * np.asarray(values)))
+        out = _bon_core(values, log_pmf, jnp.asarray(log_n.reshape(-1)),
+                        jnp.asarray(lam64), jnp.asarray(mgf))
+        out = [np.asarray(x) for x in out]
+    expected, kl, win, log_b, kl_tilted = out
+    log_b = log_b[:, :m]
+
+    def cast(x, extra=()):
+        return jnp.asarray(x.reshape(shape + extra), dtype=dtype)
+
+    return BestOfNResult(
+        log_num_candidates=cast(log_n),
+        expected_reward=cast(expected),
+        kl=cast(kl),
+        win_rate=cast(win),
+        log_pmf=cast(log_b, (m,)),
+        values=law.values,
+        kl_to_tilted=None if lam is None else cast(kl_tilted),
+    )
+
+
+def best_of_n(
+    lm: MemorylessLM,
+    reward: LinearReward,
+    num_candidates=None,
+    log_num_candidates=None,
+    *,
+    lam: float | None = None,
+    **law_kwargs,
+) -> BestOfNResult:
+    r"""Exact best-of-N (uniform tie-breaking) for any N, on the exact law of R.
+
+    With reward classes :math:`v_1 < \dots < v_M`, :math:`q_c = P(R = v_c)`,
+    :math:`F_c = \sum_{j \le c} q_j` (THEORY.md §1.9, B3, B7):
+
+    .. math::
+        b_c = F_c^N - F_{c-1}^N, \quad
+        \mathrm{KL}(\pi_{BoN}\|P) = \sum_c b_c \log\frac{b_c}{q_c}, \quad
+        E_{BoN}[R] = v_1 + \sum_{c\ge 2} (v_c - v_{c-1})(1 - F_{c-1}^N),
+
+    .. math::
+        W = P(R_{BoN} > R') + \tfrac12 P(R_{BoN} = R') = \sum_c b_c (F_{c-1} + q_c/2),
+        \quad
+        \mathrm{KL}(\pi_{BoN}\|\Phi_\lambda) = \mathrm{KL}(\pi_{BoN}\|P)
+            - \lambda E_{BoN}[R] + n\Lambda(\lambda).
+
+    ``R'`` in the win rate is an independent draw from the base model ``P``.
+    Both policies depend on a sequence only through ``R``, so the policy-level
+    KLs equal these reward-level sums.  ``F^N`` is ``exp(N log F)`` evaluated as
+    ``-exp(log N + log(-log F))`` with ``log1p``/``expm1``, so ``N`` is never
+    formed as a float (``log N = 1000`` is fine); ``b_c`` is
+    ``F_c^N (1 - e^{-(A_c - A_{c-1})})`` with the exponent gap computed from
+    ``log(-log(1 - q_c/F_c))``, so it keeps relative accuracy: the error of
+    ``log b_c`` is about the law's ``rel_error`` times ``max(1, |log b_c|)``
+    (``N log F`` scales the relative error of ``log F``).
+
+    Args:
+      lm, reward: model and reward (the law comes from :func:`reward_law`).
+      num_candidates: ``N``, integer(s) ``>= 1``, any shape (the grid).
+      log_num_candidates: ``log N`` instead (exactly one of the two).
+      lam: optional tilt for ``kl_to_tilted``.
+      **law_kwargs: passed to :func:`reward_law` (``span``, ``method`` ...).
+
+    Returns:
+      A :class:`BestOfNResult` (fields shaped like the ``N`` grid, plus ``(M,)``
+      for ``log_pmf``), in the model's dtype, computed in float64.
+
+    Raises:
+      ValueError: both or neither of ``num_candidates``/``log_num_candidates``,
+      ``N < 1``, or a law error from :func:`reward_law`.
+
+    Examples:
+      >>> import jaxalign
+      >>> lm = jaxalign.MemorylessLM.bernoulli(0.5, length=1)
+      >>> res = best_of_n(lm, jaxalign.LinearReward([0.0, 1.0]), num_candidates=[1, 2])
+      >>> [float(v) for v in res.expected_reward]
+      [0.5, 0.75]
+    """
+    _log_candidates(num_candidates, log_num_candidates)
+    law = reward_law(lm, reward, **law_kwargs)
+    return best_of_n_from_law(law, num_candidates=num_candidates,
+                              log_num_candidates=log_num_candidates, lam=lam)
+
+
+# ---------------------------------------------------------------------- tails
+
+
+def log_tail(law: RewardLaw, t, upper: bool = True) -> Array:
+    r"""Exact log tail probabilities of a law, in log space.
+
+    .. math::
+        \log P(R \ge t) \ (\texttt{upper=True}), \qquad \log P(R \le t)
+        \ (\texttt{upper=False}).
+
+    Values within ``1e-9 * span`` of ``t`` (``1e-12 * max|v|`` for non-lattice
+    laws) count as equal to ``t``.  Sums are cumulative log-sum-exps, so deep
+    tails keep the law's relative accuracy.
+
+    Args:
+      law: a :class:`RewardLaw`.
+      t: thresholds, any shape.
+      upper: the upper tail ``P(R >= t)`` or the lower tail ``P(R <= t)``.
+
+    Returns:
+      An array shaped like ``t`` (``-inf`` for an empty tail).
+
+    Examples:
+      >>> import jaxalign
+      >>> lm = jaxalign.MemorylessLM.bernoulli(0.5, length=2)
+      >>> law = reward_law(lm, jaxalign.LinearReward([0.0, 1.0]))
+      >>> float(jnp.exp(log_tail(law, 1.0)))
+      0.75
+    """
+    values = np.asarray(law.values, dtype=np.float64)
+    log_pmf = np.asarray(law.log_pmf, dtype=np.float64)
+    t = np.asarray(t, dtype=np.float64)
+    if np.any(np.isnan(t)):
+        raise ValueError(f"t must not be NaN, got {t!r}")
+    if np.isfinite(law.span):
+        tol = 1e-9 * law.span
+    else:
+        tol = 1e-12 * max(float(np.max(np.abs(values))), 1e-300)
+    with np.errstate(divide="ignore"):
+        if upper:
+            cum = np.logaddexp.accumulate(log_pmf[::-1])[::-1]
+            idx = np.searchsorted(values, t - tol, side="left")
+            padded = np.r_[cum, -np.inf]
+            out = padded[idx]
+        else:
+            cum = np.logaddexp.accumulate(log_pmf)
+            idx = np.searchsorted(values, t + tol, side="right") - 1
+            padded = np.r_[-np.inf, cum]
+            out = padded[idx + 1]
+    return jnp.asarray(out, dtype=law.log_pmf.dtype)
+
+
+def bahadur_rao_log_tail(
+    lm: MemorylessLM,
+    reward: LinearReward,
+    t,
+    *,
+    upper: bool = True,
+    span: float | None = None,
+) -> Array:
+    r"""Bahadur–Rao (saddle-point) approximation of a log tail of ``R`` (THEORY §1.8).
+
+    For ``x = t/n`` beyond the mean, ``θ = (Λ')^{-1}(x)``, ``I = θx - Λ(θ)``,
+    ``σ² = Λ''(θ)``:
+
+    .. math::
+        P(R \ge t) \approx \frac{e^{-nI}}{|\theta| \sigma \sqrt{2\pi n}}
+        \ \text{(non-lattice)}, \qquad
+        P(R \ge t) \approx \frac{e^{-nI}\, h}{(1 - e^{-|\theta| h}) \sigma
+        \sqrt{2\pi n}} \ \text{(lattice, } t \text{ on the lattice)},
+
+    and the same with ``θ < 0`` for ``P(R <= t)`` below the mean.  The relative
+    error is ``O(1/n)`` for fixed ``x`` strictly inside ``(min r, max r)``; it
+    blows up as ``t`` approaches the mean.  Returns ``nan`` when ``t`` is on the
+    wrong side of the mean for the requested tail or outside the range.
+
+    Args:
+      lm, reward: model and reward (``Λ`` from the token law, in float64).
+      t: thresholds (any shape) on the scale of ``R``.
+      upper: upper tail ``P(R >= t)`` or lower tail ``P(R <= t)``.
+      span: the lattice span ``h`` for the lattice formula; ``None`` for the
+        non-lattice one.
+
+    Returns:
+      ``log P`` approximations shaped like ``t``, in the model's dtype.
+
+    Examples:
+      >>> import jaxalign
+      >>> lm = jaxalign.MemorylessLM.bernoulli(0.3, length=1000)
+      >>> r = jaxalign.LinearReward([0.0, 1.0])
+      >>> approx = bahadur_rao_log_tail(lm, r, 400.0, span=1.0)
+      >>> exact_ = log_tail(reward_law(lm, r), 400.0)
+      >>> bool(abs(float(approx - exact_)) < 0.05)
+      True
+    """
+    log_p, r, dtype = _positive_tokens(lm, reward)
+    n = lm.length
+    t = np.asarray(t, dtype=np.float64)
+
+    def moments(theta):
+        z = log_p + theta * r
+        lam = scipy.special.logsumexp(z)
+        w = np.exp(z - lam)
+        mean = float(np.dot(w, r))
+        return lam, mean, float(np.dot(w, (r - mean) ** 2))
+
+    _, mean0, _ = moments(0.0)
+    out = np.full(t.shape, np.nan)
+    for i, ti in np.ndenumerate(t):
+        x = ti / n
+        if not (r.min() < x < r.max()) or (x > mean0) != upper or x == mean0:
+            continue
+        lo, hi = (0.0, 1.0) if upper else (-1.0, 0.0)
+        while moments(hi)[1] < x:
+            hi *= 2.0
+        while moments(lo)[1] > x:
+            lo *= 2.0
+        theta = scipy.optimize.brentq(lambda th, x=x: moments(th)[1] - x, lo, hi,
+                                      xtol=1e-14, rtol=1e-15)
+        lam, _, var = moments(theta)
+        rate = theta * x - lam
+        sigma = math.sqrt(var)
+        a = abs(theta)
+        if span is None:
+            pref = -math.log(a * sigma * math.sqrt(2 * math.pi * n))
+        else:
+            pref = math.log(span) - math.log(-math.expm1(-a * span)) - math.log(
+                sigma * math.sqrt(2 * math.pi * n))
+        out[i] = -n * rate + pref
+    return jnp.asarray(out, dtype=dtype)
