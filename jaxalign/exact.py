@@ -9,9 +9,9 @@ accuracy deep into both tails (see :func:`reward_law`).  Everything downstream
 (best-of-N, tilted laws, tails) depends on a sequence only through ``R``, so it
 is computed exactly on this law, for any ``N`` (even ``N = e^{1000}``).
 
-The lattice laws are computed with NumPy/SciPy in float64 (their shapes depend
-on the data, which JAX cannot trace); the best-of-N core is a jitted JAX
-function of the law's arrays.  Results are cast to the model's dtype.
+Everything is computed with NumPy/SciPy in float64, whatever the JAX x64 mode:
+the shapes depend on the data (so nothing here is traceable under ``jit``) and
+the accuracy targets need float64.  Results are JAX arrays in the model's dtype.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import math
 from fractions import Fraction
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.fft
@@ -567,12 +566,7 @@ def tilted_law(
     _check_scalar(lam, "lam")
     lam = float(lam)
     values, log_pmf, offset, h, err, rel, dtype = _law_numpy(
-        lm, reward, law_kwargs.pop("span", None), law_kwargs.pop("rtol", None),
-        law_kwargs.pop("max_steps", 1_000_000), law_kwargs.pop("method", "lattice"),
-        law_kwargs.pop("max_types", _MAX_TYPES_DEFAULT),
-    )
-    if law_kwargs:
-        raise ValueError(f"unknown keyword arguments {sorted(law_kwargs)}")
+        lm, reward, **_law_options(law_kwargs))
     shifted = log_pmf + lam * (values - offset)
     shifted = shifted - _lse(shifted)
     rel = rel + 1e-16 * abs(lam) * float(np.max(np.abs(values - offset)))
@@ -610,51 +604,61 @@ class BestOfNResult(NamedTuple):
     kl_to_tilted: Array | None
 
 
-def _log_neg_log1m(log_u):
+def _log_neg_log1m(log_u: np.ndarray) -> np.ndarray:
     """log(-log(1 - u)) for u = exp(log_u) in [0, 1], accurate for tiny u."""
+    log_u = np.minimum(log_u, 0.0)
     small = log_u < -20.0
-    safe = jnp.where(small, -1.0, log_u)
-    direct = jnp.log(-jnp.log1p(-jnp.exp(safe)))
-    return jnp.where(small, log_u + 0.5 * jnp.exp(jnp.where(small, log_u, -1.0)),
-                     direct)
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        direct = np.log(-np.log1p(-np.exp(np.where(small, -1.0, log_u))))
+        tiny = log_u + 0.5 * np.exp(np.where(small, log_u, -1.0))
+    return np.where(small, tiny, direct)
 
 
-def _log1mexp_of_exp(log_x):
+def _law_prep(log_pmf: np.ndarray):
+    """Per-law float64 arrays for the best-of-N core (independent of N).
+
+    Returns log(-log F_c), log(-log(1 - q_c/F_c)) and F_{c-1}, each (M,).
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lower = np.logaddexp.accumulate(log_pmf)  # log F_c
+        at_least = np.logaddexp.accumulate(log_pmf[::-1])[::-1]
+        above = np.r_[at_least[1:], -np.inf]  # log P(R > v_c)
+        use_lower = lower < math.log(0.5)
+        log_f = np.where(use_lower, lower, np.log1p(-np.exp(above)))
+        lnl = np.where(use_lower, np.log(-np.where(use_lower, lower, -1.0)),
+                       _log_neg_log1m(above))
+        finite = np.isfinite(log_pmf)
+        ratio = np.where(finite, np.minimum(log_pmf - np.where(finite, log_f, 0.0),
+                                            0.0), -np.inf)
+        lnr = _log_neg_log1m(ratio)
+        below = np.r_[0.0, np.exp(lower[:-1])]
+    return lnl, lnr, below
+
+
+def _log1mexp_of_exp(log_x: np.ndarray) -> np.ndarray:
     """log(1 - e^{-x}) for x = exp(log_x) >= 0, accurate for tiny and huge x."""
     small = log_x < -20.0
-    x = jnp.exp(jnp.where(small, -20.0, log_x))
-    mid = jnp.where(x < math.log(2.0), jnp.log(-jnp.expm1(-x)), jnp.log1p(-jnp.exp(-x)))
-    tiny = log_x - 0.5 * jnp.exp(jnp.where(small, log_x, -20.0))
-    return jnp.where(small, tiny, mid)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        x = np.exp(np.where(small, -20.0, log_x))
+        mid = np.where(x < math.log(2.0), np.log(-np.expm1(-x)), np.log1p(-np.exp(-x)))
+        tiny = log_x - 0.5 * np.exp(np.where(small, log_x, -20.0))
+    return np.where(small, tiny, mid)
 
 
-@jax.jit
-def _bon_core(values, log_pmf, log_n, lam, log_mgf_n):
-    """Best-of-N on a law; log_n (G,), lam/log_mgf_n scalars (nan = absent)."""
-    half = math.log(0.5)
-    neg_inf = jnp.array(-jnp.inf, log_pmf.dtype)
-    lower = jax.lax.cumlogsumexp(log_pmf)  # log F_c
-    at_least = jax.lax.cumlogsumexp(log_pmf, reverse=True)  # log P(R >= v_c)
-    above = jnp.concatenate([at_least[1:], neg_inf[None]])  # log P(R > v_c)
-    use_lower = lower < half
-    log_f = jnp.where(use_lower, lower, jnp.log1p(-jnp.exp(above)))
-    lnl = jnp.where(use_lower, jnp.log(-jnp.where(use_lower, lower, half)),
-                    _log_neg_log1m(above))  # log(-log F_c)
-    a = -jnp.exp(log_n[:, None] + lnl[None, :])  # log F_c^N, (G, M)
-    finite_q = jnp.isfinite(log_pmf)
-    ratio = jnp.where(finite_q, jnp.minimum(log_pmf - jnp.where(finite_q, log_f, 0.0),
-                                            0.0), -jnp.inf)
-    d = log_n[:, None] + _log_neg_log1m(ratio)[None, :]  # log(A_c - A_{c-1})
-    log_b = jnp.where(finite_q[None, :], a + _log1mexp_of_exp(d), -jnp.inf)
-    prev_a = jnp.concatenate([jnp.full_like(a[:, :1], -jnp.inf), a[:, :-1]], axis=1)
-    gaps = jnp.diff(values)
-    expected = values[0] + jnp.sum(gaps[None, :] * -jnp.expm1(prev_a[:, 1:]), axis=1)
-    b = jnp.exp(log_b)
-    log_ratio = jnp.where(b > 0, log_b - jnp.where(finite_q, log_pmf, 0.0)[None, :],
-                          0.0)
-    kl = jnp.sum(b * log_ratio, axis=1)
-    below = jnp.concatenate([jnp.zeros_like(lower[:1]), jnp.exp(lower[:-1])])
-    win = jnp.sum(b * (below + 0.5 * jnp.exp(log_pmf))[None, :], axis=1)
+def _bon_core(values, log_pmf, lnl, lnr, below, log_n, lam, log_mgf_n):
+    """Best-of-N on a prepared float64 law; log_n (G,); lam, log_mgf_n scalars."""
+    finite_q = np.isfinite(log_pmf)
+    with np.errstate(over="ignore", invalid="ignore"):
+        a = -np.exp(log_n[:, None] + lnl[None, :])  # log F_c^N, (G, M)
+        d = log_n[:, None] + lnr[None, :]  # log(A_c - A_{c-1})
+        log_b = np.where(finite_q[None, :], a + _log1mexp_of_exp(d), -np.inf)
+        expected = values[0] + np.sum(np.diff(values)[None, :] * -np.expm1(a[:, :-1]),
+                                      axis=1)
+        b = np.exp(log_b)
+        log_ratio = np.where(b > 0, log_b - np.where(finite_q, log_pmf, 0.0)[None, :],
+                             0.0)
+    kl = np.sum(b * log_ratio, axis=1)
+    win = b @ (below + 0.5 * np.exp(log_pmf))
     kl_tilted = kl - lam * expected + log_mgf_n
     return expected, kl, win, log_b, kl_tilted
 
@@ -717,31 +721,21 @@ def best_of_n_from_law(
       0.75
     """
     log_n = _log_candidates(num_candidates, log_num_candidates)
+    return _bon(np.asarray(law.values, dtype=np.float64),
+                np.asarray(law.log_pmf, dtype=np.float64), log_n, lam,
+                law.log_pmf.dtype)
+
+
+def _bon(values, log_pmf, log_n, lam, dtype) -> BestOfNResult:
+    if lam is None:
+        lam64, mgf = 0.0, 0.0
+    else:
+        _check_scalar(lam, "lam")
+        lam64 = float(lam)
+        mgf = float(_lse(log_pmf + lam64 * values))
     shape = log_n.shape
-    dtype = law.log_pmf.dtype
-    values_np = np.asarray(law.values, dtype=np.float64)
-    log_pmf_np = np.asarray(law.log_pmf, dtype=np.float64)
-    m = len(values_np)
-    # Pad to a power of two (zero-mass classes on top) so few shapes compile.
-    padded = max(64, 1 << (m - 1).bit_length())
-    step = float(values_np[-1] - values_np[-2]) if m > 1 else 1.0
-    values_np = np.r_[values_np, values_np[-1] + step * np.arange(1, padded - m + 1)]
-    log_pmf_np = np.r_[log_pmf_np, np.full(padded - m, -np.inf)]
-    with jax.enable_x64(True):
-        values = jnp.asarray(values_np)
-        log_pmf = jnp.asarray(log_pmf_np)
-        if lam is None:
-            lam64, mgf = 0.0, 0.0
-        else:
-            _check_scalar(lam, "lam")
-            lam64 = float(lam)
-            mgf = float(_lse(np.asarray(log_pmf)
-                                                + lam64 * np.asarray(values)))
-        out = _bon_core(values, log_pmf, jnp.asarray(log_n.reshape(-1)),
-                        jnp.asarray(lam64), jnp.asarray(mgf))
-        out = [np.asarray(x) for x in out]
-    expected, kl, win, log_b, kl_tilted = out
-    log_b = log_b[:, :m]
+    expected, kl, win, log_b, kl_tilted = _bon_core(
+        values, log_pmf, *_law_prep(log_pmf), log_n.reshape(-1), lam64, mgf)
 
     def cast(x, extra=()):
         return jnp.asarray(x.reshape(shape + extra), dtype=dtype)
@@ -751,8 +745,8 @@ def best_of_n_from_law(
         expected_reward=cast(expected),
         kl=cast(kl),
         win_rate=cast(win),
-        log_pmf=cast(log_b, (m,)),
-        values=law.values,
+        log_pmf=cast(log_b, values.shape),
+        values=jnp.asarray(values, dtype=dtype),
         kl_to_tilted=None if lam is None else cast(kl_tilted),
     )
 
@@ -814,10 +808,20 @@ def best_of_n(
       >>> [float(v) for v in res.expected_reward]
       [0.5, 0.75]
     """
-    _log_candidates(num_candidates, log_num_candidates)
-    law = reward_law(lm, reward, **law_kwargs)
-    return best_of_n_from_law(law, num_candidates=num_candidates,
-                              log_num_candidates=log_num_candidates, lam=lam)
+    log_n = _log_candidates(num_candidates, log_num_candidates)
+    values, log_pmf, *_, dtype = _law_numpy(lm, reward, **_law_options(law_kwargs))
+    return _bon(values, log_pmf, log_n, lam, dtype)
+
+
+def _law_options(kwargs):
+    options = dict(span=None, rtol=None, max_steps=1_000_000, method="lattice",
+                   max_types=_MAX_TYPES_DEFAULT)
+    unknown = set(kwargs) - set(options)
+    if unknown:
+        raise ValueError(f"unknown keyword arguments {sorted(unknown)}; allowed: "
+                         f"{sorted(options)}")
+    options.update(kwargs)
+    return options
 
 
 # ---------------------------------------------------------------------- tails

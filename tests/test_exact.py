@@ -130,6 +130,24 @@ def test_reward_law_trinomial_n1e4_mpmath(x64):
     np.testing.assert_allclose(got, [ref(s) for s in points], rtol=0, atol=1e-9)
 
 
+def test_reward_law_bernoulli_n1e5_mpmath(x64):
+    n = 100_000
+    lm = _model([0.7, 0.3], n)
+    law = exact.reward_law(lm, _reward([0.0, 1.0]))
+    mpmath.mp.dps = 40
+    p0, p1 = (mpmath.mpf(float(p)) for p in lm.probs)
+    points = [0, 1, 100, 10_000, 29_000, 30_000, 31_000, 60_000, 99_000, n - 1, n]
+    ref = [
+        float(mpmath.loggamma(n + 1) - mpmath.loggamma(s + 1)
+              - mpmath.loggamma(n - s + 1) + s * mpmath.log(p1)
+              + (n - s) * mpmath.log(p0))
+        for s in points
+    ]
+    # |log P| reaches 1.2e5 here, so float64 itself limits the log to ~1e-11.
+    np.testing.assert_allclose(np.asarray(law.log_pmf)[points], ref, rtol=0,
+                               atol=1e-9)
+
+
 @pytest.mark.parametrize(
     "weights, n",
     [([0.4, 0.3, 0.2, 0.1], 300), ([0.4, 0.3, 0, 0, 0, 0.2, 0, 0, 0, 0, 0.1], 100)],
@@ -446,3 +464,7 @@ def test_float32_best_of_n_and_huge_integer_n():
     assert float(res.expected_reward[1]) == pytest.approx(50.0, rel=1e-6)
     assert float(res.log_num_candidates[1]) == pytest.approx(400 * math.log(10),
                                                              rel=1e-6)
+    law = exact.tilted_law(lm, r, 0.5)
+    assert law.log_pmf.dtype == jnp.float32
+    assert exact.log_tail(law, 20.0).dtype == jnp.float32
+    assert exact.bahadur_rao_log_tail(lm, r, 30.0, span=1.0).dtype == jnp.float32
