@@ -63,6 +63,8 @@ __all__ = [
     "kl_estimator_gradient",
     "train",
     "train_sweep",
+    "FrontierData",
+    "frontier_data",
 ]
 
 METHODS = ("exact", "reinforce", "ppo", "grpo")
@@ -604,3 +606,103 @@ def train(key: PRNGKey, lm: MemorylessLM, reward: LinearReward, beta: float,
     betas = jnp.reshape(jnp.asarray(beta, dtype=lm.log_probs.dtype), (1,))
     res = train_sweep(key, lm, reward, betas, num_seeds=1, **kwargs)
     return jax.tree.map(lambda x: x[0, 0], res)
+
+
+# -- frontier data -------------------------------------------------------------------
+
+
+class FrontierData(NamedTuple):
+    """KL-reward frontier with best-of-N and trained-policy points (plot data).
+
+    ``methods`` holds static string labels; every other field is an array.
+    """
+
+    lams: Array  # (L,) tilt grid λ
+    tilt_kl: Array  # (L,) KL(p_λ^{⊗n} ‖ P), the frontier's abscissa
+    tilt_reward: Array  # (L,) E_{p_λ} R, the frontier
+    num_candidates: Array  # (C,) best-of-N sizes
+    bon_kl: Array  # (C,) exact KL(π_BoN ‖ P)
+    bon_reward: Array  # (C,) exact E_BoN R
+    betas: Array  # (B,) KL coefficients used for training
+    method_kl: Array  # (num_methods, B, num_seeds) exact KL of the trained policies
+    method_reward: Array  # (num_methods, B, num_seeds) exact E R of trained policies
+    methods: tuple  # (num_methods,) method names
+
+
+def frontier_data(key: PRNGKey, lm: MemorylessLM, reward: LinearReward,
+                  betas: ArrayLike, *,
+                  methods: tuple = ("reinforce", "ppo", "grpo"),
+                  num_candidates: ArrayLike = (1, 2, 4, 8, 16, 32, 64, 128),
+                  num_points: int = 64, method_kwargs: dict | None = None,
+                  **train_kwargs) -> FrontierData:
+    r"""Everything needed for the KL-reward frontier figure, exactly evaluated.
+
+    - the frontier ``(n(λΛ'(λ) − Λ(λ)), nΛ'(λ))`` on ``λ ∈ [0, 2/min β]``
+      (``num_points`` values), from the closed form of the tilt;
+    - best-of-N points (``jaxalign.exact.best_of_n``, uniform ties);
+    - the final exact ``(KL, reward)`` of policies trained by each method for each
+      ``β`` and seed (:func:`train_sweep`).
+
+    Args:
+      key: typed PRNG key (method ``i`` uses ``fold_in(key, i)``).
+      lm, reward: base model and reward.
+      betas: ``(B,)`` KL coefficients ``β > 0``.
+      methods: names from :data:`METHODS`.
+      num_candidates: best-of-N sizes ``N >= 1``.
+      num_points: size of the tilt grid.
+      method_kwargs: per-method overrides of ``train_kwargs``, e.g.
+        ``{"ppo": {"learning_rate": 0.02}}``.
+      **train_kwargs: passed to :func:`train_sweep` (``num_seeds``, ``num_steps`` …).
+
+    Returns:
+      A :class:`FrontierData`.
+
+    Examples:
+      >>> import jax, jaxalign
+      >>> lm = jaxalign.MemorylessLM.uniform(3, length=4)
+      >>> r = jaxalign.LinearReward([0.0, 0.5, 1.0])
+      >>> d = frontier_data(jax.random.key(0), lm, r, jnp.array([1.0]),
+      ...                   methods=("reinforce",), num_steps=5, batch_size=4)
+      >>> d.method_kl.shape
+      (1, 1, 1)
+    """
+    from jaxalign import exact  # exact imports theory; keep rl import-light
+
+    check_key(key)
+    check_compatible(lm, reward)
+    betas = jnp.asarray(betas, dtype=lm.log_probs.dtype)
+    if betas.ndim != 1 or betas.shape[0] < 1:
+        raise ValueError(f"betas must have shape (B,), B >= 1, got {betas.shape}")
+    check_real(betas, "betas", minimum=0.0)
+    if is_concrete(betas) and np.any(np.asarray(betas) <= 0):
+        raise ValueError(f"betas must be > 0, got {np.asarray(betas)}")
+    for m in methods:
+        _check_choice(m, "methods entry", METHODS)
+    num_points = check_positive_int(num_points, "num_points", minimum=2)
+    method_kwargs = dict(method_kwargs or {})
+    unknown = set(method_kwargs) - set(methods)
+    if unknown:
+        raise ValueError(
+            f"method_kwargs names methods {sorted(unknown)} not in methods {methods}")
+
+    dtype = lm.log_probs.dtype
+    lams = jnp.linspace(0.0, 2.0 / jnp.min(betas), num_points, dtype=dtype)
+    tilt_logits = lm.log_probs[None, :] + lams[:, None] * reward.token_rewards[None, :]
+    tilt = jax.vmap(
+        lambda lg: _policy_value(lg, lm.log_probs, reward.token_rewards, lm.length)
+    )(tilt_logits)
+
+    nc = np.asarray(num_candidates)
+    bon = exact.best_of_n(lm, reward, num_candidates=nc)
+
+    kls, rewards = [], []
+    for i, method in enumerate(methods):
+        kwargs = {**train_kwargs, **method_kwargs.get(method, {})}
+        res = train_sweep(jax.random.fold_in(key, i), lm, reward, betas,
+                          method=method, **kwargs)
+        kls.append(res.kl[..., -1])
+        rewards.append(res.reward[..., -1])
+    return FrontierData(
+        lams, tilt.kl, tilt.reward, jnp.asarray(nc, dtype=dtype),
+        jnp.asarray(bon.kl, dtype=dtype), jnp.asarray(bon.expected_reward, dtype=dtype),
+        betas, jnp.stack(kls), jnp.stack(rewards), tuple(methods))

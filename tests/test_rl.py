@@ -239,8 +239,9 @@ def test_k3_in_loss_converges_to_reverse_kl_optimum(x64, key):
 def test_reinforce_stays_at_optimum(x64, key):
     lm, reward = _models()
     init = jnp.asarray(np.log(_np_tilt(0.5)))
-    res = rl.train(key, lm, reward, 0.5, method="reinforce", num_steps=50,
-                   batch_size=8, learning_rate=0.1, optimizer_fn=optax.sgd,
+    # same static configuration as test_reinforce_estimates_z_scores: one compile
+    res = rl.train(key, lm, reward, 0.5, method="reinforce", num_steps=200,
+                   batch_size=16, learning_rate=0.1, optimizer_fn=optax.sgd,
                    init_logits=init)
     np.testing.assert_allclose(_softmax(res.logits), _np_tilt(0.5), atol=1e-12)
 
@@ -300,3 +301,27 @@ def test_bad_inputs(key):
         rl.train(key, zero, reward, 0.5)
     with pytest.raises(ValueError, match="key"):
         rl.train(0, lm, reward, 0.5)
+
+
+def test_frontier_data(sampled_runs, x64, key):
+    # Same training configuration as the fixture, so the compiled sweeps are reused.
+    from jaxalign import proxy
+
+    lm, reward = _models()
+    d = rl.frontier_data(key, lm, reward, jnp.asarray(BETAS), num_seeds=2,
+                         num_steps=150, batch_size=16, group_size=4,
+                         learning_rate=0.05, num_candidates=[1, 3, 20], num_points=9)
+    bon = [proxy.sequence_best_of_n(lm, reward, reward.token_rewards, m)
+           for m in (1, 3, 20)]
+    assert d.methods == ("reinforce", "ppo", "grpo")
+    assert d.method_kl.shape == (3, 2, 2) and d.tilt_kl.shape == (9,)
+    np.testing.assert_allclose(d.lams[-1], 2 / BETAS.min(), rtol=1e-12)
+    for lam, kl, rew in zip(d.lams, d.tilt_kl, d.tilt_reward, strict=True):
+        phi = _np_tilt(1 / lam) if lam > 0 else P
+        np.testing.assert_allclose(_np_value(phi), (kl, rew), rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(d.bon_kl, [b.kl for b in bon], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(d.bon_reward, [b.gold_reward for b in bon], rtol=1e-9)
+    for k, r in zip(np.ravel(d.method_kl), np.ravel(d.method_reward), strict=True):
+        assert r <= _np_frontier(k) + 1e-9
+    for k, r in zip(d.bon_kl, d.bon_reward, strict=True):
+        assert r <= _np_frontier(float(k)) + 1e-9
