@@ -10,10 +10,13 @@ forms solved with scipy.optimize.brentq.
 import itertools
 import math
 
+import jax
 import jax.numpy as jnp
 import mpmath
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.optimize import brentq
 from scipy.stats import binom
 
@@ -360,6 +363,28 @@ def test_best_of_n_kl_to_tilted_direct(x64):
     direct = [np.sum(bb[k] * (lb[k] - np.asarray(tilted.log_pmf)[k]))
               for bb, lb, k in zip(b, np.asarray(res.log_pmf), ok, strict=True)]
     np.testing.assert_allclose(res.kl_to_tilted, direct, rtol=1e-9)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    probs=st.lists(st.floats(0.05, 1.0), min_size=2, max_size=4),
+    steps=st.lists(st.integers(0, 4), min_size=4, max_size=4),
+    n=st.integers(1, 30),
+)
+def test_best_of_n_properties(probs, steps, n):
+    """KL >= 0, B2 bound, B7 bound, mean and KL non-decreasing in N, N=1 is P."""
+    with jax.enable_x64(True):
+        probs = np.asarray(probs) / np.sum(probs)
+        rewards = np.asarray(steps[: len(probs)], dtype=np.float64)
+        nums = np.array([1, 2, 3, 10, 1000])
+        res = exact.best_of_n(_model(probs, n), _reward(rewards), num_candidates=nums)
+        kl, mean, win = (np.asarray(x) for x in (res.kl, res.expected_reward,
+                                                  res.win_rate))
+    assert abs(kl[0]) < 1e-12 and mean[0] == pytest.approx(n * probs @ rewards)
+    assert np.all(kl >= -1e-12)
+    assert np.all(kl <= np.log(nums) - (nums - 1) / nums + 1e-10)
+    assert np.all(win <= nums / (nums + 1) + 1e-12)
+    assert np.all(np.diff(mean) >= -1e-9) and np.all(np.diff(kl) >= -1e-10)
 
 
 # ------------------------------------------------------------------ tilted law, tails
