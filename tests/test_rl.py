@@ -325,3 +325,18 @@ def test_frontier_data(sampled_runs, x64, key):
         assert r <= _np_frontier(k) + 1e-9
     for k, r in zip(d.bon_kl, d.bon_reward, strict=True):
         assert r <= _np_frontier(float(k)) + 1e-9
+
+
+def test_no_retrace_for_new_values(sampled_runs):
+    # betas, learning rate, clip and init are traced: new values reuse the program.
+    size = getattr(rl._sweep_jit, "_cache_size", None)
+    if size is None:
+        pytest.skip("jit cache size not exposed by this JAX version")
+    before = size()
+    with jax.enable_x64(True):
+        lm, reward = _models()
+        rl.train_sweep(jax.random.key(7), lm, reward, jnp.array([0.6, 2.0]),
+                       num_seeds=2, method="ppo", num_steps=150, batch_size=16,
+                       group_size=4, learning_rate=0.01, clip_eps=0.1,
+                       init_logits=jnp.zeros(4))
+    assert size() == before
