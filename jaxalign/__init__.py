@@ -1,9 +1,31 @@
-"""jaxalign: exact and Monte Carlo theory of LM alignment for memoryless models."""
+"""jaxalign: exact and Monte Carlo theory of LM alignment for memoryless models.
+
+Modules (each with its own ``__all__``):
+
+- :mod:`jaxalign.theory`: closed forms (log-MGF, cumulants, tilt, KL, rate function,
+  Rényi quantities, best-of-N asymptotics, bounds).
+- :mod:`jaxalign.exact`: exact finite-n laws of the reward, best-of-N for any N,
+  tilted laws, tails.
+- :mod:`jaxalign.rl`: REINFORCE / PPO / GRPO / exact-gradient training of memoryless
+  policies with exact (KL, reward) trajectories; KL-estimator ground truth.
+- :mod:`jaxalign.proxy`: proxy rewards, reward hacking, ensembles.
+"""
 
 __version__ = "0.1.0"
 
+from jaxalign import exact as exact
+from jaxalign import proxy as proxy
+from jaxalign import rl as rl
 from jaxalign import theory as theory
 from jaxalign.models import LinearReward as LinearReward
 from jaxalign.models import MemorylessLM as MemorylessLM
 
-__all__ = ["LinearReward", "MemorylessLM", "theory", "__version__"]
+__all__ = [
+    "LinearReward",
+    "MemorylessLM",
+    "__version__",
+    "exact",
+    "proxy",
+    "rl",
+    "theory",
+]
