@@ -1,0 +1,302 @@
+"""Command-line interface: ``jaxalign <command> [options]``.
+
+Adding a command takes one function pair and one line::
+
+    def _add_sweep(parser):            # declare the options on the sub-parser
+        parser.add_argument("--config", required=True)
+
+    def _run_sweep(args) -> int:       # do the work, print, return the exit code
+        ...
+        return 0
+
+    COMMANDS.append(Command("sweep", "run a grid", _add_sweep, _run_sweep))
+
+Bad input is reported by raising ``ValueError`` (library validation already does):
+:func:`main` prints it as one line ``jaxalign: error: ...`` on stderr and returns 2,
+never a traceback.  Argument-parsing errors take the same path.  Negative numbers
+and lists that start with one (``--rewards -1,0,1``) are accepted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+__all__ = ["Command", "COMMANDS", "build_parser", "main", "theory_report"]
+
+
+class Command(NamedTuple):
+    """One sub-command: ``jaxalign <name> ...``."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises instead of printing usage and exiting."""
+
+    def error(self, message: str):
+        raise ValueError(message)
+
+
+# -- parsing helpers (shared by commands) -------------------------------------------
+
+
+def float_list(text: str, name: str) -> list[float]:
+    """Parse ``"0.5,0.3,0.2"`` into floats; ``ValueError`` naming the option."""
+    items = [item.strip() for item in text.split(",")]
+    try:
+        values = [float(item) for item in items]
+    except ValueError:
+        raise ValueError(
+            f"{name} must be a comma-separated list of numbers, got {text!r}"
+        ) from None
+    if not values:
+        raise ValueError(f"{name} must not be empty")
+    return values
+
+
+def _json_safe(value: Any) -> Any:
+    """Floats that JSON cannot hold (inf, nan) become the strings "inf", "nan"."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return f"{value:.10g}"
+    if isinstance(value, list):
+        return "  ".join(_fmt(v) for v in value)
+    return str(value)
+
+
+# -- theory ---------------------------------------------------------------------------
+
+
+def theory_report(lm, reward, *, lam: float | None = None,
+                  kl_budget: float | None = None, order: int = 4) -> dict[str, Any]:
+    """All closed-form quantities at one tilt, as a dict of Python floats.
+
+    Give exactly one of ``lam`` and ``kl_budget`` (sequence level; then
+    ``lam = lam_for_kl(kl_budget)``).  Sequence-level unless the key says per token.
+    """
+    from jaxalign import theory
+
+    if (lam is None) == (kl_budget is None):
+        raise ValueError("give exactly one of lam and kl_budget")
+    n = lm.length
+    if kl_budget is not None:
+        lam = float(theory.lam_for_kl(lm, reward, kl_budget))
+    kl = float(theory.kl(lm, reward, lam))
+    per_token_kl = kl / n
+    base_reward = float(theory.expected_reward(lm, reward, 0.0))
+    aligned_reward = float(theory.expected_reward(lm, reward, lam))
+    hoeffding = float(theory.hoeffding_variance(reward, lm))
+    report: dict[str, Any] = {
+        "num_tokens": lm.num_tokens,
+        "length": n,
+        "probs": [float(p) for p in lm.probs],
+        "rewards": [float(r) for r in reward.token_rewards],
+        "kl_budget": kl_budget,
+        "lam": lam,
+        "beta": math.inf if lam == 0 else 1.0 / lam,
+        "log_mgf": float(theory.log_mgf(lm, reward, lam)),
+        "cumulants": [float(c) for c in theory.cumulants(lm, reward, order, lam)],
+        "kl": kl,
+        "kl_per_token": per_token_kl,
+        "max_kl": float(theory.max_kl(lm, reward)),
+        "reverse_kl": float(theory.reverse_kl(lm, reward, lam)),
+        "jeffreys": float(theory.jeffreys(lm, reward, lam)),
+        "expected_reward": aligned_reward,
+        "base_expected_reward": base_reward,
+        "reward_gain": float(theory.covariance_gain(lm, reward, lam)),
+        "optimal_reward": float(theory.optimal_reward(lm, reward, kl)),
+        "rate_at_aligned_mean": float(theory.rate_function(lm, reward,
+                                                           aligned_reward / n)),
+        "best_of_n_log_num_candidates": kl,
+        "best_of_n_kl_bound": float(theory.best_of_n_kl_bound(log_num_candidates=kl)),
+        "best_of_n_asymptotic_reward": n * float(
+            theory.best_of_n_asymptotic_reward(lm, reward, per_token_kl)),
+        "hoeffding_variance": hoeffding,
+        "subgaussian_bound": float(theory.subgaussian_reward_bound(n * hoeffding, kl)),
+    }
+    if math.isfinite(lam) and lam != 0:
+        report["jeffreys_gain"] = float(theory.jeffreys_gain(lm, reward, lam))
+    return report
+
+
+def _add_theory(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--probs", required=True,
+                        help="token probabilities p, comma-separated (sum to 1)")
+    parser.add_argument("--rewards", required=True,
+                        help="per-token rewards r, comma-separated")
+    parser.add_argument("--length", required=True, type=int,
+                        help="sequence length n (an integer >= 1)")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--lam", type=float, help="tilt lambda (inverse temperature)")
+    which.add_argument("--kl", type=float, metavar="BUDGET",
+                       help="sequence-level KL budget; solves for lambda")
+    parser.add_argument("--order", type=int, default=4,
+                        help="number of cumulants to print (default 4)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object instead of a table")
+
+
+def _theory_table(rep: dict[str, Any]) -> str:
+    n = rep["length"]
+    rows: list[tuple[str, Any, str]] = []
+
+    def section(title):
+        rows.append((f"-- {title}", None, ""))
+
+    def row(label, value, note=""):
+        rows.append((label, value, note))
+
+    section(f"model: K = {rep['num_tokens']} tokens, length n = {n} (float64)")
+    row("token probabilities p", rep["probs"])
+    row("token rewards r", rep["rewards"])
+    section("tilted policy Phi_lam = p_lam^n (the KL-optimal policy)")
+    if rep["kl_budget"] is not None:
+        row("KL budget", rep["kl_budget"], "sequence level, nats")
+    row("lam", rep["lam"], "solved from the budget" if rep["kl_budget"] is not None
+        else "given")
+    row("beta = 1/lam", rep["beta"], "KL-penalty coefficient")
+    row("log-MGF Lambda(lam)", rep["log_mgf"], "per token")
+    row(f"cumulants k1..k{len(rep['cumulants'])}", rep["cumulants"])
+    rows.append(("", "", "(per token under p_lam; n x these for R)"))
+    section("divergences (sequence level, nats)")
+    row("KL(Phi_lam || P)", rep["kl"], f"max {_fmt(rep['max_kl'])} = -n log p(A_max)")
+    row("KL(P || Phi_lam)", rep["reverse_kl"])
+    row("Jeffreys J", rep["jeffreys"], "= lam x gain")
+    section("reward R = sum_i r(y_i)")
+    row("E_P[R]", rep["base_expected_reward"], "base model")
+    row("E_Phi[R]", rep["expected_reward"], "= n Lambda'(lam)")
+    row("gain E_Phi[R] - E_P[R]", rep["reward_gain"], "covariance form")
+    if "jeffreys_gain" in rep:
+        row("gain as J / lam", rep["jeffreys_gain"], "Jeffreys identity")
+    row("optimal E[R] at this KL", rep["optimal_reward"], "KL-constrained frontier")
+    row("rate I_0(E_Phi[R]/n)", rep["rate_at_aligned_mean"],
+        "per token; = KL/n for lam >= 0")
+    section("best-of-N with log N = KL (Yang et al. asymptotics)")
+    row("log N", rep["best_of_n_log_num_candidates"])
+    row("KL bound log N - (N-1)/N", rep["best_of_n_kl_bound"], "classical BoN bound")
+    row("asymptotic BoN E[R]", rep["best_of_n_asymptotic_reward"],
+        "n x*, I_0(x*) = KL/n")
+    section("bounds")
+    row("Hoeffding variance", rep["hoeffding_variance"], "(r_max - r_min)^2 / 4")
+    row("sub-Gaussian gain bound", rep["subgaussian_bound"],
+        "sqrt(2 n sigma^2 KL) >= gain")
+    width = max(len(label) for label, value, _ in rows if value is not None) + 2
+    lines = []
+    for label, value, note in rows:
+        if value is None:
+            lines.append(label)
+            continue
+        text = f"  {label:<{width}}{_fmt(value)}" if label else " " * (width + 2)
+        lines.append(f"{text:<{width + 24}}  {note}".rstrip() if note else text)
+    return "\n".join(lines)
+
+
+def _run_theory(args: argparse.Namespace) -> int:
+    import jax
+    import numpy as np
+
+    from jaxalign.models import LinearReward, MemorylessLM
+
+    probs = float_list(args.probs, "--probs")
+    rewards = float_list(args.rewards, "--rewards")
+    if args.lam is not None and math.isnan(args.lam):
+        raise ValueError("--lam must be a number, got nan")
+    if args.kl is not None and not args.kl >= 0:
+        raise ValueError(f"--kl must be a budget >= 0, got {args.kl}")
+    if args.order < 1:
+        raise ValueError(f"--order must be an integer >= 1, got {args.order}")
+    with jax.enable_x64(True):
+        lm = MemorylessLM.from_probs(np.asarray(probs, np.float64), length=args.length)
+        reward = LinearReward(np.asarray(rewards, np.float64))
+        rep = theory_report(lm, reward, lam=args.lam, kl_budget=args.kl,
+                            order=args.order)
+    if args.json:
+        print(json.dumps(_json_safe(rep), allow_nan=False))
+    else:
+        print(_theory_table(rep))
+    return 0
+
+
+COMMANDS: list[Command] = [
+    Command("theory", "closed-form quantities of the tilted (KL-optimal) policy",
+            _add_theory, _run_theory),
+]
+
+
+# -- entry point ----------------------------------------------------------------------
+
+_NEGATIVE_VALUE = re.compile(r"^-(\d|\.\d)")
+
+
+def _join_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--rewards -1,0,1`` -> ``--rewards=-1,0,1`` (argparse would read an option)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if (token.startswith("--") and "=" not in token and i + 1 < len(argv)
+                and _NEGATIVE_VALUE.match(argv[i + 1])):
+            out.append(f"{token}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(token)
+            i += 1
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one sub-parser per entry of :data:`COMMANDS`."""
+    parser = _Parser(prog="jaxalign",
+                     description="Theory of LM alignment for memoryless models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
+    for command in COMMANDS:
+        child = sub.add_parser(command.name, help=command.help,
+                               description=command.help)
+        command.add_arguments(child)
+        child.set_defaults(_run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``jaxalign`` with ``argv`` (default ``sys.argv[1:]``); return exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(_join_negative_values(argv))
+        return int(args._run(args))
+    except ValueError as err:
+        message = " ".join(str(err).split())  # always one line
+        print(f"jaxalign: error: {message}", file=sys.stderr)
+        return 2
+    except SystemExit as exit_:  # --help
+        return exit_.code if isinstance(exit_.code, int) else 0
+    except BrokenPipeError:  # e.g. `jaxalign theory ... | head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
