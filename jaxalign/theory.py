@@ -1118,6 +1118,11 @@ def best_of_n_kl_bound(num_candidates: ArrayLike | None = None,
             log_n = log_n.astype(jnp.result_type(float))
         log_n = _scalar(log_n, "log_num_candidates", log_n.dtype, minimum=0.0,
                         allowed="a real number >= 0 (inf allowed)")
+    return _bon_bound_impl(log_n)
+
+
+@jax.jit
+def _bon_bound_impl(log_n: Array) -> Array:
     small, l = _small(log_n)
     direct = log_n + jnp.expm1(-jnp.where(jnp.isinf(log_n), 0.0, log_n))
     return jnp.where(small, _series(-l, _REV_COEFFS), direct)
@@ -1155,7 +1160,12 @@ def subgaussian_reward_bound(variance: ArrayLike, kl_budget: ArrayLike) -> Array
                        allowed="a finite real number >= 0")
     budget = _scalar(kl_budget, "kl_budget", dtype, minimum=0.0,
                      allowed="a real number >= 0 (inf allowed)")
-    return jnp.sqrt(2 * variance * budget)
+    return _sqrt_2_product(variance, budget)
+
+
+@jax.jit
+def _sqrt_2_product(a: Array, b: Array) -> Array:
+    return jnp.sqrt(2 * a * b)
 
 
 def hoeffding_variance(reward: LinearReward, lm: MemorylessLM | None = None) -> Array:
@@ -1184,13 +1194,17 @@ def hoeffding_variance(reward: LinearReward, lm: MemorylessLM | None = None) -> 
     if not isinstance(reward, LinearReward):
         raise ValueError(f"reward must be a LinearReward, got {type(reward).__name__}")
     r = reward.token_rewards
-    if lm is not None:
-        log_p, r, _ = _prepare(lm, reward)
-        support = log_p > -jnp.inf
-        hi = jnp.max(jnp.where(support, r, -jnp.inf))
-        lo = jnp.min(jnp.where(support, r, jnp.inf))
-    else:
-        hi, lo = jnp.max(r), jnp.min(r)
+    if lm is None:
+        return _hoeffding_impl(jnp.zeros_like(r), r)
+    log_p, r, _ = _prepare(lm, reward)
+    return _hoeffding_impl(log_p, r)
+
+
+@jax.jit
+def _hoeffding_impl(log_p: Array, r: Array) -> Array:
+    support = log_p > -jnp.inf
+    hi = jnp.max(jnp.where(support, r, -jnp.inf))
+    lo = jnp.min(jnp.where(support, r, jnp.inf))
     return (hi - lo) ** 2 / 4
 
 

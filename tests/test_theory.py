@@ -618,18 +618,21 @@ def test_float32_in_float32_out(x64):
         assert np.all(np.isfinite(np.asarray(value))), name
 
 
-def test_float32_is_sane():
-    """Default (float32) precision: a few ulps of float32 against float64 mpmath."""
-    lm, r = make("three")
-    tok = Token(*MODELS["three"][:2])
-    assert lm.log_probs.dtype == jnp.float32
+def test_float32_is_sane(x64):
+    """float32 in (under x64, so nothing is silently promoted): a few float32 ulps
+    from the 50-digit truth."""
+    probs, rewards, n = MODELS["three"]
+    lm = jaxalign.MemorylessLM.from_probs(np.array(probs, np.float32), length=n)
+    r = jaxalign.LinearReward(np.array(rewards, np.float32))
+    tok = Token(probs, rewards)
     for lam in (1e-3, 0.7, 30.0):
         assert float(theory.kl(lm, r, lam)) == pytest.approx(4 * float(tok.kl(lam)),
                                                              rel=1e-5)
     lam = theory.lam_for_kl(lm, r, 1.0)
     assert float(theory.kl(lm, r, lam)) == pytest.approx(1.0, rel=1e-5)
-    assert float(theory.rate_function(lm, r, 1.9)) == pytest.approx(
-        float(tok.rate(mp.mpf(float(np.float32(1.9))))), rel=1e-4)
+    x = float(np.float32(1.9))
+    assert float(theory.rate_function(lm, r, x)) == pytest.approx(
+        float(tok.rate(mp.mpf(x))), rel=1e-4)
 
 
 _SCALAR_FNS = (theory.log_mgf, theory.kl, theory.reverse_kl, theory.jeffreys,

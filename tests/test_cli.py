@@ -1,0 +1,131 @@
+"""The ``jaxalign`` command line: output, JSON, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jaxalign import cli
+
+BASE = ["theory", "--probs", "0.5,0.3,0.2", "--rewards", "0,1,2", "--length", "64"]
+
+
+def run(capsys, argv):
+    code = cli.main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_json_lam(capsys):
+    code, out, err = run(capsys, BASE + ["--lam", "0.5", "--json"])
+    assert code == 0 and err == ""
+    rep = json.loads(out)
+    for key in ("lam", "log_mgf", "kl", "reverse_kl", "expected_reward", "cumulants"):
+        assert key in rep
+    assert rep["lam"] == 0.5 and len(rep["cumulants"]) == 4
+    # Independent check: the closed forms by hand for this 3-token model.
+    weights = [0.5, 0.3 * math.exp(0.5), 0.2 * math.exp(1.0)]
+    z = sum(weights)
+    mean = (weights[1] + 2 * weights[2]) / z
+    assert rep["log_mgf"] == pytest.approx(math.log(z), rel=1e-13)
+    assert rep["expected_reward"] == pytest.approx(64 * mean, rel=1e-13)
+    assert rep["kl"] == pytest.approx(64 * (0.5 * mean - math.log(z)), rel=1e-12)
+    assert rep["reverse_kl"] == pytest.approx(64 * (math.log(z) - 0.5 * 0.7), rel=1e-12)
+    assert rep["cumulants"][0] == pytest.approx(mean, rel=1e-13)
+
+
+def test_json_kl_budget_and_infinite_lam(capsys):
+    code, out, _ = run(capsys, BASE + ["--kl", "4", "--json", "--order", "2"])
+    rep = json.loads(out)
+    assert code == 0 and rep["kl"] == pytest.approx(4.0, rel=1e-12)
+    assert len(rep["cumulants"]) == 2
+    # A budget beyond -n log p(A_max) = 64 log 5: lam = inf, written JSON-safe.
+    code, out, _ = run(capsys, BASE + ["--kl", "1000", "--json"])
+    rep = json.loads(out)
+    assert rep["lam"] == "inf" and rep["reverse_kl"] == "inf"
+    assert rep["expected_reward"] == pytest.approx(128.0)
+    assert rep["kl"] == pytest.approx(64 * math.log(5), rel=1e-13)
+
+
+def test_table(capsys):
+    code, out, err = run(capsys, BASE + ["--kl", "4"])
+    assert code == 0 and err == ""
+    for text in ("lam", "KL(Phi_lam || P)", "E_Phi[R]", "cumulants k1..k4",
+                 "best-of-N", "sub-Gaussian"):
+        assert text in out
+
+
+def test_negative_rewards_are_values_not_options(capsys):
+    code, out, _ = run(capsys, ["theory", "--probs", "0.5,0.5", "--rewards", "-1,1",
+                                "--length", "2", "--lam", "-0.5", "--json"])
+    assert code == 0
+    rep = json.loads(out)
+    assert rep["rewards"] == [-1.0, 1.0] and rep["lam"] == -0.5
+    assert rep["expected_reward"] == pytest.approx(2 * math.tanh(-0.5), rel=1e-13)
+
+
+BAD = [
+    ["--probs", "0.5,0.3,0.3", "--rewards", "0,1,2", "--length", "4", "--lam", "1"],
+    ["--probs", "0.5,-0.3,0.8", "--rewards", "0,1,2", "--length", "4", "--lam", "1"],
+    ["--probs", "0.5,0.5", "--rewards", "0,1,2", "--length", "4", "--lam", "1"],
+    ["--probs", "a,b", "--rewards", "0,1", "--length", "4", "--lam", "1"],
+    ["--probs", "1.0", "--rewards", "0", "--length", "4", "--lam", "1"],
+    ["--probs", "0.5,0.5", "--rewards", "0,nan", "--length", "4", "--lam", "1"],
+    ["--probs", "0.5,0.5", "--rewards", "0,1", "--length", "0", "--lam", "1"],
+    ["--probs", "0.5,0.5", "--rewards", "0,1", "--length", "1.5", "--lam", "1"],
+    ["--probs", "0.5,0.5", "--rewards", "0,1", "--length", "4"],
+    ["--probs", "0.5,0.5", "--rewards", "0,1", "--length", "4", "--lam", "1",
+     "--kl", "1"],
+    ["--probs", "0.5,0.5", "--rewards", "0,1", "--length", "4", "--lam", "nan"],
+    ["--probs", "0.5,0.5", "--rewards", "0,1", "--length", "4", "--kl", "-1"],
+    ["--probs", "0.5,0.5", "--rewards", "0,1", "--length", "4", "--kl", "1",
+     "--order", "0"],
+    ["--rewards", "0,1", "--length", "4", "--lam", "1"],
+]
+
+
+@pytest.mark.parametrize("args", BAD)
+def test_bad_input_exits_2_with_one_line(capsys, args):
+    code, out, err = run(capsys, ["theory", *args])
+    assert code == 2 and out == ""
+    assert err.startswith("jaxalign: error: ") and err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_no_or_unknown_command(capsys):
+    for argv in ([], ["frobnicate"]):
+        code, _, err = run(capsys, argv)
+        assert code == 2 and err.startswith("jaxalign: error: ")
+
+
+def test_help_exits_0(capsys):
+    code, out, _ = run(capsys, ["theory", "--help"])
+    assert code == 0 and "--kl" in out
+
+
+def test_registry_is_extensible(capsys, monkeypatch):
+    def add(parser):
+        parser.add_argument("--name", required=True)
+
+    def go(args):
+        print(f"hello {args.name}")
+        return 0
+
+    monkeypatch.setattr(cli, "COMMANDS", [*cli.COMMANDS, cli.Command("hello", "x", add,
+                                                                     go)])
+    assert run(capsys, ["hello", "--name", "world"])[:2] == (0, "hello world\n")
+
+
+def test_console_script_subprocess():
+    script = Path(sys.executable).with_name("jaxalign")
+    command = [str(script)] if script.exists() else [sys.executable, "-m",
+                                                     "jaxalign.cli"]
+    ok = subprocess.run(command + BASE + ["--kl", "4", "--json"], capture_output=True,
+                        text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["kl"] == pytest.approx(4.0, rel=1e-12)
