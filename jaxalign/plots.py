@@ -34,6 +34,7 @@ Figures (numbers refer to the issue / THEORY.md):
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -155,12 +156,19 @@ def _band(ax, x, mean, se, *, color, label=None):
                     linewidth=0, label=label)
 
 
-def _log_x(ax, y=False):
-    """Log axes with plain-number tick labels (``4``, ``8``, not ``4×10^0``)."""
+def _log_x(ax, y=False, ticks=None):
+    """Log axes with plain-number tick labels (``4``, ``8``, not ``4×10^0``).
+
+    ``ticks``: x values to label (e.g. the sequence lengths), if few."""
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     axis_list = [ax.xaxis] + ([ax.yaxis] if y else [])
     ax.set_xscale("log")
+    if ticks is not None and 1 <= len(ticks) <= 10:
+        ticks = sorted({float(t) for t in ticks})
+        ax.set_xticks(ticks, labels=[f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        axis_list = axis_list[1:]
     if y:
         ax.set_yscale("log")
     ax.autoscale_view()
@@ -262,6 +270,7 @@ def reward_kl(
     model: str | None = None,
     length: int | None = None,
     extra_points: Mapping[str, Points] | None = None,
+    best_of_n_max: int | None = None,
     num_curve: int = 96,
 ):
     r"""Reward vs KL at one length: the optimal frontier and every method on it.
@@ -284,13 +293,17 @@ def reward_kl(
     - any ``extra_points`` (per-token ``Points``, e.g. RL policies).
 
     Args:
-      rows: rows of one run (:func:`jaxalign.store.read_results`).
+      rows: rows of one run (:func:`jaxalign.store.read_results`), or ``None`` to
+        draw only the theory curves and ``extra_points`` (then ``lm``, ``reward``
+        and ``length`` are required).
       lm: the base :class:`~jaxalign.MemorylessLM` at this length (any length: it is
         rebuilt at ``length``), for the frontier and the exact curve; optional.
       reward: its :class:`~jaxalign.LinearReward`.
       model: which model of the run (needed when the run has several).
       length: which length (needed when the run has several).
       extra_points: ``{label: Points}`` in per-token units.
+      best_of_n_max: draw the exact best-of-N curve up to this ``N`` (default: the
+        largest ``N`` in the rows).
       num_curve: points on the frontier and exact best-of-N curves.
 
     Returns:
@@ -300,9 +313,15 @@ def reward_kl(
       >>> fig = reward_kl(rows, lm, reward)  # doctest: +SKIP
       >>> fig.savefig("frontier.pdf")  # doctest: +SKIP
     """
-    points = _points(_check_rows(rows))
-    points, model = _pick(points, "model", model, "model")
-    points, length = _pick(points, "length", length, "length")
+    if rows is None:
+        if lm is None or length is None:
+            raise ValueError("lm and length must be given when rows is None, got "
+                             f"lm={lm!r}, length={length!r}")
+        points = []
+    else:
+        points = _points(_check_rows(rows))
+        points, model = _pick(points, "model", model, "model")
+        points, length = _pick(points, "length", length, "length")
     n = int(length)
     fig, axes = _figure(width=6.4, height=4.8)
     ax = axes[0, 0]
@@ -316,6 +335,9 @@ def reward_kl(
     xs += [_val(p, "kl_bound_per_token", "exact") or 0.0 for p in bon]
     if extra_points:
         xs += [float(np.max(_arr(e.x))) for e in extra_points.values()]
+    if best_of_n_max:
+        big = float(best_of_n_max)
+        xs.append((math.log(big) - (big - 1) / big) / n)
     lm_n = x_soft = None
     if lm is not None:
         from jaxalign import exact, theory
@@ -336,8 +358,9 @@ def reward_kl(
         frontier = _vmap_scalar(theory.optimal_reward, lm_n, reward, budgets)
         ax.plot(budgets / n, frontier / n, color=PALETTE["black"], lw=2,
                 label=r"optimal frontier $\Lambda'(\lambda_\delta)$")
-        if bon:
-            log_max = max(p["log_num_candidates"] for p in bon)
+        if bon or best_of_n_max:
+            log_max = max([p["log_num_candidates"] for p in bon]
+                          + [math.log(best_of_n_max or 1)])
             grid = np.linspace(0.0, 1.1 * log_max + 0.1, num_curve)
             res = exact.best_of_n(lm_n, reward, log_num_candidates=grid)
             keep = np.asarray(res.kl) / n <= x_hi
@@ -387,7 +410,8 @@ def reward_kl(
     ax.set_xlim(left=-0.02 * x_hi, right=x_hi)
     ax.set_xlabel(r"KL per token $D(\pi\|P)/n$ (nats)")
     ax.set_ylabel(r"reward per token $E_\pi[R]/n$")
-    ax.set_title(f"Reward vs KL: {model}, n = {n}", fontsize="medium")
+    ax.set_title(f"Reward vs KL{': ' + str(model) if model else ''}, n = {n}",
+                 fontsize="medium")
     _seq_axes(ax, n)
     _legend(ax, loc="lower right")
     return fig
@@ -473,7 +497,7 @@ def bon_vs_rl(rows, lm=None, reward=None, *, model: str | None = None,
     if x_star is not None:
         ax_r.axhline(x_star, color=PALETTE["black"], ls="--", lw=1,
                      label=rf"$x^*=\Lambda'(\lambda_\delta)$ = {x_star:.4g}")
-    _log_x(ax_r)
+    _log_x(ax_r, ticks=[p["length"] for p in bon + tilted])
     ax_r.set_xlabel("sequence length n")
     ax_r.set_ylabel(r"reward per token $E[R]/n$")
     ax_r.set_title(rf"(a) reward, $N=\lceil e^{{n\delta}}\rceil$, $\delta$={delta:g}",
@@ -498,7 +522,7 @@ def bon_vs_rl(rows, lm=None, reward=None, *, model: str | None = None,
                       marker="o", filled=False)
     ax_kl.axhline(delta, color=PALETTE["black"], ls="--", lw=1,
                   label=rf"$\delta$ = {delta:g}")
-    _log_x(ax_kl)
+    _log_x(ax_kl, ticks=[p["length"] for p in bon + tilted])
     ax_kl.set_xlabel("sequence length n")
     ax_kl.set_ylabel("KL per token (nats)")
     ax_kl.set_title("(b) KL divergences", fontsize="medium")
@@ -528,7 +552,7 @@ def bon_vs_rl(rows, lm=None, reward=None, *, model: str | None = None,
                         color=PALETTE["black"], lw=1,
                         label=rf"$\log n/(2\lambda_\delta n)$, "
                         rf"$\lambda_\delta$={lam:.3g}")
-        _log_x(ax_gap, y=True)
+        _log_x(ax_gap, y=True, ticks=ns)
     ax_gap.set_xlabel("sequence length n")
     ax_gap.set_ylabel(r"gap $x^* - E_{BoN}[R]/n$")
     ax_gap.set_title("(c) convergence rate", fontsize="medium")
@@ -597,7 +621,7 @@ def scaled_cumulants(
         ax.plot(ns, kap[:, m], "o", color=c, ms=4, label="Monte Carlo")
         ax.axhline(cf[m], color=PALETTE["black"], ls="--", lw=1,
                    label=rf"$\Lambda^{{({m + 1})}}(\lambda)$")
-        _log_x(ax)
+        _log_x(ax, ticks=ns)
         ax.set_xlabel("sequence length n")
         ax.set_ylabel(rf"$\kappa_{m + 1}(R)/n$")
         ax.set_title(names.get(m + 1, f"cumulant {m + 1}"), fontsize="medium")
@@ -626,7 +650,7 @@ def scaled_cumulants(
         if scgf_renyi is not None:
             ax.plot([], [], "x", color=PALETTE["black"],
                     label=r"$t[\log C - H_{1+t}(p_\lambda;q_r)]$")
-        _log_x(ax)
+        _log_x(ax, ticks=ns)
         ax.set_xlabel("sequence length n")
         ax.set_ylabel(r"$\frac{1}{n}\log E\,e^{tR}$")
         ax.set_title("SCGF (Rényi cross entropy)", fontsize="medium")
@@ -706,7 +730,7 @@ def large_deviations(
                 label="importance sampling (95% CI)")
     if br is not None:
         ax.plot([], [], "--", color=PALETTE["black"], label="Bahadur–Rao")
-    _log_x(ax)
+    _log_x(ax, ticks=ns)
     ax.set_xlabel("sequence length n")
     ax.set_ylabel(r"$-\frac{1}{n}\log P(R \geq nx)$ (nats)")
     ax.set_title("Tail exponent vs the rate function", fontsize="medium")
@@ -723,7 +747,7 @@ def large_deviations(
                 _errorbar(ax2, Points(ns, _arr(mc_log_tail)[:, j] - br[:, j], se),
                           label=None, color=c, marker="o", filled=False)
         ax2.axhline(0.0, color=PALETTE["black"], lw=0.8)
-        _log_x(ax2)
+        _log_x(ax2, ticks=ns)
         ax2.set_xlabel("sequence length n")
         ax2.set_ylabel(r"$\log(P / P_{BR})$")
         ax2.set_title("Error after the Bahadur–Rao correction", fontsize="medium")
