@@ -309,7 +309,6 @@ def _rate_token(log_q: Array, r: Array, x: Array) -> Array:
     return jnp.where(jnp.isnan(t), jnp.inf, rate)
 
 
-
 # ---------------------------------------------------------------------------------
 # Jitted kernels behind the public functions: one compile per (K, dtype) serves
 # every closed-form quantity; under an outer jit they are inlined and unused outputs
