@@ -1164,7 +1164,7 @@ def subgaussian_reward_bound(variance: ArrayLike, kl_budget: ArrayLike) -> Array
 
 @jax.jit
 def _sqrt_2_product(a: Array, b: Array) -> Array:
-    return jnp.sqrt(2 * a * b)
+    return jnp.sqrt(2 * a) * jnp.sqrt(b)  # no underflow of the product
 
 
 def hoeffding_variance(reward: LinearReward, lm: MemorylessLM | None = None) -> Array:
