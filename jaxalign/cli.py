@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-__all__ = ["Command", "COMMANDS", "build_parser", "main", "theory_report"]
+__all__ = ["Command", "COMMANDS", "build_parser", "float_list", "main", "theory_report"]
 
 
 class Command(NamedTuple):
