@@ -240,9 +240,256 @@ def _run_theory(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- sweep, list, plot -----------------------------------------------------------------
+
+
+def _add_sweep(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?",
+                        help="a TOML sweep file or the name of an embedded example "
+                             "(`jaxalign list`); default: yang2024_equivalence")
+    parser.add_argument("--out", help="run directory (default: the config's `out`, "
+                                      "else runs/<name>)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run in --out")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bar and no summary table")
+    parser.add_argument("--coordinator", metavar="HOST:PORT",
+                        help="multi-host: jax.distributed coordinator address")
+    parser.add_argument("--num-processes", type=int,
+                        help="multi-host: total number of processes")
+    parser.add_argument("--process-id", type=int,
+                        help="multi-host: this process's index")
+    parser.add_argument("--distributed", action="store_true",
+                        help="multi-host: jax.distributed.initialize() with "
+                             "cluster auto-detection (SLURM, TPU pods, ...)")
+
+
+def _load_sweep_config(name: str | None):
+    from jaxalign import config as cfg
+
+    examples = cfg.example_configs()
+    name = name or "yang2024_equivalence"
+    if name in examples:
+        import tomllib
+
+        return cfg.parse_config(tomllib.loads(examples[name]))
+    if not os.path.exists(name):
+        raise ValueError(
+            f"config {name!r} is neither a file nor an embedded example "
+            f"({', '.join(sorted(examples))})"
+        )
+    return cfg.load_config(name)
+
+
+def _init_distributed(args: argparse.Namespace) -> None:
+    explicit = (args.coordinator, args.num_processes, args.process_id)
+    if not args.distributed and all(v is None for v in explicit):
+        return
+    if not args.distributed and any(v is None for v in explicit):
+        raise ValueError(
+            "--coordinator, --num-processes and --process-id go together "
+            "(or use --distributed for auto-detection)"
+        )
+    import jax
+
+    if jax.devices()[0].platform == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if args.distributed:
+        jax.distributed.initialize()
+    else:
+        jax.distributed.initialize(coordinator_address=args.coordinator,
+                                   num_processes=args.num_processes,
+                                   process_id=args.process_id)
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    config = _load_sweep_config(args.config)
+    _init_distributed(args)
+    import jax
+
+    from jaxalign import store, sweep
+
+    progress = not args.quiet and sys.stderr.isatty()
+    try:
+        summary = sweep.run_sweep(config, args.out, resume=args.resume,
+                                  progress=progress)
+    except KeyboardInterrupt:
+        out = args.out or config.out or f"runs/{config.name}"
+        print(f"jaxalign: interrupted; finished points are saved in {out}; "
+              "continue with --resume", file=sys.stderr)
+        return 130
+    if jax.process_index() == 0 and not args.quiet:
+        print(sweep.summary_table(store.read_results(summary.run_dir)))
+        print(f"\n{summary.num_points} points ({summary.num_skipped} already done), "
+              f"{summary.num_samples} samples in {summary.seconds:.1f} s -> "
+              f"{summary.run_dir}/results.csv")
+    return 0
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    from jaxalign import config as cfg
+
+    for name, text in cfg.example_configs().items():
+        first = next((line[1:].strip() for line in text.splitlines()
+                      if line.startswith("#")), "")
+        print(f"{name:<24} {first}")
+    return 0
+
+
+def _add_plot(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", help="a run directory written by `jaxalign sweep`")
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    if not os.path.exists(os.path.join(args.run_dir, "results.csv")):
+        raise ValueError(f"{args.run_dir!r} is not a run directory (no results.csv)")
+    from jaxalign import plots
+
+    for path in plots.plot_run(args.run_dir):
+        print(path)
+    return 0
+
+
+# -- exact best-of-N table ---------------------------------------------------------
+
+
+def _add_exact(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--probs", required=True,
+                        help="token probabilities p, comma-separated (sum to 1)")
+    parser.add_argument("--rewards", required=True,
+                        help="per-token rewards r on a lattice, comma-separated")
+    parser.add_argument("--length", required=True, type=int,
+                        help="sequence length n (an integer >= 1)")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--num-candidates", metavar="N,N,...",
+                       help="best-of-N sizes, comma-separated integers >= 1")
+    which.add_argument("--log-num-candidates", metavar="LOGN,...",
+                       help="log N values (for N too large to write), >= 0")
+    parser.add_argument("--json", action="store_true",
+                        help="print a JSON list of rows instead of a table")
+
+
+def exact_report(lm, reward, log_num_candidates) -> list[dict[str, float]]:
+    """Exact best-of-N rows, each beside the tilted policy with the same KL."""
+    from jaxalign import exact, theory
+
+    bon = exact.best_of_n(lm, reward, log_num_candidates=log_num_candidates)
+    rows = []
+    for i, log_n in enumerate(log_num_candidates):
+        kl = float(bon.kl[i])
+        rows.append({
+            "log_num_candidates": float(log_n),
+            "expected_reward": float(bon.expected_reward[i]),
+            "kl": kl,
+            "kl_bound": float(theory.best_of_n_kl_bound(log_num_candidates=log_n)),
+            "win_rate": float(bon.win_rate[i]),
+            "tilted_reward_at_same_kl": float(theory.optimal_reward(lm, reward, kl)),
+        })
+    return rows
+
+
+def _run_exact(args: argparse.Namespace) -> int:
+    import jax
+    import numpy as np
+
+    from jaxalign.models import LinearReward, MemorylessLM
+
+    probs = float_list(args.probs, "--probs")
+    rewards = float_list(args.rewards, "--rewards")
+    if args.num_candidates is not None:
+        counts = float_list(args.num_candidates, "--num-candidates")
+        if any(c < 1 or c != int(c) for c in counts):
+            raise ValueError(f"--num-candidates must be integers >= 1, got "
+                             f"{args.num_candidates!r}")
+        log_n = [math.log(int(c)) for c in counts]
+    else:
+        log_n = float_list(args.log_num_candidates, "--log-num-candidates")
+        if any(not 0 <= v < math.inf for v in log_n):
+            raise ValueError(f"--log-num-candidates must be finite and >= 0, got "
+                             f"{args.log_num_candidates!r}")
+    with jax.enable_x64(True):
+        lm = MemorylessLM.from_probs(np.asarray(probs, np.float64), length=args.length)
+        reward = LinearReward(np.asarray(rewards, np.float64))
+        rows = exact_report(lm, reward, log_n)
+    if args.json:
+        print(json.dumps(_json_safe(rows), allow_nan=False))
+        return 0
+    print(f"exact best-of-N, n = {args.length} (sequence level, nats); the tilted "
+          "policy at the same KL is the frontier")
+    head = (f"{'log N':>10} {'E_BoN[R]':>12} {'KL(BoN||P)':>12} {'log N-(N-1)/N':>14} "
+            f"{'win rate':>10} {'E_tilt[R]':>12}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['log_num_candidates']:>10.4g} {r['expected_reward']:>12.6g} "
+              f"{r['kl']:>12.6g} {r['kl_bound']:>14.6g} {r['win_rate']:>10.6f} "
+              f"{r['tilted_reward_at_same_kl']:>12.6g}")
+    return 0
+
+
+# -- bench -------------------------------------------------------------------------
+
+
+def _add_bench(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--num-samples", type=int, default=256)
+    parser.add_argument("--num-candidates", type=int, default=64)
+    parser.add_argument("--length", type=int, default=256)
+    parser.add_argument("--num-tokens", type=int, default=16)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    """Token-level best-of-N throughput against the raw PRNG, on this device."""
+    import time
+
+    import jax
+    import jax.numpy as jnp
+
+    from jaxalign import sample
+    from jaxalign.models import LinearReward, MemorylessLM
+
+    for name in ("num_samples", "num_candidates", "length", "num_tokens"):
+        if getattr(args, name) < (2 if name == "num_tokens" else 1):
+            raise ValueError(f"--{name.replace('_', '-')} is too small: "
+                             f"{getattr(args, name)}")
+    lm = MemorylessLM.zipf(args.num_tokens, 1.0, length=args.length)
+    reward = LinearReward(jnp.arange(args.num_tokens, dtype=jnp.float32))
+    key = jax.random.key(0)
+    tokens = args.num_samples * args.num_candidates * args.length
+
+    def best(fn):
+        fn().block_until_ready()
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            fn().block_until_ready()
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    raw = jax.jit(lambda k: jax.random.uniform(k, (tokens,)))
+    t_raw = best(lambda: raw(key))
+    t_bon = best(lambda: sample.best_of_n(key, lm, reward, args.num_candidates,
+                                          args.num_samples).reward)
+    print(f"device {jax.devices()[0].device_kind}, jax {jax.__version__}, PRNG "
+          f"{jax.random.key_impl(key)}")
+    print(f"best-of-N tokens/s {tokens / t_bon:.3g}; raw PRNG uniforms/s "
+          f"{tokens / t_raw:.3g}; ratio {t_raw / t_bon:.2f}")
+    print("full comparison (NumPy, categorical): python benchmarks/bench_sampling.py")
+    return 0
+
+
 COMMANDS: list[Command] = [
     Command("theory", "closed-form quantities of the tilted (KL-optimal) policy",
             _add_theory, _run_theory),
+    Command("sweep", "run a sweep (default: the embedded Yang et al. equivalence)",
+            _add_sweep, _run_sweep),
+    Command("exact", "exact best-of-N table (any N) beside the KL-optimal frontier",
+            _add_exact, _run_exact),
+    Command("plot", "write the figures of a run directory (PNG and PDF)",
+            _add_plot, _run_plot),
+    Command("bench", "quick sampling throughput check on this device",
+            _add_bench, _run_bench),
+    Command("list", "list the embedded example sweep configs",
+            lambda parser: None, _run_list),
 ]
 
 
