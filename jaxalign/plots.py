@@ -351,11 +351,20 @@ def reward_kl(
             xs += list(x_soft)
     x_hi = 1.15 * max(xs + [1e-3])
     if lm_n is not None:
-        top = float(theory.max_kl(lm_n, reward)) / n
-        budgets = np.linspace(0.0, min(x_hi, top), num_curve) * n
-        if top < x_hi:  # the constraint is slack beyond max_kl: the frontier is flat
-            budgets = np.r_[budgets, x_hi * n]
-        frontier = _vmap_scalar(theory.optimal_reward, lm_n, reward, budgets)
+        # Parametrically in λ, (KL(Φ_λ), E_{Φ_λ} R) is exactly the frontier
+        # theory.optimal_reward (no root finding per point).
+        lam_hi = float(theory.lam_for_kl(lm_n, reward, x_hi * n))
+        top = math.inf
+        if not math.isfinite(lam_hi):  # slack constraint beyond max_kl: flat part
+            top = float(theory.max_kl(lm_n, reward)) / n
+            lam_hi = float(theory.lam_for_kl(lm_n, reward, 0.999 * top * n))
+        lams = np.linspace(0.0, lam_hi, num_curve)
+        budgets = _vmap_scalar(theory.kl, lm_n, reward, lams)
+        frontier = _vmap_scalar(theory.expected_reward, lm_n, reward, lams)
+        if math.isfinite(top):
+            r_top = float(theory.expected_reward(lm_n, reward, math.inf))
+            budgets = np.r_[budgets, top * n, x_hi * n]
+            frontier = np.r_[frontier, r_top, r_top]
         ax.plot(budgets / n, frontier / n, color=PALETTE["black"], lw=2,
                 label=r"optimal frontier $\Lambda'(\lambda_\delta)$")
         if bon or best_of_n_max:

@@ -159,14 +159,15 @@ show(fig, "frontier")
 # %% [markdown]
 # ## 4. Reward hacking and ensembling
 #
-# A proxy that over-rates the worst token (`r̂(0) = r(0) + 3.5`): tilting by it first
-# raises the gold reward, then sacrifices it for the proxy. The exact regret
+# A proxy that over-rates a good-but-not-best token (`r̂(2) = r(2) + 1.5`, above
+# `r(3) = 3`): tilting by it first raises the gold reward, then gives part of it back
+# to please the proxy (Goodhart). The exact regret
 # `β KL(π̂_β‖π_β) ≥ 0` and `|G(β)| ≤ (R_max − R_min) √(n osc(e)/(4β))` hold for every
 # `β`. Averaging `k` noisy proxies shrinks `osc(ē) ≤ max_j osc(e_j)`, and with it the
 # bound on the gold gap (the gap itself need not shrink monotonically in `k`).
 
 # %%
-biased = proxy.biased_proxy(gold, [0], 3.5)
+biased = proxy.biased_proxy(gold, [2], 1.5)
 lams = np.linspace(0.05, 4.0, 12 if SMALL else 48)
 hack = [proxy.proxy_tilt(lm, gold, biased, 1.0 / lam) for lam in lams]
 hack_kl = np.array([float(h.kl) for h in hack])
@@ -176,6 +177,7 @@ hack_proxy = np.array([float(h.proxy_reward) for h in hack]) - float(
 for h in hack:
     assert float(h.regret) >= -1e-12 and abs(float(h.gap)) <= float(h.gap_bound) + 1e-9
 assert hack_gold.max() > hack_gold[-1] + 1e-3, "no reward hacking visible"
+assert np.argmax(hack_gold) < len(hack_gold) - 1  # gold peaks, then declines
 opt_kl = np.array([float(theory.kl(lm, gold, lam)) for lam in lams])
 opt_gain = np.array([float(theory.expected_reward(lm, gold, lam)) for lam in lams])
 

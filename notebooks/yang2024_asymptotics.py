@@ -167,7 +167,7 @@ show(fig, "cumulants")
 
 # %%
 xs = np.array([1.5, 2.0])
-lengths = np.array([16, 64] if SMALL else [10, 40, 160, 640])
+lengths = np.array([4, 16] if SMALL else [10, 40, 160, 640])
 rate = np.array([float(theory.rate_function(lm1, reward, x)) for x in xs])
 theta = np.array([float(theory.lam_for_kl(lm1, reward, i)) for i in rate])
 ex, br, is_mean, is_se = [], [], [], []
@@ -189,7 +189,7 @@ ex, br, is_mean, is_se = map(np.array, (ex, br, is_mean, is_se))
 assert np.all(np.abs(is_mean - ex) < 5 * is_se), (is_mean - ex) / is_se
 excess = -ex / lengths[:, None] - rate
 assert np.all(excess > 0) and np.all(excess[-1] < excess[0])
-assert np.all(np.abs(ex[-1] - br[-1]) < 0.1)  # Bahadur–Rao is O(1/n) accurate
+assert np.all(np.abs(ex[-1] - br[-1]) < np.abs(ex[0] - br[0]))  # error O(1/n)
 fig = plots.large_deviations(lengths, xs, rate, ex, mc_log_tail=is_mean,
                              mc_log_tail_stderr=is_se, bahadur_rao_log_tail=br)
 show(fig, "large_deviations")
@@ -207,7 +207,8 @@ show(fig, "large_deviations")
 delta = 0.1
 bern = jaxalign.LinearReward([0.0, 1.0])
 b1 = jaxalign.MemorylessLM.bernoulli(0.3, length=1)
-lengths = [16, 64] if SMALL else [10, 20, 40, 80, 160, 320, 640, 1280, 2560]
+# (SMALL lengths give the same law sizes as above, 13 and 49: no new compilation.)
+lengths = [12, 48] if SMALL else [10, 20, 40, 80, 160, 320, 640, 1280, 2560]
 x_star = float(theory.best_of_n_asymptotic_reward(b1, bern, delta))
 rows = []
 
