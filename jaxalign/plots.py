@@ -164,8 +164,8 @@ def _log_x(ax, y=False, ticks=None):
 
     axis_list = [ax.xaxis] + ([ax.yaxis] if y else [])
     ax.set_xscale("log")
+    ticks = None if ticks is None else sorted({float(t) for t in ticks})
     if ticks is not None and 1 <= len(ticks) <= 10:
-        ticks = sorted({float(t) for t in ticks})
         ax.set_xticks(ticks, labels=[f"{t:g}" for t in ticks])
         ax.xaxis.set_minor_formatter(NullFormatter())
         axis_list = axis_list[1:]

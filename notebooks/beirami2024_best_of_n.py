@@ -40,7 +40,7 @@ import matplotlib
 import numpy as np
 
 import jaxalign
-from jaxalign import exact, plots, sample
+from jaxalign import estimators, exact, plots, sample
 
 SMALL = os.environ.get("JAXALIGN_NOTEBOOK_SMALL") == "1"
 OUT = os.environ.get("JAXALIGN_NOTEBOOK_OUT")
@@ -63,9 +63,10 @@ def show(fig, name):
 def kl_estimator(eps, num):
     """Beirami et al.'s D̂(ε) for N candidates (THEORY.md B6), vectorised."""
     eps, num = np.asarray(eps, float), np.asarray(num, float)
-    a = np.exp(num * np.log1p(-eps))  # (1 - ε)^N
-    head = a * (np.log(num) + (num - 1) * np.log1p(-eps) - (num - 1) / num)
-    return head + (1 - a) * np.log((1 - a) / eps)
+    log_a = num * np.log1p(-eps)  # log (1 - ε)^N
+    one_minus_a = -np.expm1(log_a)  # no cancellation for tiny ε
+    head = np.exp(log_a) * (np.log(num) + (num - 1) * np.log1p(-eps) - (num - 1) / num)
+    return head + one_minus_a * np.log(one_minus_a / eps)
 
 
 key = jax.random.key(2401)
@@ -106,7 +107,7 @@ for size in sizes:
 # `P(y)` depends on `y` only through `R`) and by Monte Carlo.
 
 # %%
-n = 8 if SMALL else 32
+n = 8 if SMALL else 12
 q = 0.3
 lm = jaxalign.MemorylessLM.bernoulli(q, length=n)
 coin = jaxalign.LinearReward([0.0, 1.0])
@@ -127,15 +128,17 @@ base = np.asarray(sample.rewards_from_law(jax.random.fold_in(key, 0), law.values
 for g, num in enumerate(num_candidates):
     sel = np.asarray(sample.best_of_n_from_law(jax.random.fold_in(key, 1 + g),
                                                law.values, law.log_pmf, int(num), NUM))
-    d = kl_estimator(eps[np.rint(sel).astype(int)], num)
-    est_mc.append(d.mean())
-    est_se.append(d.std(ddof=1) / math.sqrt(NUM))
+    log_eps = np.log(eps[np.rint(sel).astype(int)])
+    est = estimators.beirami_kl(log_eps, int(num))  # the library's estimator
+    est_mc.append(float(est.value))
+    est_se.append(float(est.stderr))
     w = np.where(sel > base, 1.0, np.where(sel == base, 0.5, 0.0))
     win_mc.append(w.mean())
     win_se.append(w.std(ddof=1) / math.sqrt(NUM))
 est_mc, est_se = np.array(est_mc), np.array(est_se)
-z = (est_mc - est_exact) / np.maximum(est_se, 1e-300)
-assert np.all((np.abs(z) < 5) | (est_se == 0)), z
+# 5 standard errors, plus float64 rounding (for large n nearly every draw has a tiny ε
+# and D̂ ≈ log N − (N−1)/N, so the standard error can fall below 1e-15).
+assert np.all(np.abs(est_mc - est_exact) < 5 * est_se + 1e-12), (est_mc, est_exact)
 print("estimator mean >= exact KL (their Conjecture 4.4):",
       bool(np.all(est_exact >= bern_kl - 1e-12)))
 

@@ -41,10 +41,9 @@ import pathlib
 import jax
 import matplotlib
 import numpy as np
-import scipy.stats
 
 import jaxalign
-from jaxalign import exact, plots, sample, theory
+from jaxalign import estimators, exact, plots, sample, theory
 
 SMALL = os.environ.get("JAXALIGN_NOTEBOOK_SMALL") == "1"
 OUT = os.environ.get("JAXALIGN_NOTEBOOK_OUT")
@@ -121,7 +120,8 @@ show(fig, "frontier")
 #
 # Under `Φ_λ`, `κ_m(R)/n = Λ^{(m)}(λ)` for every `n`, and
 # `(1/n) log E e^{tR} = Λ(λ+t) − Λ(λ) = t[log C − H_{1+t}(φ_λ; q_r)]` with the reward
-# softmax `q_r = e^r / C`. Monte Carlo uses k-statistics over 16 batches.
+# softmax `q_r = e^r / C`. Monte Carlo: unbiased k-statistics with jackknife standard
+# errors, and the plug-in SCGF with delta-method errors (`jaxalign.estimators`).
 
 # %%
 lam, ts = 0.5, np.array([-0.25, 0.25])
@@ -141,14 +141,14 @@ np.testing.assert_allclose(by_hand, scgf_cf, rtol=1e-10, atol=1e-12)
 kap, kap_se, sc, sc_se = [], [], [], []
 for n_ in lengths:
     lm_n = jaxalign.MemorylessLM.from_probs(probs, length=int(n_))
-    draws = np.asarray(sample.tilted(jax.random.fold_in(key, 100 + n_), lm_n, reward,
-                                     lam, NUM, method="law")).reshape(16, -1)
-    k = np.array([[scipy.stats.kstat(b, m) / n_ for m in (1, 2, 3, 4)] for b in draws])
-    s = np.array([[np.log(np.mean(np.exp(t * b))) / n_ for t in ts] for b in draws])
-    kap.append(k.mean(0))
-    kap_se.append(k.std(0, ddof=1) / 4)
-    sc.append(s.mean(0))
-    sc_se.append(s.std(0, ddof=1) / 4)
+    draws = sample.tilted(jax.random.fold_in(key, 100 + n_), lm_n, reward, lam, NUM,
+                          method="law")
+    k = estimators.scaled_cumulants(draws, length=int(n_), order=4)
+    kap.append(np.asarray(k.value))
+    kap_se.append(np.asarray(k.stderr))
+    s = [estimators.scgf(draws, t, length=int(n_)) for t in ts]
+    sc.append([float(e.value) for e in s])
+    sc_se.append([float(e.stderr) for e in s])
 kap, kap_se = np.array(kap), np.array(kap_se)
 z = (kap[:, :2] - closed[:2]) / kap_se[:, :2]
 assert np.all(np.abs(z) < 5), z
@@ -177,12 +177,13 @@ for n_ in lengths:
     br.append(np.asarray(exact.bahadur_rao_log_tail(lm_n, reward, n_ * xs, span=1.0)))
     row_m, row_s = [], []
     for j, (x, th) in enumerate(zip(xs, theta, strict=True)):
-        draws = np.asarray(sample.tilted(jax.random.fold_in(key, 1000 * n_ + j), lm_n,
-                                         reward, th, NUM, method="law"))
-        log_mgf = float(theory.log_mgf(lm1, reward, th))
-        w = np.where(draws >= n_ * x - 1e-9, np.exp(-th * draws + n_ * log_mgf), 0.0)
-        row_m.append(math.log(w.mean()))
-        row_s.append(w.std(ddof=1) / math.sqrt(NUM) / w.mean())
+        draws = sample.tilted(jax.random.fold_in(key, 1000 * n_ + j), lm_n, reward, th,
+                              NUM, method="law")
+        est = estimators.tail_probability(
+            draws, n_ * x, th, int(n_) * theory.log_mgf(lm1, reward, th),
+            log_scale=True)
+        row_m.append(float(est.value))
+        row_s.append(float(est.stderr))
     is_mean.append(row_m)
     is_se.append(row_s)
 ex, br, is_mean, is_se = map(np.array, (ex, br, is_mean, is_se))
