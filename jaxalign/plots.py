@@ -310,7 +310,13 @@ def reward_kl(
       A Figure with one axes (plus secondary sequence-level axes).
 
     Examples:
-      >>> fig = reward_kl(rows, lm, reward)  # doctest: +SKIP
+      >>> import jaxalign
+      >>> lm = jaxalign.MemorylessLM.bernoulli(0.3, length=8)
+      >>> r = jaxalign.LinearReward([0.0, 1.0])
+      >>> fig = reward_kl(None, lm, r, length=8, best_of_n_max=16)
+      >>> fig.axes[0].get_xlabel()
+      'KL per token $D(\\pi\\|P)/n$ (nats)'
+      >>> fig = reward_kl(read_results(run_dir), lm, r)  # doctest: +SKIP
       >>> fig.savefig("frontier.pdf")  # doctest: +SKIP
     """
     if rows is None:
@@ -609,6 +615,12 @@ def scaled_cumulants(
 
     Returns:
       A Figure with ``M`` (+1) axes.
+
+    Examples:
+      >>> fig = scaled_cumulants([4, 16], [[0.5, 0.26], [0.49, 0.25]],
+      ...                        [[0.01, 0.02], [0.01, 0.02]], [0.5, 0.25])
+      >>> [ax.get_ylabel() for ax in fig.axes]
+      ['$\\kappa_1(R)/n$', '$\\kappa_2(R)/n$']
     """
     ns = _arr(lengths)
     kap, se, cf = _arr(cumulants), _arr(cumulants_stderr), _arr(closed_form)
@@ -705,6 +717,11 @@ def large_deviations(
 
     Returns:
       A Figure with two axes (one when ``bahadur_rao_log_tail`` is ``None``).
+
+    Examples:
+      >>> fig = large_deviations([10, 40], [0.5], [0.087], [[-1.3], [-4.0]])
+      >>> len(fig.axes)
+      1
     """
     ns, xx, rr, ex = _arr(lengths), _arr(x), _arr(rate), _arr(exact_log_tail)
     shape = (ns.shape[0], xx.shape[0])
@@ -784,6 +801,13 @@ def best_of_n_kl(panels: Sequence[KLPanel]):
 
     Returns:
       A Figure with ``len(panels)`` axes.
+
+    Examples:
+      >>> import numpy as np
+      >>> panel = KLPanel("two outcomes", np.array([1, 2, 4]),
+      ...                 {"exact": np.array([0.0, 0.1308, 0.2990])})
+      >>> best_of_n_kl([panel]).axes[0].get_xscale()
+      'log'
     """
     panels = list(panels)
     if not panels or not all(isinstance(p, KLPanel) for p in panels):
@@ -846,6 +870,14 @@ def bounds(
 
     Returns:
       A Figure with one or two axes.
+
+    Examples:
+      >>> import numpy as np
+      >>> kl = np.linspace(0.0, 1.0, 5)
+      >>> fig = bounds({"gain": Curve(kl, 0.4 * np.sqrt(kl))},
+      ...              {"bound": Curve(kl, np.sqrt(0.5 * kl))})
+      >>> len(fig.axes[0].lines)
+      2
     """
     if not isinstance(gains, Mapping) or not isinstance(gain_bounds, Mapping):
         raise ValueError("gains and gain_bounds must be mappings {label: Curve}, got "

@@ -52,9 +52,9 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model64():
-    with jax.enable_x64(True):
-        yield (jaxalign.MemorylessLM.bernoulli(Q, length=1),
-               jaxalign.LinearReward([0.0, 1.0]))
+    with jax.enable_x64(True):  # float64 arrays; the tests scope x64 themselves
+        return (jaxalign.MemorylessLM.bernoulli(Q, length=1),
+                jaxalign.LinearReward([0.0, 1.0]))
 
 
 def test_reward_kl_artists_and_values(run_dir, model64):
@@ -278,3 +278,22 @@ def test_import_does_not_load_matplotlib():
     code = ("import sys, jaxalign, jaxalign.plots; "
             "assert 'matplotlib' not in sys.modules, 'matplotlib imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_reward_kl_float32_theory_only():
+    lm = jaxalign.MemorylessLM.bernoulli(Q, length=8)  # float32 (x64 off)
+    assert lm.log_probs.dtype == np.float32
+    fig = plots.reward_kl(None, lm, jaxalign.LinearReward([0.0, 1.0]), length=8,
+                          best_of_n_max=16, model="bern")
+    ax = fig.axes[0]
+    assert ax.get_title() == "Reward vs KL: bern, n = 8"
+    x, y = ax.lines[0].get_data()
+    assert x[0] == 0.0 and y[0] == pytest.approx(Q, rel=1e-6)
+    assert np.all(np.diff(x) > 0) and np.all(np.diff(y) > 0)
+    # The view covers the bound's x-position for N = 16; the exact best-of-N curve
+    # is clipped to the view.
+    assert ax.get_xlim()[1] >= (math.log(16) - 15 / 16) / 8
+    xb, _ = ax.lines[1].get_data()
+    assert xb.dtype == np.float32 and xb.max() <= ax.get_xlim()[1]
+    with pytest.raises(ValueError, match="length"):
+        plots.reward_kl(None, lm, jaxalign.LinearReward([0.0, 1.0]))
