@@ -127,7 +127,8 @@ def bench_law(impl, repeats):
     print(
         f"{impl:13s} n=1024 K=16 best-of-{N}, {S} samples | token {t_token * 1e3:8.2f}"
         f" ms | law sampler {t_law * 1e3:7.3f} ms (x{t_token / t_law:7.0f}) | law "
-        f"incl. exact.reward_law {t_law_full * 1e3:7.2f} ms (x{t_token / t_law_full:5.1f})"
+        f"incl. exact.reward_law {t_law_full * 1e3:7.2f} ms "
+        f"(x{t_token / t_law_full:5.1f})"
         f" | reward_law alone {t_law_build * 1e3:.1f} ms"
     )
 
