@@ -288,8 +288,9 @@ def reward_kl(
       needs ``lm``, ``reward``) and best-of-N Monte Carlo points at their exact KL;
     - the same best-of-N points placed at the bound ``log N - (N-1)/N`` (hollow),
       joined to their true position, to show how far off that x-position is;
-    - soft best-of-N rewards, placed at the KL of their ``N → ∞`` limit, the tilt at
-      ``λ = 1/temperature`` (an x-position, not their KL, which the run lacks);
+    - soft best-of-N rewards (one marker per temperature) placed at ``log N``, an
+      upper bound on their KL (the selection probability of any candidate is at most
+      1, so ``dπ/dP <= N``); the run does not hold their exact KL;
     - any ``extra_points`` (per-token ``Points``, e.g. RL policies).
 
     Args:
@@ -344,17 +345,16 @@ def reward_kl(
     if best_of_n_max:
         big = float(best_of_n_max)
         xs.append((math.log(big) - (big - 1) / big) / n)
-    lm_n = x_soft = None
+    lm_n = None
+    x_soft = np.array([math.log(p["num_candidates"]) if p.get("num_candidates")
+                       else p["log_num_candidates"] for p in soft]) / n
+    xs += list(x_soft)
     if lm is not None:
         from jaxalign import exact, theory
 
         if reward is None:
             raise ValueError("reward must be given with lm, got None")
         lm_n = type(lm).tree_unflatten(n, (lm.log_probs,))
-        if soft:
-            temps = np.array([p["temperature"] for p in soft])
-            x_soft = _vmap_scalar(theory.kl, lm_n, reward, 1.0 / temps) / n
-            xs += list(x_soft)
     x_hi = 1.15 * max(xs + [1e-3])
     if lm_n is not None:
         # Parametrically in λ, (KL(Φ_λ), E_{Φ_λ} R) is exactly the frontier
@@ -413,12 +413,12 @@ def reward_kl(
             if kl_of(p) is not None and y is not None:
                 ax.annotate(f"N={_fmt_n(p)}", (kl_of(p), y), fontsize="x-small",
                             xytext=(4, -10), textcoords="offset points")
-    if x_soft is not None:
+    if soft:
         pts = _mc(soft, "reward_per_token", lambda p: 0.0)
         if pts is not None:
             _errorbar(ax, Points(x_soft, pts.y, pts.yerr),
-                      label="soft BoN (MC), at KL of its limit tilt",
-                      color=PALETTE["green"], marker="^")
+                      label=r"soft BoN (MC), at its KL bound $\log N$",
+                      color=PALETTE["green"], marker="^", filled=False)
     if extra_points:
         for i, (label, e) in enumerate(extra_points.items()):
             _errorbar(ax, e, label=label, color=_colour(i + 4), marker="v")
@@ -428,7 +428,7 @@ def reward_kl(
     ax.set_title(f"Reward vs KL{': ' + str(model) if model else ''}, n = {n}",
                  fontsize="medium")
     _seq_axes(ax, n)
-    _legend(ax, loc="lower right")
+    _legend(ax, loc="best")
     return fig
 
 
