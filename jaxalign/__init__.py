@@ -9,13 +9,25 @@ Modules (each with its own ``__all__``):
 - :mod:`jaxalign.rl`: REINFORCE / PPO / GRPO / exact-gradient training of memoryless
   policies with exact (KL, reward) trajectories; KL-estimator ground truth.
 - :mod:`jaxalign.proxy`: proxy rewards, reward hacking, ensembles.
+- :mod:`jaxalign.sample`: exact-in-law Monte Carlo samplers (base, tilted, best-of-N,
+  soft best-of-N, rejection), key-first and reproducible bit for bit.
+- :mod:`jaxalign.estimators`: Monte Carlo estimators returning
+  ``Estimate(value, stderr, num_samples)``.
+- :mod:`jaxalign.config`, :mod:`jaxalign.sweep`, :mod:`jaxalign.store`: TOML sweep
+  specifications, sharded multi-host sweeps, resumable run directories.
+- :mod:`jaxalign.plots` (imported on use): figures from results.
 """
 
 __version__ = "0.1.0"
 
+from jaxalign import config as config
+from jaxalign import estimators as estimators
 from jaxalign import exact as exact
 from jaxalign import proxy as proxy
 from jaxalign import rl as rl
+from jaxalign import sample as sample
+from jaxalign import store as store
+from jaxalign import sweep as sweep
 from jaxalign import theory as theory
 from jaxalign.models import LinearReward as LinearReward
 from jaxalign.models import MemorylessLM as MemorylessLM
@@ -24,8 +36,13 @@ __all__ = [
     "LinearReward",
     "MemorylessLM",
     "__version__",
+    "config",
+    "estimators",
     "exact",
     "proxy",
     "rl",
+    "sample",
+    "store",
+    "sweep",
     "theory",
 ]

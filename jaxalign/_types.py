@@ -78,5 +78,5 @@ def float_dtype(*xs: Any):
 
 
 def log_tolerance(dtype) -> float:
-    """Tolerance on |sum(p) - 1| accepted at model construction: sqrt(eps) of the dtype."""
+    """Tolerance on |sum(p) - 1| at model construction: sqrt(eps) of the dtype."""
     return math.sqrt(float(jnp.finfo(dtype).eps))

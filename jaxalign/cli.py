@@ -292,8 +292,8 @@ def _init_distributed(args: argparse.Namespace) -> None:
         )
     import jax
 
-    if jax.devices()[0].platform == "cpu":
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # Before anything touches a backend; only CPU computations read this setting.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     if args.distributed:
         jax.distributed.initialize()
     else:
@@ -303,8 +303,8 @@ def _init_distributed(args: argparse.Namespace) -> None:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
+    _init_distributed(args)  # must precede any JAX computation, config checks too
     config = _load_sweep_config(args.config)
-    _init_distributed(args)
     import jax
 
     from jaxalign import store, sweep

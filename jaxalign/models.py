@@ -248,7 +248,7 @@ class LinearReward:
         return self.token_rewards.shape[-1]
 
     def __call__(self, tokens: ArrayLike) -> Array:
-        """Sequence rewards ``sum_i r(tokens[..., i])`` for integer ``tokens (..., n)``."""
+        """Sequence rewards ``sum_i r(tokens[..., i])`` for ``tokens (..., n)``."""
         return jnp.sum(self.token_rewards[jnp.asarray(tokens)], axis=-1)
 
 

@@ -40,7 +40,7 @@ from jaxalign.config import Point, SweepConfig
 from jaxalign.models import LinearReward, MemorylessLM
 from jaxalign.store import RunStore
 
-__all__ = ["BLOCK", "SweepSummary", "environment", "run_sweep"]
+__all__ = ["BLOCK", "SweepSummary", "environment", "run_sweep", "summary_table"]
 
 BLOCK = 128  # replicates per work item; fixed, so results never depend on chunking
 
@@ -226,7 +226,7 @@ class _Block:
     ``first``. Hashable by value, so equal shapes share one compiled program."""
 
     method: str
-    length: int
+    length: int | None  # static at the token level; a parameter at the law level
     law_level: bool
     num_candidates: int | None = None
 
@@ -236,7 +236,7 @@ class _Block:
             r, base = self._law(key, params, first)
         else:
             r, base = self._token(key, params, first)
-        out = {"reward": r / self.length}
+        out = {"reward": r / params["length"]}
         if base is not None:
             out["win"] = _win(r, base)
         return out
@@ -267,13 +267,10 @@ class _Block:
         return r, sample.rewards(win_key, lm, reward, BLOCK, first_index=first)
 
     def _law(self, key, params, first):
-        gen = sample._law_gen(params["values"], params["log_pmf"])
-        idx = first + jnp.arange(BLOCK, dtype=jnp.uint32)
+        law = sample._RawLaw(params["values"], params["log_pmf"])
 
         def draw(k, log_num):
-            return jax.vmap(
-                lambda i: sample._law_reward(gen, jax.random.fold_in(k, i), log_num)
-            )(idx)
+            return sample._law_rewards_impl(k, law, log_num, first, BLOCK, BLOCK)
 
         r = draw(key, params["log_num"])
         if self.method != "best_of_n":
@@ -302,7 +299,7 @@ def _prepare(config: SweepConfig, spec, point: Point) -> _Prepared:
     n = point.length
     method = point.method
     law_level = config.sampling == "law" and method in ("base", "tilted", "best_of_n")
-    params = {}
+    params = {"length": np.asarray(n, dtype)}
     lam = None
     if method == "tilted":
         lam = _lam(point, lm, reward)
@@ -316,7 +313,9 @@ def _prepare(config: SweepConfig, spec, point: Point) -> _Prepared:
         params["log_pmf"] = np.asarray(law.log_pmf, dtype)
         log_num = point.log_num_candidates if method == "best_of_n" else 0.0
         params["log_num"] = np.asarray(log_num, dtype)
-        block_fn = _Block(method, n, law_level=True)
+        # Base and tilted draws differ only in their law: one program for both.
+        kind = "best_of_n" if method == "best_of_n" else "law"
+        block_fn = _Block(kind, None, law_level=True)
     else:
         if method == "best_of_n" and point.num_candidates is None:
             raise ValueError(
@@ -372,26 +371,21 @@ def _rows(draws, *, point: Point, lm, reward, lam):
     log_n = point.log_num_candidates
     rows = []
     if point.method == "best_of_n":
-        bon = exact.best_of_n(lm, reward, log_num_candidates=log_n)
-        x_star = None
+        lam_delta = x_star = None
         if point.delta is not None:
+            lam_delta = float(theory.lam_for_kl(lm, reward, point.delta * n))
             x_star = theory.best_of_n_asymptotic_reward(lm, reward, point.delta)
+        bon = exact.best_of_n(lm, reward, log_num_candidates=log_n, lam=lam_delta)
+        bound = theory.best_of_n_kl_bound(log_num_candidates=log_n)
         rows += [
             _row("reward_per_token", r, float(bon.expected_reward) / n, x_star),
             _row("win_rate", draws["win"], bon.win_rate),
             _row("kl_per_token", None, float(bon.kl) / n, point.delta),
-            _row(
-                "kl_bound_per_token",
-                None,
-                float(theory.best_of_n_kl_bound(log_num_candidates=log_n)) / n,
-            ),
+            _row("kl_bound_per_token", None, float(bound) / n),
         ]
-        if point.delta is not None:
-            lam_delta = float(theory.lam_for_kl(lm, reward, point.delta * n))
-            to_tilt = exact.kl_to_tilted(
-                lm, reward, lam_delta, log_num_candidates=log_n
-            )
-            rows.append(_row("kl_to_tilted_per_token", None, float(to_tilt) / n, 0.0))
+        if lam_delta is not None:
+            to_tilt = float(bon.kl_to_tilted) / n
+            rows.append(_row("kl_to_tilted_per_token", None, to_tilt, 0.0))
         return rows
     # Soft best-of-N: N -> infinity gives the tilt at lam = 1/temperature.
     limit = theory.cumulants(lm, reward, 1, 1.0 / point.temperature)[0]
@@ -399,16 +393,37 @@ def _rows(draws, *, point: Point, lm, reward, lam):
 
 
 def _groups(config: SweepConfig, specs: dict, points: list[Point]):
-    """Prepared points grouped by compiled shape, in grid order within a group."""
+    """Prepared points grouped by compiled shape, in grid order within a group.
+
+    Law-level points are padded to one support size (a power of two, zero-probability
+    points above the top), so a whole law-level sweep needs two programs.
+    """
+    prepared = [_prepare(config, specs[p.model], p) for p in points]
+    sizes = [len(p.params["values"]) for p in prepared if "values" in p.params]
+    if sizes:
+        size = 1 << (max(sizes) - 1).bit_length()
+        prepared = [_pad_law(p, size) if "values" in p.params else p for p in prepared]
     groups: dict = {}
-    for point in points:
-        prepared = _prepare(config, specs[point.model], point)
+    for p in prepared:
         shapes = tuple(
             (k, np.shape(v), np.asarray(v).dtype.str)
-            for k, v in sorted(prepared.params.items())
+            for k, v in sorted(p.params.items())
         )
-        groups.setdefault((prepared.block_fn, shapes), []).append(prepared)
+        groups.setdefault((p.block_fn, shapes), []).append(p)
     return list(groups.values())
+
+
+def _pad_law(prepared: _Prepared, size: int) -> _Prepared:
+    values, log_pmf = prepared.params["values"], prepared.params["log_pmf"]
+    extra = size - len(values)
+    step = values[-1] - values[-2] if len(values) > 1 else 1.0
+    pad_values = values[-1] + step * np.arange(1, extra + 1, dtype=values.dtype)
+    params = dict(
+        prepared.params,
+        values=np.concatenate([values, pad_values]),
+        log_pmf=np.concatenate([log_pmf, np.full(extra, -np.inf, log_pmf.dtype)]),
+    )
+    return prepared._replace(params=params)
 
 
 # --------------------------------------------------------------------------------------
@@ -537,3 +552,37 @@ def _broadcast_done(done: set[str]) -> set[str]:
     buf[: len(text)] = np.frombuffer(text, np.uint8)[: int(length)]
     buf = multihost_utils.broadcast_one_to_all(buf)
     return set(json.loads(bytes(np.asarray(buf)).decode()))
+
+
+def summary_table(rows: list[dict]) -> str:
+    """A compact text table of a run's results: one line per point and quantity."""
+    header = (
+        f"{'model':<14} {'n':>6} {'method':<14} {'setting':<16} {'quantity':<24}"
+        f" {'Monte Carlo':>22} {'exact':>12} {'asymptotic':>12}"
+    )
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        if r["lam"] is not None:
+            setting = f"lam={r['lam']:.4g}"
+        elif r["kl_budget"] is not None:
+            setting = f"KL={r['kl_budget']:.4g}"
+        elif r["delta"] is not None:
+            setting = f"delta={r['delta']:.4g}"
+        elif r["log_num_candidates"] is not None:
+            setting = f"N={math.exp(r['log_num_candidates']):.4g}"
+        else:
+            setting = ""
+        if r["temperature"] is not None:
+            setting += f" T={r['temperature']:.3g}"
+        mc = (
+            f"{r['mc_mean']:.6f} ± {r['mc_stderr']:.1e}"
+            if r["mc_mean"] is not None
+            else ""
+        )
+        exact_text = f"{r['exact']:.6f}" if r["exact"] is not None else ""
+        asym = f"{r['asymptotic']:.6f}" if r["asymptotic"] is not None else ""
+        lines.append(
+            f"{r['model'][:14]:<14} {r['length']:>6} {r['method']:<14} {setting:<16}"
+            f" {r['quantity']:<24} {mc:>22} {exact_text:>12} {asym:>12}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,199 @@
+"""Sweeps: determinism across chunks, devices and processes; resume after a kill."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+
+import numpy as np
+import pytest
+
+from jaxalign import config as cfg
+from jaxalign import sweep
+from jaxalign.store import read_results
+
+SMALL = """
+name = "small"
+seed = 5
+replicates = 300
+chunk_size = 256
+methods = ["base", "tilted", "best_of_n"]
+sampling = "token"
+
+[[model]]
+name = "three"
+probs = [0.5, 0.3, 0.2]
+rewards = [0.0, 1.0, 2.0]
+
+[grid]
+length = [4]
+kl_budget = [0.5, 2.0]
+num_candidates = [4]
+"""
+
+
+def small_config(**changes):
+    c = cfg.parse_config(tomllib.loads(SMALL))
+    return c if not changes else cfg.SweepConfig(**{**c.__dict__, **changes})
+
+
+def table(run_dir):
+    """The results as {(point, quantity): (mc_mean, mc_stderr, mc_count, exact)}."""
+    return {
+        (r["point"], r["quantity"]): (
+            r["mc_mean"],
+            r["mc_stderr"],
+            r["mc_count"],
+            r["exact"],
+        )
+        for r in read_results(run_dir)
+    }
+
+
+def run_cli(*args, env=None, **kw):
+    return subprocess.run(
+        [sys.executable, "-m", "jaxalign.cli", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    summary = sweep.run_sweep(small_config(), str(out))
+    assert summary.num_points == len(cfg.grid_points(small_config()))
+    return out
+
+
+def test_monte_carlo_agrees_with_exact(reference_run):
+    rows = read_results(reference_run)
+    assert rows
+    for r in rows:
+        if r["mc_mean"] is None or r["exact"] is None:
+            continue
+        assert r["mc_count"] == 300
+        z = (r["mc_mean"] - r["exact"]) / r["mc_stderr"]
+        assert abs(z) < 5, r
+
+
+def test_chunk_size_does_not_change_results(reference_run, tmp_path):
+    out = tmp_path / "run"
+    sweep.run_sweep(small_config(chunk_size=128 * 7), str(out))
+    assert table(out) == table(reference_run)
+
+
+def test_resume_skips_done_points_and_matches(reference_run, tmp_path):
+    out = tmp_path / "run"
+    config = small_config()
+    sweep.run_sweep(config, str(out))
+    # Forget the last two points, as a kill would, and resume.
+    journal = out / "points_done.txt"
+    tags = journal.read_text().splitlines()
+    journal.write_text("".join(t + "\n" for t in tags[:-2]))
+    summary = sweep.run_sweep(config, str(out), resume=True)
+    assert summary.num_points == 2 and summary.num_skipped == len(tags) - 2
+    assert table(out) == table(reference_run)
+    assert len(read_results(out)) == len(read_results(reference_run))
+
+
+def _write_config(tmp_path, text=SMALL):
+    path = tmp_path / "sweep.toml"
+    path.write_text(text)
+    return path
+
+
+def test_four_devices_match_one(reference_run, tmp_path):
+    path = _write_config(tmp_path)
+    out = tmp_path / "run4"
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    proc = run_cli("sweep", str(path), "--out", str(out), "--quiet", env=env)
+    assert proc.returncode == 0, proc.stderr
+    env_json = (out / "environment.json").read_text()
+    assert '"device_count": 4' in env_json
+    assert table(out) == table(reference_run)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_with_jax_distributed(reference_run, tmp_path):
+    path = _write_config(tmp_path)
+    out = tmp_path / "run2"
+    port = _free_port()
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "jaxalign.cli", "sweep", str(path), "--out",
+             str(out), "--quiet", "--coordinator", f"127.0.0.1:{port}",
+             "--num-processes", "2", "--process-id", str(i)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **env},
+        )
+        for i in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    env_json = (out / "environment.json").read_text()
+    assert '"process_count": 2' in env_json and '"device_count": 4' in env_json
+    assert table(out) == table(reference_run)
+
+
+SLOW = (
+    SMALL.replace("replicates = 300", "replicates = 128")
+    .replace('sampling = "token"', 'sampling = "law"')
+    .replace("length = [4]", "length = [2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]")
+)
+
+
+def test_resume_after_a_real_kill(tmp_path):
+    path = _write_config(tmp_path, SLOW)
+    full = tmp_path / "full"
+    proc = run_cli("sweep", str(path), "--out", str(full), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "killed"
+    p = subprocess.Popen(
+        [sys.executable, "-m", "jaxalign.cli", "sweep", str(path), "--out", str(out),
+         "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    journal = out / "points_done.txt"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        if journal.exists() and len(journal.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    done = len(journal.read_text().splitlines())
+    assert 3 <= done < len(cfg.grid_points(cfg.parse_config(tomllib.loads(SLOW))))
+    proc = run_cli("sweep", str(path), "--out", str(out), "--resume", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert table(out) == table(full)
+    assert len(read_results(out)) == len(read_results(full))
+
+
+def test_one_compile_per_group_shape(tmp_path):
+    config = small_config()
+    before = sweep._compiled.cache_info().misses
+    sweep.run_sweep(config, str(tmp_path / "a"))
+    after_first = sweep._compiled.cache_info().misses
+    sweep.run_sweep(small_config(seed=9), str(tmp_path / "b"))
+    assert sweep._compiled.cache_info().misses == after_first
+    assert after_first - before <= len(config.grid["length"]) * len(config.methods)
+
+
+def test_summary_numbers(reference_run):
+    rows = read_results(reference_run)
+    quantities = {r["quantity"] for r in rows}
+    assert {"reward_per_token", "kl_per_token"} <= quantities
+    assert np.isfinite([r["exact"] for r in rows if r["exact"] is not None]).all()
