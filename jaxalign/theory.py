@@ -1145,8 +1145,8 @@ def subgaussian_reward_bound(variance: ArrayLike, kl_budget: ArrayLike) -> Array
       A 0-d array ``>= 0``.
 
     Examples:
-      >>> float(subgaussian_reward_bound(0.25, 2.0))
-      1.0
+      >>> float(subgaussian_reward_bound(2.0, 4.0))
+      4.0
 
     References:
       Mroueh, `Information Theoretic Guarantees For Policy Alignment In Large
