@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,8 +12,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+# The main job: the embedded best-of-N vs KL-RL sweep (Yang et al.), its summary table
+# and figures in runs/demo. Running it again resumes (and reprints) the same run.
 demo: $(STAMP)
-	$(BIN)/jaxalign theory --probs 0.5,0.3,0.2 --rewards 0,1,2 --length 64 --kl 4
+	$(BIN)/jaxalign sweep --out runs/demo $(if $(wildcard runs/demo/config.json),--resume,)
+	$(BIN)/jaxalign plot runs/demo
 
 test: $(STAMP)
 	$(BIN)/ruff check jaxalign tests benchmarks
@@ -21,6 +24,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sampling.py
+	$(BIN)/python benchmarks/bench_exact.py
+	$(BIN)/python benchmarks/bench_sweep.py
+	$(BIN)/python benchmarks/bench_rl.py
 
 clean:
 	rm -rf $(VENV)
