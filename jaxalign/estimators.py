@@ -32,6 +32,7 @@ __all__ = [
     "best_of_n_value",
     "kl_estimator_moments",
     "kl_estimators",
+    "kl_estimator_terms",
     "mean",
     "scaled_cumulants",
     "scgf",
@@ -481,6 +482,30 @@ def best_of_n_value(
     return Estimate(value, jnp.sqrt(var), m)
 
 
+def kl_estimator_terms(log_ratio: ArrayLike) -> Array:
+    r"""Per-token values of the k1, k2, k3 KL estimators, stacked on a new first axis.
+
+    .. math::
+        k_1 = -\log\rho,\quad k_2 = \tfrac12(\log\rho)^2,\quad
+        k_3 = (\rho - 1) - \log\rho,\qquad \log\rho = \log\pi_{ref}(x)-\log\pi(x).
+
+    The single definition shared by :func:`kl_estimators`,
+    :func:`kl_estimator_moments` and the KL penalties of :mod:`jaxalign.rl`.
+
+    Args:
+      log_ratio: ``(...)`` values of ``log π_ref(x) − log π(x)``.
+
+    Returns:
+      ``(3, ...)`` the k1, k2, k3 values.
+
+    Examples:
+      >>> kl_estimator_terms(0.0).tolist()
+      [-0.0, 0.0, 0.0]
+    """
+    lr = jnp.asarray(log_ratio)
+    return jnp.stack([-lr, 0.5 * lr**2, jnp.expm1(lr) - lr])
+
+
 def kl_estimators(log_ratio: ArrayLike) -> KLEstimates:
     r"""The k1, k2, k3 estimators of ``KL(π || π_ref)`` from samples of ``π``.
 
@@ -516,9 +541,9 @@ def kl_estimators(log_ratio: ArrayLike) -> KLEstimates:
         )
     if not jnp.issubdtype(lr.dtype, jnp.floating):
         lr = lr.astype(jnp.result_type(float))
-    ks = (-lr, 0.5 * lr**2, jnp.expm1(lr) - lr)
+    ks = kl_estimator_terms(lr)
     if lr.ndim == 2:
-        ks = tuple(jnp.sum(k, axis=1) for k in ks)
+        ks = jnp.sum(ks, axis=2)
     return KLEstimates(*(_mean_estimate(k) for k in ks))
 
 
@@ -563,7 +588,7 @@ def kl_estimator_moments(
     p = jnp.exp(lp)
     live = p > 0
     lr = jnp.where(live, lq - jnp.where(live, lp, 0.0), 0.0)
-    ks = jnp.stack([-lr, 0.5 * lr**2, jnp.expm1(lr) - lr])  # (3, K)
+    ks = kl_estimator_terms(lr)  # (3, K)
     first = jnp.sum(jnp.where(live[None], p[None] * ks, 0.0), axis=1)
     second = jnp.sum(jnp.where(live[None], p[None] * ks**2, 0.0), axis=1)
     n = policy.length

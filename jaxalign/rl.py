@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxalign import estimators
 from jaxalign._types import (
     Array,
     ArrayLike,
@@ -54,12 +55,9 @@ __all__ = [
     "KL_ESTIMATORS",
     "KL_MODES",
     "TrainResult",
-    "KLEstimatorMoments",
     "PolicyValue",
     "objective",
     "evaluate",
-    "kl_estimates",
-    "kl_estimator_moments",
     "kl_estimator_gradient",
     "train",
     "train_sweep",
@@ -84,14 +82,6 @@ class TrainResult(NamedTuple):
     reward: Array  # (num_steps + 1,) exact E_{π_t}[R]
     kl_estimate: Array  # (num_steps,) batch mean of the chosen KL estimator (seq level)
     reward_estimate: Array  # (num_steps,) batch mean of R
-
-
-class KLEstimatorMoments(NamedTuple):
-    """Exact sequence-level moments of a KL estimator summed over ``n`` tokens."""
-
-    mean: Array  # E_π[Σ_i k(x_i)]
-    variance: Array  # Var_π[Σ_i k(x_i)]
-    bias: Array  # mean − KL(π^{⊗n} ‖ P)
 
 
 class PolicyValue(NamedTuple):
@@ -182,92 +172,14 @@ def objective(logits: ArrayLike, lm: MemorylessLM, reward: LinearReward,
 
 
 def _k_of_log_ratio(log_ratio: Array, estimator: str) -> Array:
-    # log_ratio = log p(x) - log π(x), x ~ π.
-    if estimator == "k1":
-        return -log_ratio
-    if estimator == "k2":
-        return 0.5 * log_ratio**2
-    return jnp.expm1(log_ratio) - log_ratio
+    # log_ratio = log p(x) - log π(x), x ~ π; the formulas live in jaxalign.estimators.
+    return estimators.kl_estimator_terms(log_ratio)[KL_ESTIMATORS.index(estimator)]
 
 
 def _check_choice(value, name: str, allowed: tuple) -> str:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
     return value
-
-
-def kl_estimates(tokens: ArrayLike, policy: MemorylessLM, base: MemorylessLM,
-                 estimator: str = "k1") -> Array:
-    r"""Per-sequence Monte Carlo KL estimates ``Σ_i k(x_i)`` for tokens ``x ~ policy``.
-
-    .. math::
-        k_1 = -\log\rho,\quad k_2 = \tfrac12(\log\rho)^2,\quad
-        k_3 = \rho - 1 - \log\rho,\qquad \rho = p(x)/\pi(x).
-
-    Args:
-      tokens: integer ``(..., n)`` samples from the policy.
-      policy, base: memoryless models over the same ``K`` tokens.
-      estimator: ``"k1"``, ``"k2"`` or ``"k3"``.
-
-    Returns:
-      ``(...)`` estimates of ``KL(π^{⊗n} ‖ P)``.
-
-    Examples:
-      >>> import jaxalign
-      >>> pi = jaxalign.MemorylessLM.from_probs([0.5, 0.5], length=2)
-      >>> p = jaxalign.MemorylessLM.from_probs([0.5, 0.5], length=2)
-      >>> float(kl_estimates(jnp.array([[0, 1]]), pi, p, "k3")[0])
-      0.0
-    """
-    _check_choice(estimator, "estimator", KL_ESTIMATORS)
-    _check_pair(policy, base)
-    tokens = jnp.asarray(tokens)
-    log_ratio = base.log_probs[tokens] - policy.log_probs[tokens]
-    return jnp.sum(_k_of_log_ratio(log_ratio, estimator), axis=-1)
-
-
-def _check_pair(policy: MemorylessLM, base: MemorylessLM) -> None:
-    for name, m in (("policy", policy), ("base", base)):
-        if not isinstance(m, MemorylessLM):
-            raise ValueError(f"{name} must be a MemorylessLM, got {type(m).__name__}")
-    if policy.num_tokens != base.num_tokens:
-        raise ValueError(
-            f"policy and base disagree on K: {policy.num_tokens} vs {base.num_tokens}"
-        )
-
-
-def kl_estimator_moments(policy: MemorylessLM, base: MemorylessLM,
-                         estimator: str = "k1") -> KLEstimatorMoments:
-    r"""Exact mean, variance and bias of a per-token KL estimator summed over tokens.
-
-    Tokens are i.i.d. under the memoryless policy, so with ``k`` one of
-    :func:`kl_estimates`' estimators and ``n = policy.length``:
-
-    .. math::
-        \mathbb{E}\Big[\sum_i k(x_i)\Big] = n\,\mathbb{E}_\pi k, \qquad
-        \mathrm{Var}\Big[\sum_i k(x_i)\Big] = n\,\mathrm{Var}_\pi k.
-
-    ``k1`` and ``k3`` are unbiased for ``KL(π‖P)``; ``k2`` has mean
-    ``½ E_π (log π/p)²`` (biased, but low variance near ``π = p``).  The policy needs
-    ``π(x) > 0 ⇒ p(x) > 0``.
-
-    Examples:
-      >>> import jaxalign
-      >>> pi = jaxalign.MemorylessLM.from_probs([0.6, 0.4], length=3)
-      >>> p = jaxalign.MemorylessLM.from_probs([0.5, 0.5], length=3)
-      >>> abs(float(kl_estimator_moments(pi, p, "k3").bias)) < 1e-6
-      True
-    """
-    _check_choice(estimator, "estimator", KL_ESTIMATORS)
-    _check_pair(policy, base)
-    pi = policy.probs
-    log_ratio = jnp.where(pi > 0, base.log_probs - policy.log_probs, 0.0)
-    k = _k_of_log_ratio(log_ratio, estimator)
-    mean = jnp.sum(pi * k)
-    var = jnp.sum(pi * (k - mean) ** 2)
-    kl = jnp.sum(pi * -log_ratio)
-    n = policy.length
-    return KLEstimatorMoments(n * mean, n * var, n * (mean - kl))
 
 
 def _penalty_surrogate(logits: Array, base_log_probs: Array, estimator: str,
