@@ -36,7 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import jaxalign
 from jaxalign import exact, sample, theory
-from jaxalign.config import Point, SweepConfig
+from jaxalign.config import Point, SweepConfig, grid_points
 from jaxalign.models import LinearReward, MemorylessLM
 from jaxalign.store import RunStore
 
@@ -152,7 +152,9 @@ def run_items(block_fn, prng, key_data, params, *, items_per_chunk):
     program, sharding = _compiled(block_fn, prng, mesh)
     num_items = key_data.shape[0]
     num_dev = mesh.devices.size
-    chunk = max(num_dev, -(-items_per_chunk // num_dev) * num_dev)
+    # Never pad a small group up to a full chunk: that would compute discarded items.
+    chunk = min(items_per_chunk, num_items)
+    chunk = -(-chunk // num_dev) * num_dev
     for start in range(0, num_items, chunk):
         stop = min(start + chunk, num_items)
         # Pad the last chunk with copies of its last item: one shape, one compile.
@@ -290,6 +292,12 @@ def _lam(point: Point, lm, reward):
     budget = (
         point.kl_budget if point.kl_budget is not None else point.delta * point.length
     )
+    top = float(theory.max_kl(lm, reward))
+    if not budget < top:
+        raise ValueError(
+            f"point {point.tag}: the KL budget {budget:.6g} is not below the "
+            f"maximum -n log p(A_max) = {top:.6g} of this model; allowed: < {top:.6g}"
+        )
     return float(theory.lam_for_kl(lm, reward, budget))
 
 
@@ -392,17 +400,23 @@ def _rows(draws, *, point: Point, lm, reward, lam):
     return [_row("reward_per_token", r, None, limit), _row("win_rate", draws["win"])]
 
 
-def _groups(config: SweepConfig, specs: dict, points: list[Point]):
-    """Prepared points grouped by compiled shape, in grid order within a group.
+def _prepare_all(config: SweepConfig) -> list[_Prepared]:
+    """Every grid point prepared (and so validated) before anything runs.
 
     Law-level points are padded to one support size (a power of two, zero-probability
     points above the top), so a whole law-level sweep needs two programs.
     """
-    prepared = [_prepare(config, specs[p.model], p) for p in points]
+    specs = {s.name: s for s in config.models}
+    prepared = [_prepare(config, specs[p.model], p) for p in grid_points(config)]
     sizes = [len(p.params["values"]) for p in prepared if "values" in p.params]
     if sizes:
         size = 1 << (max(sizes) - 1).bit_length()
         prepared = [_pad_law(p, size) if "values" in p.params else p for p in prepared]
+    return prepared
+
+
+def _groups(prepared: list[_Prepared]) -> list[list[_Prepared]]:
+    """Prepared points grouped by compiled shape, in grid order within a group."""
     groups: dict = {}
     for p in prepared:
         shapes = tuple(
@@ -461,10 +475,9 @@ def run_sweep(
       >>> cfg = config.parse_config(tomllib.loads(text))  # doctest: +SKIP
       >>> sweep.run_sweep(cfg, "runs/demo")  # doctest: +SKIP
     """
-    from jaxalign.config import grid_points
-
     out = out or config.out or f"runs/{config.name}"
     with jax.enable_x64(config.x64):
+        prepared = _prepare_all(config)
         is_writer = jax.process_index() == 0
         store = None
         done: set[str] = set()
@@ -472,17 +485,15 @@ def run_sweep(
             store = RunStore(out, config.to_dict(), environment(config), resume=resume)
             done = set(store.done)
         done = _broadcast_done(done)
-        points = grid_points(config)
-        todo = [p for p in points if p.tag not in done]
-        bar = _Progress(len(points), enabled=progress and is_writer)
-        bar.update(points=len(points) - len(todo), force=True)
-        specs = {s.name: s for s in config.models}
+        todo = [p for p in prepared if p.point.tag not in done]
+        bar = _Progress(len(prepared), enabled=progress and is_writer)
+        bar.update(points=len(prepared) - len(todo), force=True)
         t0 = time.perf_counter()
         num_samples = 0
         items_per_chunk = max(1, config.chunk_size // BLOCK)
         num_blocks = -(-config.replicates // BLOCK)
         try:
-            for group in _groups(config, specs, todo):
+            for group in _groups(todo):
                 block_fn = group[0].block_fn
                 # Item b of a point: its key, and sample indices [b BLOCK, (b+1) BLOCK).
                 key_data = np.concatenate(
@@ -534,7 +545,7 @@ def run_sweep(
         return SweepSummary(
             run_dir=str(out),
             num_points=len(todo),
-            num_skipped=len(points) - len(todo),
+            num_skipped=len(prepared) - len(todo),
             num_samples=num_samples,
             seconds=time.perf_counter() - t0,
         )

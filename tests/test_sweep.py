@@ -11,8 +11,8 @@ import tomllib
 import numpy as np
 import pytest
 
+from jaxalign import cli, sweep
 from jaxalign import config as cfg
-from jaxalign import sweep
 from jaxalign.store import read_results
 
 SMALL = """
@@ -197,3 +197,32 @@ def test_summary_numbers(reference_run):
     quantities = {r["quantity"] for r in rows}
     assert {"reward_per_token", "kl_per_token"} <= quantities
     assert np.isfinite([r["exact"] for r in rows if r["exact"] is not None]).all()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("replicates = 300", "replicates = 0"), "replicates"),
+        (("length = [4]", "length = []"), "length"),
+        (("num_candidates = [4]", "num_candidates = [0]"), "num_candidates"),
+        (("kl_budget = [0.5, 2.0]", "kl_budget = [0.5, 100.0]"), "not below the max"),
+        (("seed = 5", "seed = 5\ncolour = 1"), "colour"),
+    ],
+)
+def test_cli_bad_config_exits_2(tmp_path, capsys, change, message):
+    path = _write_config(tmp_path, SMALL.replace(*change))
+    assert cli.main(["sweep", str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("jaxalign: error:") and message in err
+    assert len(err.splitlines()) == 1
+    assert not (tmp_path / "o").exists()  # validated before anything is written
+
+
+def test_cli_missing_file_and_unwritable_out(tmp_path, capsys):
+    assert cli.main(["sweep", str(tmp_path / "none.toml")]) == 2
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    path = _write_config(tmp_path)
+    assert cli.main(["sweep", str(path), "--out", str(blocker / "run"), "--quiet"]) == 2
+    assert "not writable" in capsys.readouterr().err
+    assert cli.main(["sweep", str(path), "--out", str(tmp_path / "r"), "--resume"]) == 2
