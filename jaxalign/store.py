@@ -128,7 +128,12 @@ class RunStore:
         return done
 
     def append(self, rows: list[dict], point_tag: str) -> None:
-        """Append the rows of one grid point, then journal the point as done."""
+        """Append the rows of one grid point, then journal the point as done.
+
+        Each write is flushed to the OS before the next, so a killed process loses at
+        most the point in flight.  No fsync: surviving power loss is not worth its
+        cost per point (about 1 ms, 5% of a fast law-level sweep).
+        """
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         for row in rows:
@@ -140,7 +145,6 @@ class RunStore:
             with open(path, "a", newline="") as f:
                 f.write(text)
                 f.flush()
-                os.fsync(f.fileno())
         self.done.add(point_tag)
 
 
