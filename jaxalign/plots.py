@@ -50,6 +50,8 @@ __all__ = [
     "bon_vs_rl",
     "bounds",
     "large_deviations",
+    "plot_frontier",
+    "plot_goodhart",
     "plot_run",
     "reward_kl",
     "scaled_cumulants",
@@ -66,8 +68,16 @@ PALETTE = {
     "vermillion": "#D55E00",
     "purple": "#CC79A7",
 }
-_CYCLE = ("blue", "vermillion", "green", "orange", "purple", "sky_blue", "black",
-          "yellow")
+_CYCLE = (
+    "blue",
+    "vermillion",
+    "green",
+    "orange",
+    "purple",
+    "sky_blue",
+    "black",
+    "yellow",
+)
 _Z95 = 1.959963984540054  # two-sided 95% normal quantile
 
 
@@ -144,16 +154,27 @@ def _err(se) -> np.ndarray | None:
 def _errorbar(ax, pts: Points, *, label, color, marker="o", filled=True, **kw):
     face = color if filled else "none"
     return ax.errorbar(
-        _arr(pts.x), _arr(pts.y), yerr=_err(pts.yerr), xerr=_err(pts.xerr),
-        fmt=marker, color=color, mfc=face, mec=color, ms=6, capsize=3,
-        linestyle="none", label=label, **kw,
+        _arr(pts.x),
+        _arr(pts.y),
+        yerr=_err(pts.yerr),
+        xerr=_err(pts.xerr),
+        fmt=marker,
+        color=color,
+        mfc=face,
+        mec=color,
+        ms=6,
+        capsize=3,
+        linestyle="none",
+        label=label,
+        **kw,
     )
 
 
 def _band(ax, x, mean, se, *, color, label=None):
     x, mean, half = _arr(x), _arr(mean), _Z95 * _arr(se)
-    ax.fill_between(x, mean - half, mean + half, color=color, alpha=0.2,
-                    linewidth=0, label=label)
+    ax.fill_between(
+        x, mean - half, mean + half, color=color, alpha=0.2, linewidth=0, label=label
+    )
 
 
 def _log_x(ax, y=False, ticks=None):
@@ -216,8 +237,9 @@ def _pick(points, key: str, value, what: str):
     values = sorted({p[key] for p in points}, key=str)
     if value is None:
         if len(values) != 1:
-            raise ValueError(f"{what} must be given when the rows hold several: "
-                             f"{values!r}")
+            raise ValueError(
+                f"{what} must be given when the rows hold several: {values!r}"
+            )
         value = values[0]
     if value not in values:
         raise ValueError(f"{what}={value!r} is not in the rows; allowed: {values!r}")
@@ -245,8 +267,11 @@ def _mc(points, quantity, x_fn) -> Points | None:
 def _vmap_scalar(fn, lm, reward, values) -> np.ndarray:
     import jax
 
-    return np.asarray(jax.vmap(fn, in_axes=(None, None, 0))(
-        lm, reward, np.asarray(values, dtype=np.asarray(lm.log_probs).dtype)))
+    return np.asarray(
+        jax.vmap(fn, in_axes=(None, None, 0))(
+            lm, reward, np.asarray(values, dtype=np.asarray(lm.log_probs).dtype)
+        )
+    )
 
 
 def _seq_axes(ax, n: int, *, x=True, y=True):
@@ -322,8 +347,10 @@ def reward_kl(
     """
     if rows is None:
         if lm is None or length is None:
-            raise ValueError("lm and length must be given when rows is None, got "
-                             f"lm={lm!r}, length={length!r}")
+            raise ValueError(
+                "lm and length must be given when rows is None, got "
+                f"lm={lm!r}, length={length!r}"
+            )
         points = []
     else:
         points = _points(_check_rows(rows))
@@ -334,8 +361,10 @@ def reward_kl(
     ax = axes[0, 0]
     kl_of = lambda p: _val(p, "kl_per_token", "exact")  # noqa: E731
     tilted = [p for p in points if p["method"] == "tilted"]
-    bon = sorted((p for p in points if p["method"] == "best_of_n"),
-                 key=lambda p: p["log_num_candidates"])
+    bon = sorted(
+        (p for p in points if p["method"] == "best_of_n"),
+        key=lambda p: p["log_num_candidates"],
+    )
     soft = [p for p in points if p["method"] == "soft_best_of_n"]
     base = [p for p in points if p["method"] == "base"]
     xs = [kl_of(p) or 0.0 for p in tilted + bon]
@@ -346,8 +375,17 @@ def reward_kl(
         big = float(best_of_n_max)
         xs.append((math.log(big) - (big - 1) / big) / n)
     lm_n = None
-    x_soft = np.array([math.log(p["num_candidates"]) if p.get("num_candidates")
-                       else p["log_num_candidates"] for p in soft]) / n
+    x_soft = (
+        np.array(
+            [
+                math.log(p["num_candidates"])
+                if p.get("num_candidates")
+                else p["log_num_candidates"]
+                for p in soft
+            ]
+        )
+        / n
+    )
     xs += list(x_soft)
     if lm is not None:
         from jaxalign import exact, theory
@@ -371,62 +409,99 @@ def reward_kl(
             r_top = float(theory.expected_reward(lm_n, reward, math.inf))
             budgets = np.r_[budgets, top * n, x_hi * n]
             frontier = np.r_[frontier, r_top, r_top]
-        ax.plot(budgets / n, frontier / n, color=PALETTE["black"], lw=2,
-                label=r"optimal frontier $\Lambda'(\lambda_\delta)$")
+        ax.plot(
+            budgets / n,
+            frontier / n,
+            color=PALETTE["black"],
+            lw=2,
+            label=r"optimal frontier $\Lambda'(\lambda_\delta)$",
+        )
         if bon or best_of_n_max:
-            log_max = max([p["log_num_candidates"] for p in bon]
-                          + [math.log(best_of_n_max or 1)])
+            log_max = max(
+                [p["log_num_candidates"] for p in bon] + [math.log(best_of_n_max or 1)]
+            )
             grid = np.linspace(0.0, 1.1 * log_max + 0.1, num_curve)
             res = exact.best_of_n(lm_n, reward, log_num_candidates=grid)
             keep = np.asarray(res.kl) / n <= x_hi
-            ax.plot(np.asarray(res.kl)[keep] / n,
-                    np.asarray(res.expected_reward)[keep] / n,
-                    color=PALETTE["vermillion"], lw=1.5,
-                    label="best-of-N, exact (ties uniform)")
+            ax.plot(
+                np.asarray(res.kl)[keep] / n,
+                np.asarray(res.expected_reward)[keep] / n,
+                color=PALETTE["vermillion"],
+                lw=1.5,
+                label="best-of-N, exact (ties uniform)",
+            )
     if base:
         pts = _mc(base, "reward_per_token", lambda p: 0.0)
         if pts is not None:
-            _errorbar(ax, pts, label="base policy (MC)", color=PALETTE["black"],
-                      marker="s")
+            _errorbar(
+                ax, pts, label="base policy (MC)", color=PALETTE["black"], marker="s"
+            )
     if tilted:
         pts = _mc(tilted, "reward_per_token", kl_of)
         if pts is not None:
-            _errorbar(ax, pts, label="tilted policy (MC, 95% CI)",
-                      color=PALETTE["blue"], marker="o")
+            _errorbar(
+                ax,
+                pts,
+                label="tilted policy (MC, 95% CI)",
+                color=PALETTE["blue"],
+                marker="o",
+            )
     if bon:
         pts = _mc(bon, "reward_per_token", kl_of)
         if pts is not None:
-            _errorbar(ax, pts, label="best-of-N at its exact KL (MC)",
-                      color=PALETTE["vermillion"], marker="D")
-        at_bound = _mc(bon, "reward_per_token",
-                       lambda p: _val(p, "kl_bound_per_token", "exact"))
+            _errorbar(
+                ax,
+                pts,
+                label="best-of-N at its exact KL (MC)",
+                color=PALETTE["vermillion"],
+                marker="D",
+            )
+        at_bound = _mc(
+            bon, "reward_per_token", lambda p: _val(p, "kl_bound_per_token", "exact")
+        )
         if at_bound is not None:
-            _errorbar(ax, at_bound, label=r"best-of-N at $\log N-(N-1)/N$ (MC)",
-                      color=PALETTE["orange"], marker="D", filled=False)
+            _errorbar(
+                ax,
+                at_bound,
+                label=r"best-of-N at $\log N-(N-1)/N$ (MC)",
+                color=PALETTE["orange"],
+                marker="D",
+                filled=False,
+            )
             if pts is not None and len(pts.x) == len(at_bound.x):
                 for x0, x1, y in zip(pts.x, at_bound.x, pts.y, strict=True):
-                    ax.plot([x0, x1], [y, y], color=PALETTE["orange"], lw=0.8,
-                            ls=":")
+                    ax.plot([x0, x1], [y, y], color=PALETTE["orange"], lw=0.8, ls=":")
         for p in bon:
             y = _val(p, "reward_per_token", "mc_mean")
             y = _val(p, "reward_per_token", "exact") if y is None else y
             if kl_of(p) is not None and y is not None:
-                ax.annotate(f"N={_fmt_n(p)}", (kl_of(p), y), fontsize="x-small",
-                            xytext=(4, -10), textcoords="offset points")
+                ax.annotate(
+                    f"N={_fmt_n(p)}",
+                    (kl_of(p), y),
+                    fontsize="x-small",
+                    xytext=(4, -10),
+                    textcoords="offset points",
+                )
     if soft:
         pts = _mc(soft, "reward_per_token", lambda p: 0.0)
         if pts is not None:
-            _errorbar(ax, Points(x_soft, pts.y, pts.yerr),
-                      label=r"soft BoN (MC), at its KL bound $\log N$",
-                      color=PALETTE["green"], marker="^", filled=False)
+            _errorbar(
+                ax,
+                Points(x_soft, pts.y, pts.yerr),
+                label=r"soft BoN (MC), at its KL bound $\log N$",
+                color=PALETTE["green"],
+                marker="^",
+                filled=False,
+            )
     if extra_points:
         for i, (label, e) in enumerate(extra_points.items()):
             _errorbar(ax, e, label=label, color=_colour(i + 4), marker="v")
     ax.set_xlim(left=-0.02 * x_hi, right=x_hi)
     ax.set_xlabel(r"KL per token $D(\pi\|P)/n$ (nats)")
     ax.set_ylabel(r"reward per token $E_\pi[R]/n$")
-    ax.set_title(f"Reward vs KL{': ' + str(model) if model else ''}, n = {n}",
-                 fontsize="medium")
+    ax.set_title(
+        f"Reward vs KL{': ' + str(model) if model else ''}, n = {n}", fontsize="medium"
+    )
     _seq_axes(ax, n)
     _legend(ax, loc="best")
     return fig
@@ -441,8 +516,9 @@ def _fmt_n(p) -> str:
 # ------------------------------------------------------------------ 2. BoN vs RL
 
 
-def bon_vs_rl(rows, lm=None, reward=None, *, model: str | None = None,
-              delta: float | None = None):
+def bon_vs_rl(
+    rows, lm=None, reward=None, *, model: str | None = None, delta: float | None = None
+):
     r"""Best-of-N with ``N = ⌈e^{nδ}⌉`` vs the KL-constrained optimum, against ``n``.
 
     .. math::
@@ -473,14 +549,18 @@ def bon_vs_rl(rows, lm=None, reward=None, *, model: str | None = None,
     """
     points = [p for p in _points(_check_rows(rows)) if p.get("delta") is not None]
     if not points:
-        raise ValueError("rows hold no delta points (N = e^{n delta}); allowed: a run "
-                         "with grid.delta, e.g. the yang2024_equivalence config")
+        raise ValueError(
+            "rows hold no delta points (N = e^{n delta}); allowed: a run "
+            "with grid.delta, e.g. the yang2024_equivalence config"
+        )
     points, model = _pick(points, "model", model, "model")
     points, delta = _pick(points, "delta", delta, "delta")
-    bon = sorted((p for p in points if p["method"] == "best_of_n"),
-                 key=lambda p: p["length"])
-    tilted = sorted((p for p in points if p["method"] == "tilted"),
-                    key=lambda p: p["length"])
+    bon = sorted(
+        (p for p in points if p["method"] == "best_of_n"), key=lambda p: p["length"]
+    )
+    tilted = sorted(
+        (p for p in points if p["method"] == "tilted"), key=lambda p: p["length"]
+    )
     fig, axes = _figure(ncols=3, width=4.6, height=3.9)
     ax_r, ax_kl, ax_gap = axes[0]
     length = lambda p: float(p["length"])  # noqa: E731
@@ -494,49 +574,92 @@ def bon_vs_rl(rows, lm=None, reward=None, *, model: str | None = None,
     if bon:
         ns = np.array([length(p) for p in bon])
         ex = np.array([_val(p, "reward_per_token", "exact") for p in bon], float)
-        ax_r.plot(ns, ex, color=PALETTE["vermillion"], lw=1.5,
-                  label="best-of-N, exact")
+        ax_r.plot(ns, ex, color=PALETTE["vermillion"], lw=1.5, label="best-of-N, exact")
         pts = _mc(bon, "reward_per_token", length)
         if pts is not None:
-            _errorbar(ax_r, pts, label="best-of-N (MC, 95% CI)",
-                      color=PALETTE["vermillion"], marker="D")
+            _errorbar(
+                ax_r,
+                pts,
+                label="best-of-N (MC, 95% CI)",
+                color=PALETTE["vermillion"],
+                marker="D",
+            )
     if tilted:
         ns_t = np.array([length(p) for p in tilted])
         ex_t = np.array([_val(p, "reward_per_token", "exact") for p in tilted], float)
-        ax_r.plot(ns_t, ex_t, color=PALETTE["blue"], lw=1.5,
-                  label="KL-RL (tilt), exact")
+        ax_r.plot(
+            ns_t, ex_t, color=PALETTE["blue"], lw=1.5, label="KL-RL (tilt), exact"
+        )
         pts = _mc(tilted, "reward_per_token", length)
         if pts is not None:
-            _errorbar(ax_r, pts, label="KL-RL (tilt, MC)", color=PALETTE["blue"],
-                      marker="o", filled=False)
+            _errorbar(
+                ax_r,
+                pts,
+                label="KL-RL (tilt, MC)",
+                color=PALETTE["blue"],
+                marker="o",
+                filled=False,
+            )
     if x_star is not None:
-        ax_r.axhline(x_star, color=PALETTE["black"], ls="--", lw=1,
-                     label=rf"$x^*=\Lambda'(\lambda_\delta)$ = {x_star:.4g}")
+        ax_r.axhline(
+            x_star,
+            color=PALETTE["black"],
+            ls="--",
+            lw=1,
+            label=rf"$x^*=\Lambda'(\lambda_\delta)$ = {x_star:.4g}",
+        )
     _log_x(ax_r, ticks=[p["length"] for p in bon + tilted])
     ax_r.set_xlabel("sequence length n")
     ax_r.set_ylabel(r"reward per token $E[R]/n$")
-    ax_r.set_title(rf"(a) reward, $N=\lceil e^{{n\delta}}\rceil$, $\delta$={delta:g}",
-                   fontsize="medium")
+    ax_r.set_title(
+        rf"(a) reward, $N=\lceil e^{{n\delta}}\rceil$, $\delta$={delta:g}",
+        fontsize="medium",
+    )
     _legend(ax_r, loc="lower right")
     # (b) KL per token
     if bon:
         kl = np.array([_val(p, "kl_per_token", "exact") for p in bon], float)
-        ax_kl.plot(ns, kl, "-D", color=PALETTE["vermillion"], ms=4,
-                   label=r"$D(\pi_{BoN}\|P)/n$, exact")
+        ax_kl.plot(
+            ns,
+            kl,
+            "-D",
+            color=PALETTE["vermillion"],
+            ms=4,
+            label=r"$D(\pi_{BoN}\|P)/n$, exact",
+        )
         bound = np.array([_val(p, "kl_bound_per_token", "exact") for p in bon], float)
-        ax_kl.plot(ns, bound, ":", color=PALETTE["orange"], lw=1.5,
-                   label=r"$(\log N-(N-1)/N)/n$")
+        ax_kl.plot(
+            ns,
+            bound,
+            ":",
+            color=PALETTE["orange"],
+            lw=1.5,
+            label=r"$(\log N-(N-1)/N)/n$",
+        )
         to_tilt = [_val(p, "kl_to_tilted_per_token", "exact") for p in bon]
         if all(v is not None for v in to_tilt):
-            ax_kl.plot(ns, np.array(to_tilt, float), "-s", color=PALETTE["green"],
-                       ms=4, label=r"$D(\pi_{BoN}\|\Phi_{\lambda_\delta})/n$, exact")
+            ax_kl.plot(
+                ns,
+                np.array(to_tilt, float),
+                "-s",
+                color=PALETTE["green"],
+                ms=4,
+                label=r"$D(\pi_{BoN}\|\Phi_{\lambda_\delta})/n$, exact",
+            )
     if tilted:
         pts = _mc(tilted, "kl_per_token", length)
         if pts is not None:
-            _errorbar(ax_kl, pts, label="KL-RL KL (MC)", color=PALETTE["blue"],
-                      marker="o", filled=False)
-    ax_kl.axhline(delta, color=PALETTE["black"], ls="--", lw=1,
-                  label=rf"$\delta$ = {delta:g}")
+            _errorbar(
+                ax_kl,
+                pts,
+                label="KL-RL KL (MC)",
+                color=PALETTE["blue"],
+                marker="o",
+                filled=False,
+            )
+    ax_kl.axhline(
+        delta, color=PALETTE["black"], ls="--", lw=1, label=rf"$\delta$ = {delta:g}"
+    )
     _log_x(ax_kl, ticks=[p["length"] for p in bon + tilted])
     ax_kl.set_xlabel("sequence length n")
     ax_kl.set_ylabel("KL per token (nats)")
@@ -546,15 +669,26 @@ def bon_vs_rl(rows, lm=None, reward=None, *, model: str | None = None,
     if bon and x_star is not None:
         gap = x_star - ex
         pos = gap > 0
-        ax_gap.plot(ns[pos], gap[pos], "-D", color=PALETTE["vermillion"], ms=4,
-                    label=r"$x^*-E_{BoN}[R]/n$, exact")
+        ax_gap.plot(
+            ns[pos],
+            gap[pos],
+            "-D",
+            color=PALETTE["vermillion"],
+            ms=4,
+            label=r"$x^*-E_{BoN}[R]/n$, exact",
+        )
         pts = _mc(bon, "reward_per_token", length)
         if pts is not None:
             g = x_star - pts.y
             ok = g > 0
-            _errorbar(ax_gap, Points(pts.x[ok], g[ok], pts.yerr[ok]),
-                      label="gap (MC)", color=PALETTE["vermillion"], marker="D",
-                      filled=False)
+            _errorbar(
+                ax_gap,
+                Points(pts.x[ok], g[ok], pts.yerr[ok]),
+                label="gap (MC)",
+                color=PALETTE["vermillion"],
+                marker="D",
+                filled=False,
+            )
         if lm is not None:
             from jaxalign import theory
 
@@ -563,10 +697,15 @@ def bon_vs_rl(rows, lm=None, reward=None, *, model: str | None = None,
             lm1 = type(lm).tree_unflatten(1, (lm.log_probs,))
             lam = float(theory.lam_for_kl(lm1, reward, delta))
             fine = np.geomspace(ns.min(), ns.max(), 64)
-            ax_gap.plot(fine, np.log(fine) / (2 * lam * fine), "--",
-                        color=PALETTE["black"], lw=1,
-                        label=rf"$\log n/(2\lambda_\delta n)$, "
-                        rf"$\lambda_\delta$={lam:.3g}")
+            ax_gap.plot(
+                fine,
+                np.log(fine) / (2 * lam * fine),
+                "--",
+                color=PALETTE["black"],
+                lw=1,
+                label=rf"$\log n/(2\lambda_\delta n)$, "
+                rf"$\lambda_\delta$={lam:.3g}",
+            )
         _log_x(ax_gap, y=True, ticks=ns)
     ax_gap.set_xlabel("sequence length n")
     ax_gap.set_ylabel(r"gap $x^* - E_{BoN}[R]/n$")
@@ -624,8 +763,12 @@ def scaled_cumulants(
     """
     ns = _arr(lengths)
     kap, se, cf = _arr(cumulants), _arr(cumulants_stderr), _arr(closed_form)
-    if kap.ndim != 2 or kap.shape[0] != ns.shape[0] or se.shape != kap.shape \
-            or cf.shape != kap.shape[1:]:
+    if (
+        kap.ndim != 2
+        or kap.shape[0] != ns.shape[0]
+        or se.shape != kap.shape
+        or cf.shape != kap.shape[1:]
+    ):
         raise ValueError(
             f"cumulants {kap.shape}, cumulants_stderr {se.shape} and closed_form "
             f"{cf.shape} must be (L, M), (L, M), (M,) with L = len(lengths) = "
@@ -640,8 +783,13 @@ def scaled_cumulants(
         c = _colour(m)
         _band(ax, ns, kap[:, m], se[:, m], color=c, label="95% CI")
         ax.plot(ns, kap[:, m], "o", color=c, ms=4, label="Monte Carlo")
-        ax.axhline(cf[m], color=PALETTE["black"], ls="--", lw=1,
-                   label=rf"$\Lambda^{{({m + 1})}}(\lambda)$")
+        ax.axhline(
+            cf[m],
+            color=PALETTE["black"],
+            ls="--",
+            lw=1,
+            label=rf"$\Lambda^{{({m + 1})}}(\lambda)$",
+        )
         _log_x(ax, ticks=ns)
         ax.set_xlabel("sequence length n")
         ax.set_ylabel(rf"$\kappa_{m + 1}(R)/n$")
@@ -650,8 +798,11 @@ def scaled_cumulants(
     if t is not None:
         tt = _arr(t)
         sc, sse, scf = _arr(scgf), _arr(scgf_stderr), _arr(scgf_closed_form)
-        if sc.shape != (ns.shape[0], tt.shape[0]) or sse.shape != sc.shape \
-                or scf.shape != tt.shape:
+        if (
+            sc.shape != (ns.shape[0], tt.shape[0])
+            or sse.shape != sc.shape
+            or scf.shape != tt.shape
+        ):
             raise ValueError(
                 f"scgf {sc.shape}, scgf_stderr {sse.shape}, scgf_closed_form "
                 f"{scf.shape} must be (L, T), (L, T), (T,) with (L, T) = "
@@ -664,20 +815,30 @@ def scaled_cumulants(
             ax.plot(ns, sc[:, j], "o", color=c, ms=4, label=f"t = {tt[j]:g} (MC)")
             ax.axhline(scf[j], color=c, ls="--", lw=1)
             if scgf_renyi is not None:
-                ax.plot(ns, np.full(ns.shape, _arr(scgf_renyi)[j]), "x", color=c,
-                        ms=5)
-        ax.plot([], [], "--", color=PALETTE["black"],
-                label=r"$\Lambda(\lambda+t)-\Lambda(\lambda)$")
+                ax.plot(ns, np.full(ns.shape, _arr(scgf_renyi)[j]), "x", color=c, ms=5)
+        ax.plot(
+            [],
+            [],
+            "--",
+            color=PALETTE["black"],
+            label=r"$\Lambda(\lambda+t)-\Lambda(\lambda)$",
+        )
         if scgf_renyi is not None:
-            ax.plot([], [], "x", color=PALETTE["black"],
-                    label=r"$t[\log C - H_{1+t}(p_\lambda;q_r)]$")
+            ax.plot(
+                [],
+                [],
+                "x",
+                color=PALETTE["black"],
+                label=r"$t[\log C - H_{1+t}(p_\lambda;q_r)]$",
+            )
         _log_x(ax, ticks=ns)
         ax.set_xlabel("sequence length n")
         ax.set_ylabel(r"$\frac{1}{n}\log E\,e^{tR}$")
         ax.set_title("SCGF (Rényi cross entropy)", fontsize="medium")
         _legend(ax)
-    fig.suptitle("Scaled cumulants of the reward under the optimal policy",
-                 fontsize="medium")
+    fig.suptitle(
+        "Scaled cumulants of the reward under the optimal policy", fontsize="medium"
+    )
     return fig
 
 
@@ -725,12 +886,16 @@ def large_deviations(
     """
     ns, xx, rr, ex = _arr(lengths), _arr(x), _arr(rate), _arr(exact_log_tail)
     shape = (ns.shape[0], xx.shape[0])
-    for name, v in (("exact_log_tail", ex), ("mc_log_tail", mc_log_tail),
-                    ("mc_log_tail_stderr", mc_log_tail_stderr),
-                    ("bahadur_rao_log_tail", bahadur_rao_log_tail)):
+    for name, v in (
+        ("exact_log_tail", ex),
+        ("mc_log_tail", mc_log_tail),
+        ("mc_log_tail_stderr", mc_log_tail_stderr),
+        ("bahadur_rao_log_tail", bahadur_rao_log_tail),
+    ):
         if v is not None and _arr(v).shape != shape:
-            raise ValueError(f"{name} must have shape (L, X) = {shape}, got "
-                             f"{_arr(v).shape}")
+            raise ValueError(
+                f"{name} must have shape (L, X) = {shape}, got {_arr(v).shape}"
+            )
     if rr.shape != xx.shape:
         raise ValueError(f"rate must have shape {xx.shape} like x, got {rr.shape}")
     br = None if bahadur_rao_log_tail is None else _arr(bahadur_rao_log_tail)
@@ -739,21 +904,32 @@ def large_deviations(
     col = ns[:, None]
     for j in range(xx.shape[0]):
         c = _colour(j)
-        ax.plot(ns, -ex[:, j] / ns, "-", color=c, lw=1.5,
-                label=f"x = {xx[j]:.3g}, exact")
+        ax.plot(
+            ns, -ex[:, j] / ns, "-", color=c, lw=1.5, label=f"x = {xx[j]:.3g}, exact"
+        )
         if mc_log_tail is not None:
             y = -_arr(mc_log_tail)[:, j] / ns
-            se = None if mc_log_tail_stderr is None else \
-                _arr(mc_log_tail_stderr)[:, j] / ns
-            _errorbar(ax, Points(ns, y, se), label=None, color=c, marker="o",
-                      filled=False)
+            se = (
+                None
+                if mc_log_tail_stderr is None
+                else _arr(mc_log_tail_stderr)[:, j] / ns
+            )
+            _errorbar(
+                ax, Points(ns, y, se), label=None, color=c, marker="o", filled=False
+            )
         if br is not None:
             ax.plot(ns, -br[:, j] / ns, "--", color=c, lw=1)
         ax.axhline(rr[j], color=c, ls=":", lw=1.2)
     ax.plot([], [], ":", color=PALETTE["black"], label="rate function I(x)")
     if mc_log_tail is not None:
-        ax.plot([], [], "o", mfc="none", color=PALETTE["black"],
-                label="importance sampling (95% CI)")
+        ax.plot(
+            [],
+            [],
+            "o",
+            mfc="none",
+            color=PALETTE["black"],
+            label="importance sampling (95% CI)",
+        )
     if br is not None:
         ax.plot([], [], "--", color=PALETTE["black"], label="Bahadur–Rao")
     _log_x(ax, ticks=ns)
@@ -765,13 +941,28 @@ def large_deviations(
         ax2 = axes[0, 1]
         for j in range(xx.shape[0]):
             c = _colour(j)
-            ax2.plot(ns, ex[:, j] - br[:, j], "-o", color=c, ms=4,
-                     label=f"x = {xx[j]:.3g}, exact")
+            ax2.plot(
+                ns,
+                ex[:, j] - br[:, j],
+                "-o",
+                color=c,
+                ms=4,
+                label=f"x = {xx[j]:.3g}, exact",
+            )
             if mc_log_tail is not None:
-                se = None if mc_log_tail_stderr is None else \
-                    _arr(mc_log_tail_stderr)[:, j]
-                _errorbar(ax2, Points(ns, _arr(mc_log_tail)[:, j] - br[:, j], se),
-                          label=None, color=c, marker="o", filled=False)
+                se = (
+                    None
+                    if mc_log_tail_stderr is None
+                    else _arr(mc_log_tail_stderr)[:, j]
+                )
+                _errorbar(
+                    ax2,
+                    Points(ns, _arr(mc_log_tail)[:, j] - br[:, j], se),
+                    label=None,
+                    color=c,
+                    marker="o",
+                    filled=False,
+                )
         ax2.axhline(0.0, color=PALETTE["black"], lw=0.8)
         _log_x(ax2, ticks=ns)
         ax2.set_xlabel("sequence length n")
@@ -812,27 +1003,46 @@ def best_of_n_kl(panels: Sequence[KLPanel]):
     panels = list(panels)
     if not panels or not all(isinstance(p, KLPanel) for p in panels):
         raise ValueError(
-            f"panels must be a non-empty sequence of KLPanel, got {panels!r}")
+            f"panels must be a non-empty sequence of KLPanel, got {panels!r}"
+        )
     fig, axes = _figure(ncols=len(panels), width=5.0, height=3.9)
     for ax, panel in zip(axes[0], panels, strict=True):
         num = _arr(panel.num_candidates)
         for i, (label, kl) in enumerate(panel.exact.items()):
-            ax.plot(num, _arr(kl), "-", color=_colour(i), lw=1.6,
-                    label=f"{label}: exact")
+            ax.plot(
+                num, _arr(kl), "-", color=_colour(i), lw=1.6, label=f"{label}: exact"
+            )
             if panel.estimator and label in panel.estimator:
                 mean, se = panel.estimator[label]
-                _errorbar(ax, Points(num, mean, se), label=f"{label}: estimator",
-                          color=_colour(i), marker="o", filled=False)
+                _errorbar(
+                    ax,
+                    Points(num, mean, se),
+                    label=f"{label}: estimator",
+                    color=_colour(i),
+                    marker="o",
+                    filled=False,
+                )
             if panel.saturation and label in panel.saturation:
                 ax.axhline(panel.saturation[label], color=_colour(i), ls=":", lw=1)
         for i, (label, (mean, se)) in enumerate((panel.estimator or {}).items()):
             if label not in panel.exact:
-                _errorbar(ax, Points(num, mean, se), label=f"{label}: estimator",
-                          color=_colour(i + len(panel.exact)), marker="o",
-                          filled=False)
+                _errorbar(
+                    ax,
+                    Points(num, mean, se),
+                    label=f"{label}: estimator",
+                    color=_colour(i + len(panel.exact)),
+                    marker="o",
+                    filled=False,
+                )
         fine = np.geomspace(max(num.min(), 1.0), num.max(), 128)
-        ax.plot(fine, np.log(fine) - (fine - 1) / fine, "--", color=PALETTE["black"],
-                lw=1.2, label=r"formula $\log N-(N-1)/N$")
+        ax.plot(
+            fine,
+            np.log(fine) - (fine - 1) / fine,
+            "--",
+            color=PALETTE["black"],
+            lw=1.2,
+            label=r"formula $\log N-(N-1)/N$",
+        )
         _log_x(ax)
         ax.set_xlabel("number of candidates N")
         ax.set_ylabel(r"$D(\pi_{BoN}\|P)$ (nats)")
@@ -880,8 +1090,10 @@ def bounds(
       2
     """
     if not isinstance(gains, Mapping) or not isinstance(gain_bounds, Mapping):
-        raise ValueError("gains and gain_bounds must be mappings {label: Curve}, got "
-                         f"{type(gains).__name__} and {type(gain_bounds).__name__}")
+        raise ValueError(
+            "gains and gain_bounds must be mappings {label: Curve}, got "
+            f"{type(gains).__name__} and {type(gain_bounds).__name__}"
+        )
     two = divergences is not None
     if two and num_candidates is None:
         raise ValueError("num_candidates must be given with divergences, got None")
@@ -893,15 +1105,28 @@ def bounds(
         else:
             ax.plot(_arr(g.x), _arr(g.y), "-", color=_colour(i), lw=1.6, label=label)
             if g.lower is not None:
-                ax.fill_between(_arr(g.x), _arr(g.lower), _arr(g.upper),
-                                color=_colour(i), alpha=0.2, linewidth=0)
+                ax.fill_between(
+                    _arr(g.x),
+                    _arr(g.lower),
+                    _arr(g.upper),
+                    color=_colour(i),
+                    alpha=0.2,
+                    linewidth=0,
+                )
     for i, (label, b) in enumerate(gain_bounds.items()):
-        ax.plot(_arr(b.x), _arr(b.y), "--", color=_colour(i + len(gains)), lw=1.3,
-                label=label)
+        ax.plot(
+            _arr(b.x),
+            _arr(b.y),
+            "--",
+            color=_colour(i + len(gains)),
+            lw=1.3,
+            label=label,
+        )
     ax.set_xlabel(r"KL $D(\pi\|P)$ (nats)")
     ax.set_ylabel(r"reward gain $E_\pi[R]-E_P[R]$")
-    ax.set_title(r"Gain vs the $\sqrt{2\sigma^2\,\mathrm{KL}}$ bound",
-                 fontsize="medium")
+    ax.set_title(
+        r"Gain vs the $\sqrt{2\sigma^2\,\mathrm{KL}}$ bound", fontsize="medium"
+    )
     _legend(ax, loc="upper left")
     if two:
         ax2 = axes[0, 1]
@@ -913,8 +1138,9 @@ def bounds(
         _log_x(ax2, y=True)
         ax2.set_xlabel("number of candidates N")
         ax2.set_ylabel("divergence of best-of-N from base")
-        ax2.set_title("Best-of-N divergences vs order-statistics bounds",
-                      fontsize="medium")
+        ax2.set_title(
+            "Best-of-N divergences vs order-statistics bounds", fontsize="medium"
+        )
         _legend(ax2, loc="upper left")
     return fig
 
@@ -931,8 +1157,9 @@ def _models(run_dir: pathlib.Path) -> dict:
     cfg = json.loads(path.read_text())
     specs = {}
     for m in cfg.get("models", []):
-        specs[m["name"]] = ModelSpec(m["name"], m["kind"], tuple(m["params"]),
-                                     tuple(m["rewards"]))
+        specs[m["name"]] = ModelSpec(
+            m["name"], m["kind"], tuple(m["params"]), tuple(m["rewards"])
+        )
     return specs
 
 
@@ -965,12 +1192,15 @@ def plot_run(run_dir, *, formats: Sequence[str] = ("png", "pdf")) -> list[pathli
 
     run_dir = pathlib.Path(run_dir)
     if not (run_dir / "results.csv").exists():
-        raise ValueError(f"run_dir={str(run_dir)!r} has no results.csv; allowed: a "
-                         "run directory written by jaxalign.sweep.run_sweep")
+        raise ValueError(
+            f"run_dir={str(run_dir)!r} has no results.csv; allowed: a "
+            "run directory written by jaxalign.sweep.run_sweep"
+        )
     formats = tuple(formats)
     if not formats or any(f not in ("png", "pdf", "svg") for f in formats):
-        raise ValueError(f"formats={formats!r}; allowed: a non-empty subset of "
-                         "('png', 'pdf', 'svg')")
+        raise ValueError(
+            f"formats={formats!r}; allowed: a non-empty subset of ('png', 'pdf', 'svg')"
+        )
     rows = read_results(run_dir)
     if not rows:
         return []
@@ -1005,9 +1235,12 @@ def plot_run(run_dir, *, formats: Sequence[str] = ("png", "pdf")) -> list[pathli
             for n in sorted({p["length"] for p in mine}):
                 at_n = [p for p in mine if p["length"] == n]
                 has_fixed = any(
-                    p["method"] != "base" and p.get("delta") is None
-                    and (any(p.get(k) is not None for k in fixed)
-                         or p.get("num_candidates") is not None)
+                    p["method"] != "base"
+                    and p.get("delta") is None
+                    and (
+                        any(p.get(k) is not None for k in fixed)
+                        or p.get("num_candidates") is not None
+                    )
                     for p in at_n
                 )
                 if has_fixed or n in single:
@@ -1015,3 +1248,122 @@ def plot_run(run_dir, *, formats: Sequence[str] = ("png", "pdf")) -> list[pathli
                     fig = reward_kl(sub, lm, reward)
                     save(fig, f"reward_kl_{safe}_n{n}")
     return sorted(written)
+
+
+# -- RL frontier and proxy (Goodhart) figures ------------------------------------------
+
+_RL_MARKERS = {"exact": "*", "reinforce": "o", "ppo": "s", "grpo": "^"}
+
+
+def _single_axes(ax):
+    if ax is None:
+        fig, axes = _figure()
+        return fig, axes[0, 0]
+    return ax.figure, ax
+
+
+def plot_frontier(data, ax=None):
+    """KL-reward frontier (tilt), best-of-N points and trained-policy points.
+
+    Args:
+      data: a :class:`jaxalign.rl.FrontierData`.
+      ax: optional matplotlib ``Axes`` to draw on.
+
+    Returns:
+      The matplotlib ``Figure``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jaxalign
+      >>> from jaxalign import rl
+      >>> lm = jaxalign.MemorylessLM.uniform(3, length=4)
+      >>> r = jaxalign.LinearReward([0.0, 0.5, 1.0])
+      >>> d = rl.frontier_data(jax.random.key(0), lm, r, jnp.array([1.0]),
+      ...                      methods=("reinforce",), num_steps=5, batch_size=4)
+      >>> fig = plot_frontier(d)
+    """
+    fig, ax = _single_axes(ax)
+    ax.plot(
+        np.asarray(data.tilt_kl),
+        np.asarray(data.tilt_reward),
+        "-",
+        color=PALETTE["black"],
+        label="frontier (tilt)",
+    )
+    ax.plot(
+        np.asarray(data.bon_kl),
+        np.asarray(data.bon_reward),
+        ".--",
+        color=_colour(0),
+        label="best-of-N (exact)",
+    )
+    for i, method in enumerate(data.methods):
+        ax.scatter(
+            np.ravel(data.method_kl[i]),
+            np.ravel(data.method_reward[i]),
+            marker=_RL_MARKERS.get(method, "x"),
+            color=_colour(i + 1),
+            alpha=0.8,
+            label=method,
+        )
+    ax.set_xlabel("KL(π ‖ P)  [nats, sequence]")
+    ax.set_ylabel("E_π[R]")
+    ax.legend(frameon=False)
+    return fig
+
+
+def plot_goodhart(data, ax=None):
+    """Gold and proxy reward against KL for tilting and best-of-N by the proxy.
+
+    Args:
+      data: a :class:`jaxalign.proxy.GoodhartData`.
+      ax: optional matplotlib ``Axes``.
+
+    Returns:
+      The matplotlib ``Figure``.
+    """
+    fig, ax = _single_axes(ax)
+    order = np.argsort(np.asarray(data.tilt_kl))
+    tkl = np.asarray(data.tilt_kl)[order]
+    tilt, bon = _colour(1), _colour(0)
+    ax.plot(
+        tkl,
+        np.asarray(data.tilt_proxy_reward)[order],
+        "--",
+        color=tilt,
+        label="tilt: proxy",
+    )
+    ax.plot(
+        tkl,
+        np.asarray(data.tilt_gold_reward)[order],
+        "-",
+        color=tilt,
+        label="tilt: gold",
+    )
+    okl = np.asarray(data.optimal_kl)
+    o = np.argsort(okl)
+    ax.plot(
+        okl[o],
+        np.asarray(data.optimal_reward)[o],
+        "-",
+        lw=0.8,
+        color=PALETTE["black"],
+        label="gold tilt (no hacking)",
+    )
+    ax.plot(
+        np.asarray(data.bon_kl),
+        np.asarray(data.bon_proxy_reward),
+        ".--",
+        color=bon,
+        label="BoN: proxy",
+    )
+    ax.plot(
+        np.asarray(data.bon_kl),
+        np.asarray(data.bon_gold_reward),
+        ".-",
+        color=bon,
+        label="BoN: gold",
+    )
+    ax.set_xlabel("KL(π ‖ P)  [nats, sequence]")
+    ax.set_ylabel("expected reward")
+    ax.legend(frameon=False)
+    return fig

@@ -256,21 +256,18 @@ def test_bad_inputs(key):
 
 def test_plots_smoke(x64, key):
     pytest.importorskip("matplotlib")
-    import matplotlib.pyplot as plt
-
-    from jaxalign import plots_rl
+    from jaxalign import plots
 
     lm, gold = _models()
     prox = _proxies(key, k=3, scale=0.6)  # shapes as in test_goodhart_data: no compile
     d = proxy.goodhart_data(lm, gold, prox, jnp.array([0.3, 1.0, 3.0]),
                             jnp.array([1.0, 8.0, 30.0]), how="min")
-    fig = plots_rl.plot_goodhart(d)
+    fig = plots.plot_goodhart(d)
     assert len(fig.axes[0].lines) == 5
     fd = rl.FrontierData(
         lams=np.zeros(3), tilt_kl=np.arange(3.0), tilt_reward=np.arange(3.0),
         num_candidates=np.ones(2), bon_kl=np.ones(2), bon_reward=np.ones(2),
         betas=np.ones(2), method_kl=np.ones((2, 2, 1)),
         method_reward=np.ones((2, 2, 1)), methods=("ppo", "grpo"))
-    fig2 = plots_rl.plot_frontier(fd)
+    fig2 = plots.plot_frontier(fd)
     assert len(fig2.axes[0].collections) == 2
-    plt.close("all")
