@@ -857,9 +857,10 @@ def best_of_n_from_law(
     key: PRNGKey,
     values: ArrayLike,
     log_pmf: ArrayLike,
-    num_candidates: int,
+    num_candidates: int | None,
     num_samples: int,
     *,
+    log_num_candidates: ArrayLike | None = None,
     batch_size: int | None = None,
     first_index: int = 0,
 ) -> Array:
@@ -876,8 +877,11 @@ def best_of_n_from_law(
       key: a typed PRNG key.
       values: ``(M,)`` strictly ascending support.
       log_pmf: ``(M,)`` log-probabilities (``-inf`` allowed; normalised here).
-      num_candidates: ``N >= 1`` (``N = 1`` samples the law itself).
+      num_candidates: ``N >= 1`` (``N = 1`` samples the law itself), or None
+        with ``log_num_candidates``.
       num_samples: number of draws (static).
+      log_num_candidates: ``log N >= 0`` instead of ``N`` (may be traced, so a
+        jitted sweep can vmap over N without recompiling).
       batch_size: draws per vectorised step (static).
       first_index: index of the first sample of the run.
 
@@ -891,12 +895,22 @@ def best_of_n_from_law(
     """
     check_key(key)
     values, log_pmf = _check_law(values, log_pmf)
-    num_candidates = check_positive_int(num_candidates, "num_candidates")
+    if (num_candidates is None) == (log_num_candidates is None):
+        raise ValueError(
+            "give exactly one of num_candidates and log_num_candidates, got "
+            f"num_candidates={num_candidates!r}, "
+            f"log_num_candidates={log_num_candidates!r}"
+        )
+    if num_candidates is not None:
+        num_candidates = check_positive_int(num_candidates, "num_candidates")
+        log_num = jnp.asarray(math.log(num_candidates), values.dtype)
+    else:
+        check_real(log_num_candidates, "log_num_candidates", minimum=0.0)
+        log_num = jnp.asarray(log_num_candidates, values.dtype)
     num_samples = check_positive_int(num_samples, "num_samples")
     batch_size = _check_optional_int(batch_size, "batch_size")
     _check_samples_range(num_samples, first_index)
     law = _RawLaw(values, log_pmf)
-    log_num = jnp.asarray(math.log(num_candidates), values.dtype)
     return _law_rewards_impl(
         key,
         law,

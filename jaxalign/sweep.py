@@ -269,10 +269,16 @@ class _Block:
         return r, sample.rewards(win_key, lm, reward, BLOCK, first_index=first)
 
     def _law(self, key, params, first):
-        law = sample._RawLaw(params["values"], params["log_pmf"])
-
         def draw(k, log_num):
-            return sample._law_rewards_impl(k, law, log_num, first, BLOCK, BLOCK)
+            return sample.best_of_n_from_law(
+                k,
+                params["values"],
+                params["log_pmf"],
+                None,
+                BLOCK,
+                log_num_candidates=log_num,
+                first_index=first,
+            )
 
         r = draw(key, params["log_num"])
         if self.method != "best_of_n":

@@ -7,6 +7,7 @@ goodness of fit (p-value > 1e-6), with fixed keys.
 """
 
 import itertools
+import math
 import os
 import subprocess
 import sys
@@ -524,3 +525,21 @@ def test_public_api_documented():
     for name in sample.__all__:
         assert getattr(sample, name).__doc__, name
     assert jaxalign.MemorylessLM  # the package imports cleanly
+
+
+def test_best_of_n_from_law_accepts_log_n(key):
+    values, log_pmf = jnp.array([0.0, 1.0, 2.0]), jnp.log(jnp.array([0.5, 0.3, 0.2]))
+    by_n = sample.best_of_n_from_law(key, values, log_pmf, 4, 64)
+    by_log_n = sample.best_of_n_from_law(
+        jax.random.clone(key), values, log_pmf, None, 64,
+        log_num_candidates=math.log(4),
+    )
+    np.testing.assert_array_equal(by_n, by_log_n)
+    for n, log_n in ((4, 1.0), (None, None)):
+        with pytest.raises(ValueError, match="exactly one"):
+            sample.best_of_n_from_law(
+                jax.random.clone(key), values, log_pmf, n, 8, log_num_candidates=log_n
+            )
+    with pytest.raises(ValueError, match="log_num_candidates"):
+        sample.best_of_n_from_law(jax.random.clone(key), values, log_pmf, None, 8,
+                                  log_num_candidates=-1.0)
