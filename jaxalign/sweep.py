@@ -217,11 +217,6 @@ class _Prepared(NamedTuple):
     rows: Callable  # draws {"name": (replicates,)} -> list of result rows
 
 
-def _model(params, length):
-    lm = MemorylessLM.tree_unflatten(length, (params["log_probs"],))
-    return lm, LinearReward.tree_unflatten(None, (params["token_rewards"],))
-
-
 @dataclasses.dataclass(frozen=True)
 class _Block:
     """What one work item samples: ``BLOCK`` replicates of a point, from sample index
