@@ -441,14 +441,6 @@ def _two_prob_vectors(p, q):
 # Public API.
 
 
-def _tilted_logits(lm: MemorylessLM, reward: LinearReward, lam: ArrayLike) -> Array:
-    # Kept for callers of the original skeleton: unnormalised log p + lam r.
-    lam = jnp.asarray(lam, dtype=lm.log_probs.dtype)
-    return jnp.where(
-        jnp.isneginf(lm.log_probs), -jnp.inf, lm.log_probs + lam * reward.token_rewards
-    )
-
-
 def log_mgf(lm: MemorylessLM, reward: LinearReward, lam: ArrayLike) -> Array:
     r"""Per-token log moment generating function of the reward.
 
