@@ -315,9 +315,14 @@ def _prepare(config: SweepConfig, spec, point: Point) -> _Prepared:
         params["lam"] = np.asarray(lam, dtype)
     if method == "soft_best_of_n":
         params["temperature"] = np.asarray(point.temperature, dtype)
+    # The base law of R: best-of-N's exact values and, at the law level, its draws.
+    base_law = exact.reward_law(lm, reward) if method == "best_of_n" else None
     if law_level:
-        target = theory.tilt(lm, reward, lam) if method == "tilted" else lm
-        law = exact.reward_law(target, reward)
+        if method == "best_of_n":
+            law = base_law
+        else:
+            target = theory.tilt(lm, reward, lam) if method == "tilted" else lm
+            law = exact.reward_law(target, reward)
         params["values"] = np.asarray(law.values, dtype)
         params["log_pmf"] = np.asarray(law.log_pmf, dtype)
         log_num = point.log_num_candidates if method == "best_of_n" else 0.0
@@ -334,7 +339,9 @@ def _prepare(config: SweepConfig, spec, point: Point) -> _Prepared:
         params["log_probs"] = np.asarray(lm.log_probs)
         params["token_rewards"] = np.asarray(reward.token_rewards)
         block_fn = _Block(method, n, False, point.num_candidates)
-    rows = functools.partial(_rows, point=point, lm=lm, reward=reward, lam=lam)
+    rows = functools.partial(
+        _rows, point=point, lm=lm, reward=reward, lam=lam, base_law=base_law
+    )
     return _Prepared(point, block_fn, params, rows)
 
 
@@ -353,7 +360,7 @@ def _float(x):
     return None if x is None else float(x)
 
 
-def _rows(draws, *, point: Point, lm, reward, lam):
+def _rows(draws, *, point: Point, lm, reward, lam, base_law):
     """The tidy rows of one point: Monte Carlo beside exact and asymptotic values."""
     n = point.length
     r = draws["reward"]
@@ -384,7 +391,9 @@ def _rows(draws, *, point: Point, lm, reward, lam):
         if point.delta is not None:
             lam_delta = float(theory.lam_for_kl(lm, reward, point.delta * n))
             x_star = theory.best_of_n_asymptotic_reward(lm, reward, point.delta)
-        bon = exact.best_of_n(lm, reward, log_num_candidates=log_n, lam=lam_delta)
+        bon = exact.best_of_n_from_law(
+            base_law, log_num_candidates=log_n, lam=lam_delta
+        )
         bound = theory.best_of_n_kl_bound(log_num_candidates=log_n)
         rows += [
             _row("reward_per_token", r, float(bon.expected_reward) / n, x_star),
