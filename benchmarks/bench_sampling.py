@@ -9,7 +9,9 @@ threefry2x32 and philox4x32 PRNGs, prints tokens/s of
     searchsorted, or an alias table; np.random.default_rng, cache-sized chunks),
   * (b) a naive jax.random.categorical version (Gumbel-max over K per token;
     timed on a slice of the samples at K=1024 and scaled),
-  * (c) raw jax.random.uniform producing the same number of uniforms,
+  * (c) raw jax.random.uniform producing the same number of uniforms, in the
+    classic (non-partitionable) threefry layout the samplers pin (the default
+    partitionable layout is printed too, for reference),
 and the ratios; then reward-law best-of-N against token level at n = 1024.
 Timings exclude compilation (warm-up call first), use block_until_ready and take
 the best of a few repeats.  The machine is shared: re-run to gauge noise.
@@ -25,6 +27,7 @@ import numpy as np
 
 import jaxalign
 from jaxalign import exact, sample
+from jaxalign._types import classic_threefry
 
 S, N, LENGTH = 256, 64, 256
 
@@ -69,8 +72,13 @@ def bench_k(num_tokens, impl, repeats, quick):
 
     t_fused = best_time(lambda: sample.best_of_n(key, lm, reward, N, S).reward, repeats)
 
-    raw = jax.jit(lambda k: jax.random.uniform(k, (S, N, LENGTH)))
+    def uniform(k):
+        return jax.random.uniform(k, (S, N, LENGTH))
+
+    raw, raw_part = jax.jit(classic_threefry(uniform)), jax.jit(uniform)
     t_raw = best_time(lambda: raw(key), repeats)
+    with jax.threefry_partitionable(True):
+        t_raw_part = best_time(lambda: raw_part(key), repeats)
 
     slice_samples = S if (num_tokens <= 16 and not quick) else 16
     logits = lm.log_probs
@@ -96,16 +104,19 @@ def bench_k(num_tokens, impl, repeats, quick):
         lambda: numpy_alias(np_rng, threshold, table.shift, keep, keep[alias]), repeats
     )
     t_np = min(t_np_ss, t_np_alias)
-    np_name = "searchsorted" if t_np_ss <= t_np_alias else "alias"
 
     def rate(t):
         return tokens_total / t / 1e6
 
+    partitionable = (
+        f" (partitionable layout {rate(t_raw_part):.0f})" if "threefry" in impl else ""
+    )
     print(
-        f"{impl:13s} K={num_tokens:5d} | fused {rate(t_fused):7.1f} | numpy "
-        f"{rate(t_np):6.1f} ({np_name}) | categorical {rate(t_cat):7.2f} | raw "
-        f"uniform {rate(t_raw):7.1f} | x numpy {t_np / t_fused:5.1f} | x categorical "
-        f"{t_cat / t_fused:7.1f} | / raw {t_raw / t_fused:5.2f}"
+        f"{impl:13s} K={num_tokens:5d} | fused {rate(t_fused):6.1f} | numpy "
+        f"searchsorted {rate(t_np_ss):5.1f}, alias {rate(t_np_alias):5.1f} | "
+        f"categorical {rate(t_cat):6.2f} | raw uniform {rate(t_raw):6.1f}"
+        f"{partitionable}\n{'':13s} {'':7s} | x best numpy {t_np / t_fused:4.1f} | "
+        f"x categorical {t_cat / t_fused:7.1f} | / raw uniform {t_raw / t_fused:4.2f}"
     )
 
 

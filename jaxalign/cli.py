@@ -465,7 +465,10 @@ def _run_bench(args: argparse.Namespace) -> int:
             times.append(time.perf_counter() - t)
         return min(times)
 
-    raw = jax.jit(lambda k: jax.random.uniform(k, (tokens,)))
+    from jaxalign._types import classic_threefry
+
+    # The raw PRNG in the layout the samplers use (classic threefry).
+    raw = jax.jit(classic_threefry(lambda k: jax.random.uniform(k, (tokens,))))
     t_raw = best(lambda: raw(key))
     t_bon = best(lambda: sample.best_of_n(key, lm, reward, args.num_candidates,
                                           args.num_samples).reward)

@@ -190,7 +190,8 @@ class MemorylessLM:
             raise ValueError(
                 f"concentration must be finite and > 0, got {concentration!r}"
             )
-        log_gammas = jax.random.loggamma(key, jnp.full(num_tokens, concentration))
+        with jax.threefry_partitionable(False):  # as every jaxalign draw
+            log_gammas = jax.random.loggamma(key, jnp.full(num_tokens, concentration))
         return cls.from_logits(log_gammas, length=length)
 
     # -- derived views ----------------------------------------------------------------

@@ -46,6 +46,7 @@ from jaxalign._types import (
     check_key,
     check_positive_int,
     check_real,
+    classic_threefry,
     float_dtype,
     is_concrete,
 )
@@ -495,6 +496,7 @@ def _stream_max(
 
 
 @functools.partial(jax.jit, static_argnames=("num_samples", "batch_size"))
+@classic_threefry
 def _tokens_impl(key, lm, first_index, num_samples, batch_size):
     stage = _token_stage(lm, None)
     return _per_sample(stage, key, first_index, num_samples, batch_size)
@@ -547,12 +549,14 @@ def tokens(
 
 
 @functools.partial(jax.jit, static_argnames=("num_samples", "batch_size"))
+@classic_threefry
 def _rewards_impl(key, lm, reward, first_index, num_samples, batch_size):
     stage = _token_stage(lm, reward)
     return _per_sample(stage, key, first_index, num_samples, batch_size)
 
 
 @functools.partial(jax.jit, static_argnames=("num_samples", "batch_size"))
+@classic_threefry
 def _law_rewards_impl(key, law, log_num, first_index, num_samples, batch_size):
     stage = _law_stage(law, log_num)
     return _per_sample(stage, key, first_index, num_samples, batch_size)
@@ -724,6 +728,7 @@ def _selected_tokens(lm, key, first_index, index):
         "return_tokens",
     ),
 )
+@classic_threefry
 def _best_of_n_impl(
     key,
     lm,
@@ -963,6 +968,7 @@ def rewards_from_law(
         "law_level",
     ),
 )
+@classic_threefry
 def _curve_impl(
     key,
     lm,
@@ -1071,6 +1077,7 @@ def best_of_n_curve(
         "law_level",
     ),
 )
+@classic_threefry
 def _soft_impl(
     key,
     lm,
@@ -1204,6 +1211,7 @@ def soft_best_of_n(
 @functools.partial(
     jax.jit, static_argnames=("num_samples", "max_proposals", "chunk", "batch_size")
 )
+@classic_threefry
 def _rejection_impl(
     key,
     lm,
@@ -1248,6 +1256,7 @@ def _rejection_impl(
 @functools.partial(
     jax.jit, static_argnames=("num_samples", "max_proposals", "batch_size")
 )
+@classic_threefry
 def _rejection_law_impl(key, law, first_index, num_samples, max_proposals, batch_size):
     dtype = law.values.dtype
     indices = _indices(first_index, num_samples)

@@ -379,6 +379,26 @@ def test_determinism_across_chunk_and_batch_sizes(key):
     np.testing.assert_array_equal(part, full[18:])
 
 
+def test_results_do_not_depend_on_threefry_partitionable_flag():
+    # The samplers pin the classic threefry layout; the user's global flag must
+    # not change a single bit.  (The flag does change jax.random's own bits.)
+    lm = MemorylessLM.dirichlet(jax.random.key(1), 5, length=9)
+    reward = LinearReward(np.arange(5, dtype=np.float32))
+    outs = []
+    for flag in (True, False):
+        with jax.threefry_partitionable(flag):
+            key = jax.random.key(3)
+            outs.append(
+                (
+                    jax.random.bits(key, (4,)),
+                    sample.best_of_n(key, lm, reward, 6, 8, return_tokens=True),
+                    sample.rewards(jax.random.clone(key), lm, reward, 8, method="law"),
+                )
+            )
+    assert not np.array_equal(outs[0][0], outs[1][0])
+    chex.assert_trees_all_equal(outs[0][1:], outs[1][1:])
+
+
 _DEVICE_SCRIPT = textwrap.dedent(
     """
     import os, resource, sys
