@@ -139,6 +139,7 @@ def _check_first_index(first_index: Any) -> Array:
         index = check_positive_int(first_index, "first_index", minimum=0)
         if index >= 2**32:
             raise ValueError(f"first_index must be < 2**32, got {first_index!r}")
+        return np.uint32(index)  # no eager device op
     return jnp.asarray(first_index, dtype=jnp.uint32)
 
 
@@ -300,22 +301,20 @@ class _LawGen(NamedTuple):
     log_neg_log_cdf: Array  # (M,) log(-log F_c), non-increasing, -inf at the top
 
 
-def _log_cumsum(x: Array, reverse: bool = False) -> Array:
-    # lax.cumlogsumexp lowers to an O(M^2) reduce-window on CPU (3.5 ms at
-    # M = 4097); the associative scan is O(M log M) and exact in log space.
-    return jax.lax.associative_scan(jnp.logaddexp, x, reverse=reverse)
-
-
 def _law_gen(values: Array, log_pmf: Array) -> _LawGen:
-    log_cdf = _log_cumsum(log_pmf)
-    log_sf = jnp.concatenate(
-        [
-            _log_cumsum(log_pmf, reverse=True)[1:],
-            jnp.full(1, -jnp.inf, log_pmf.dtype),
-        ]
+    # log F_c and log S_c = log P(R > v_c) by one associative scan over the pmf
+    # and its reverse, stacked: lax.cumlogsumexp lowers to an O(M^2)
+    # reduce-window on CPU (3.5 ms at M = 4097), two separate scans cost 0.42 ms
+    # and the stacked one 0.16 ms (half the ops, each twice as wide).
+    scans = jax.lax.associative_scan(
+        jnp.logaddexp, jnp.stack([log_pmf, log_pmf[::-1]]), axis=1
     )
-    log_cdf = log_cdf - log_cdf[-1]
-    log_sf = log_sf - jax.nn.logsumexp(log_pmf)
+    log_total = scans[0, -1]
+    log_cdf = scans[0] - log_total
+    log_sf = (
+        jnp.concatenate([scans[1, -2::-1], jnp.full(1, -jnp.inf, log_pmf.dtype)])
+        - log_total
+    )
     sf = jnp.exp(log_sf)
     tiny = jnp.finfo(log_pmf.dtype).tiny ** 0.5
     # -log F = -log1p(-S) = S (1 + S/2 + ...): keep relative accuracy for tiny S.
@@ -363,17 +362,19 @@ def _law_of(lm: MemorylessLM, reward: LinearReward) -> _RawLaw:
 
 
 def _check_law(values: ArrayLike, log_pmf: ArrayLike) -> tuple[Array, Array]:
-    values = jnp.asarray(values)
-    log_pmf = jnp.asarray(log_pmf)
     dtype = float_dtype(values, log_pmf)
-    values, log_pmf = values.astype(dtype), log_pmf.astype(dtype)
+    concrete = is_concrete(values) and is_concrete(log_pmf)
+    # Concrete laws are checked and converted in NumPy: eager jnp ops would cost
+    # more than the sampler itself (about 0.5 ms of dispatch per call).
+    xp = np if concrete else jnp
+    values, log_pmf = xp.asarray(values, dtype), xp.asarray(log_pmf, dtype)
     if values.ndim != 1 or log_pmf.shape != values.shape or values.shape[0] < 1:
         raise ValueError(
             f"values and log_pmf must have the same shape (M,) with M >= 1, got "
             f"{values.shape} and {log_pmf.shape}"
         )
-    if is_concrete(values) and is_concrete(log_pmf):
-        v, lp = np.asarray(values), np.asarray(log_pmf)
+    if concrete:
+        v, lp = values, log_pmf
         if not np.all(np.isfinite(v)) or np.any(np.diff(v) <= 0):
             raise ValueError(f"values must be finite and strictly ascending, got {v}")
         if np.any(np.isnan(lp)) or np.any(lp == np.inf) or np.all(lp == -np.inf):
@@ -908,10 +909,11 @@ def best_of_n_from_law(
         )
     if num_candidates is not None:
         num_candidates = check_positive_int(num_candidates, "num_candidates")
-        log_num = jnp.asarray(math.log(num_candidates), values.dtype)
+        log_num = np.asarray(math.log(num_candidates), values.dtype)
     else:
         check_real(log_num_candidates, "log_num_candidates", minimum=0.0)
-        log_num = jnp.asarray(log_num_candidates, values.dtype)
+        xp = np if is_concrete(log_num_candidates) else jnp
+        log_num = xp.asarray(log_num_candidates, values.dtype)
     num_samples = check_positive_int(num_samples, "num_samples")
     batch_size = _check_optional_int(batch_size, "batch_size")
     _check_samples_range(num_samples, first_index)
