@@ -1,6 +1,7 @@
 """Sampling throughput: fused token-level best-of-N against its baselines.
 
 Run:  .venv/bin/python benchmarks/bench_sampling.py [--repeats 3] [--quick]
+      [--breakdown]
 
 For num_samples=256, N=64, n=256 at K=16 and K=1024, and for the default
 threefry2x32 and philox4x32 PRNGs, prints tokens/s of
@@ -13,6 +14,10 @@ threefry2x32 and philox4x32 PRNGs, prints tokens/s of
     classic (non-partitionable) threefry layout the samplers pin (the default
     partitionable layout is printed too, for reference),
 and the ratios; then reward-law best-of-N against token level at n = 1024.
+With --breakdown it also times the two halves of the fused sampler in place
+(same program, the other half replaced by a trivial stand-in): the PRNG draws
+alone and the alias-table consumer alone.  Their harmonic sum is the fused
+rate, which shows where the time goes.
 Timings exclude compilation (warm-up call first), use block_until_ready and take
 the best of a few repeats.  The machine is shared: re-run to gauge noise.
 """
@@ -120,6 +125,55 @@ def bench_k(num_tokens, impl, repeats, quick):
     )
 
 
+def breakdown(num_tokens, impl, repeats):
+    key = jax.random.key(0, impl=impl)
+    lm = jaxalign.MemorylessLM.dirichlet(jax.random.key(1), num_tokens, length=LENGTH)
+    rng = np.random.default_rng(0)
+    reward = jaxalign.LinearReward(rng.normal(size=num_tokens).astype(np.float32))
+    real_stage = sample._token_stage
+
+    def draws_only(lm, reward):  # consumer replaced by one XOR per candidate
+        stage = real_stage(lm, reward)
+        return sample._Stage(stage.draw, lambda w: (w[0] ^ w[-1]).astype(np.float32))
+
+    def consumer_only(lm, reward):  # PRNG replaced by a multiplicative hash
+        stage = real_stage(lm, reward)
+
+        def draw(k):
+            seed = jax.random.key_data(k).ravel()[0].astype(np.uint32)
+            return np.arange(LENGTH, dtype=np.uint32) * np.uint32(2654435761) ^ seed
+
+        return sample._Stage(draw, stage.consume)
+
+    rates = {}
+    for name, stage_fn in (("fused", real_stage), ("draws only", draws_only),
+                           ("consumer only", consumer_only)):
+        sample._token_stage = stage_fn
+        jax.clear_caches()
+        try:
+            t = best_time(
+                lambda: sample.best_of_n(key, lm, reward, N, S).reward, repeats
+            )
+        finally:
+            sample._token_stage = real_stage
+        rates[name] = S * N * LENGTH / t / 1e6
+    jax.clear_caches()
+    print(f"{impl:13s} K={num_tokens:5d} | " + " | ".join(
+        f"{name} {rate:6.1f}" for name, rate in rates.items()) + " M tokens/s")
+
+
+def bench_table(repeats):
+    """Alias-table build (inside every token-level call) at vocabulary sizes."""
+    build = jax.jit(sample._alias_table)
+    parts = []
+    for bits in (10, 15, 18):
+        probs = np.random.default_rng(bits).dirichlet(np.ones(1 << bits))
+        probs = jax.numpy.asarray(probs, np.float32)
+        seconds = best_time(lambda p=probs: build(p), repeats)
+        parts.append(f"K=2^{bits} {seconds * 1e3:.2f} ms")
+    print("alias table build: " + ", ".join(parts))
+
+
 def bench_law(impl, repeats):
     length, num_tokens = 1024, 16
     key = jax.random.key(0, impl=impl)
@@ -148,6 +202,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--breakdown", action="store_true")
     args = parser.parse_args()
     print(
         f"jax {jax.__version__}, device {jax.devices()[0].device_kind} "
@@ -161,6 +216,12 @@ def main():
             bench_k(num_tokens, impl, args.repeats, args.quick)
     for impl in ("threefry2x32", "philox4x32"):
         bench_law(impl, args.repeats)
+    bench_table(args.repeats)
+    if args.breakdown:
+        print("in-place breakdown of the fused sampler (M tokens/s):")
+        for impl in ("threefry2x32", "philox4x32"):
+            for num_tokens in (16, 1024):
+                breakdown(num_tokens, impl, args.repeats)
 
 
 if __name__ == "__main__":

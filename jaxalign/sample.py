@@ -208,10 +208,13 @@ def _alias_table(probs: Array) -> _Alias:
         q, prob, alias, i, j, pending, has_pending = state
         small = jnp.where(has_pending, pending, order[jnp.minimum(i, num_columns - 1)])
         large = order[j]
+        q = q.at[large].set(q[large] + q[small] - 1)
+        # Everything else reads the updated q (small != large): a value read from
+        # the old q and used after the update makes XLA copy q on every step,
+        # O(K^2) in all (17 s at K = 2^18 before this ordering).
+        q_large = q[large]
         prob = prob.at[small].set(q[small])
         alias = alias.at[small].set(large)
-        q_large = q[large] + q[small] - 1
-        q = q.at[large].set(q_large)
         becomes_small = q_large < 1
         i = jnp.where(has_pending, i, i + 1)
         j = jnp.where(becomes_small, j - 1, j)
