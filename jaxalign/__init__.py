@@ -18,7 +18,7 @@ Modules (each with its own ``__all__``):
 - :mod:`jaxalign.plots` (imported on use): figures from results.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from jaxalign import config as config
 from jaxalign import estimators as estimators
