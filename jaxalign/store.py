@@ -24,6 +24,7 @@ import json
 import math
 import os
 import pathlib
+import warnings
 
 __all__ = ["COLUMNS", "RunStore", "read_results"]
 
@@ -58,6 +59,18 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _warn_if_version_changed(path: pathlib.Path, environment: dict) -> None:
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    old, new = stored.get("jaxalign"), environment.get("jaxalign")
+    if old is not None and old != new:
+        warnings.warn(
+            f"resuming a run started with jaxalign {old} under {new}: points of the "
+            "two versions may come from different random streams (still exact in "
+            "law, but the run is no longer bit-reproducible by one version)",
+            stacklevel=3,
+        )
+
+
 class RunStore:
     """Appends results of a sweep to a run directory, and knows what is done.
 
@@ -85,6 +98,7 @@ class RunStore:
                     "new output directory"
                 )
             self.done = self._recover()
+            _warn_if_version_changed(self.path / "environment.json", environment)
         else:
             if self.results_path.exists():
                 raise ValueError(

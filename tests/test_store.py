@@ -84,3 +84,11 @@ def test_unwritable_directory(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(ValueError, match="not writable"):
         RunStore(blocker / "run", CONFIG, ENV, resume=False)
+
+
+def test_resume_warns_when_the_jaxalign_version_changed(tmp_path, recwarn):
+    RunStore(tmp_path / "run", CONFIG, dict(ENV, jaxalign="0.1.0"), resume=False)
+    RunStore(tmp_path / "run", CONFIG, dict(ENV, jaxalign="0.1.0"), resume=True)
+    assert not [w for w in recwarn if "jaxalign" in str(w.message)]
+    with pytest.warns(UserWarning, match="started with jaxalign 0.1.0 under 0.2.0"):
+        RunStore(tmp_path / "run", CONFIG, dict(ENV, jaxalign="0.2.0"), resume=True)
