@@ -365,12 +365,13 @@ def _law_of(lm: MemorylessLM, reward: LinearReward) -> _RawLaw:
 
 
 def _check_law(values: ArrayLike, log_pmf: ArrayLike) -> tuple[Array, Array]:
-    dtype = float_dtype(values, log_pmf)
     concrete = is_concrete(values) and is_concrete(log_pmf)
     # Concrete laws are checked and converted in NumPy: eager jnp ops would cost
     # more than the sampler itself (about 0.5 ms of dispatch per call).
     xp = np if concrete else jnp
-    values, log_pmf = xp.asarray(values, dtype), xp.asarray(log_pmf, dtype)
+    values, log_pmf = xp.asarray(values), xp.asarray(log_pmf)
+    dtype = float_dtype(values, log_pmf)
+    values, log_pmf = values.astype(dtype), log_pmf.astype(dtype)
     if values.ndim != 1 or log_pmf.shape != values.shape or values.shape[0] < 1:
         raise ValueError(
             f"values and log_pmf must have the same shape (M,) with M >= 1, got "
