@@ -68,9 +68,10 @@ __all__ = [
 ]
 
 _METHODS = ("token", "law")
-# Random words per scan step (uint32).  Small steps that stay in L2 cache were
-# fastest on a 2-core CPU (philox4x32: 1.5x faster at 2^15 words than at 2^20).
-_WORDS_PER_STEP = 1 << 15
+# Random words per scan step (uint32), 1 MiB: with the draw/consume pipeline,
+# token-level best-of-N ran 1.25-1.5x faster at 2^18 than at 2^15 on a 2-core
+# CPU (fewer scan steps, each split over both cores); 2^20 was no faster.
+_WORDS_PER_STEP = 1 << 18
 _CANDIDATE_WORDS = 1 << 12
 _MAX_TOKENS = 1 << 24
 # Proposals per rejection-loop step: most draws are accepted within a few.
