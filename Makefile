@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q; rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_sampling.py
+	$(BIN)/python benchmarks/bench_sampling.py --breakdown
 	$(BIN)/python benchmarks/bench_exact.py
 	$(BIN)/python benchmarks/bench_sweep.py
 	$(BIN)/python benchmarks/bench_rl.py
