@@ -29,7 +29,8 @@ def classic_threefry(fn):
     buys nothing; the classic layout is 1.4-1.6x faster on CPU
     (``benchmarks/bench_sampling.py``).  Pinning it also makes the numbers
     independent of the user's setting of that flag (whose default changed in
-    JAX 0.5).  Put it under ``jax.jit`` so that it applies at trace time.
+    JAX 0.5).  Kernels get it through :func:`prng_jit`; eager draws call
+    ``classic_threefry(jax.random.normal)(key, ...)``.
     """
 
     @functools.wraps(fn)
@@ -38,6 +39,18 @@ def classic_threefry(fn):
             return fn(*args, **kwargs)
 
     return traced
+
+
+def prng_jit(*static_argnames: str):
+    """``jax.jit`` of a function traced under :func:`classic_threefry`.
+
+    Every jaxalign kernel that draws random numbers is built with it.
+    """
+
+    def wrap(fn):
+        return jax.jit(classic_threefry(fn), static_argnames=static_argnames)
+
+    return wrap
 
 
 def check_key(key: Any, name: str = "key") -> None:

@@ -24,6 +24,7 @@ from jaxalign._types import (
     PRNGKey,
     check_key,
     check_positive_int,
+    classic_threefry,
     float_dtype,
     is_concrete,
     log_tolerance,
@@ -190,8 +191,9 @@ class MemorylessLM:
             raise ValueError(
                 f"concentration must be finite and > 0, got {concentration!r}"
             )
-        with jax.threefry_partitionable(False):  # as every jaxalign draw
-            log_gammas = jax.random.loggamma(key, jnp.full(num_tokens, concentration))
+        log_gammas = classic_threefry(jax.random.loggamma)(
+            key, jnp.full(num_tokens, concentration)
+        )
         return cls.from_logits(log_gammas, length=length)
 
     # -- derived views ----------------------------------------------------------------

@@ -37,6 +37,7 @@ from jaxalign._types import (
     PRNGKey,
     check_key,
     check_real,
+    classic_threefry,
     is_concrete,
 )
 from jaxalign.models import LinearReward, MemorylessLM, check_compatible
@@ -88,8 +89,7 @@ def gaussian_proxy(key: PRNGKey, gold: LinearReward, scale: ArrayLike,
     shape = r.shape if num_proxies is None else (int(num_proxies),) + r.shape
     if num_proxies is not None and int(num_proxies) < 1:
         raise ValueError(f"num_proxies must be an integer >= 1, got {num_proxies!r}")
-    with jax.threefry_partitionable(False):  # as every jaxalign draw
-        noise = jax.random.normal(key, shape, dtype=r.dtype)
+    noise = classic_threefry(jax.random.normal)(key, shape, dtype=r.dtype)
     scale = jnp.asarray(scale, dtype=r.dtype)
     if num_proxies is not None:
         r, scale = r[None], jnp.reshape(jnp.broadcast_to(scale, r.shape), (1, -1))

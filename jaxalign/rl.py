@@ -46,8 +46,8 @@ from jaxalign._types import (
     check_key,
     check_positive_int,
     check_real,
-    classic_threefry,
     is_concrete,
+    prng_jit,
 )
 from jaxalign.models import LinearReward, MemorylessLM, check_compatible
 
@@ -356,9 +356,7 @@ def _sweep_impl(key, base_log_probs, token_rewards, betas, learning_rate, clip_e
     return jax.vmap(per_beta)(betas)
 
 
-_sweep_jit = jax.jit(
-    classic_threefry(_sweep_impl), static_argnames=("cfg", "num_seeds")
-)
+_sweep_jit = prng_jit("cfg", "num_seeds")(_sweep_impl)
 
 
 def _validate(lm, reward, method, learning_rate, num_steps, batch_size, group_size,

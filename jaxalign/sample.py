@@ -30,7 +30,6 @@ tie-breaking (THEORY.md §1.9).
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -46,9 +45,9 @@ from jaxalign._types import (
     check_key,
     check_positive_int,
     check_real,
-    classic_threefry,
     float_dtype,
     is_concrete,
+    prng_jit,
 )
 from jaxalign.models import LinearReward, MemorylessLM, check_compatible
 
@@ -501,8 +500,7 @@ def _stream_max(
 # ----------------------------------------------------------------------- tokens/rewards
 
 
-@functools.partial(jax.jit, static_argnames=("num_samples", "batch_size"))
-@classic_threefry
+@prng_jit("num_samples", "batch_size")
 def _tokens_impl(key, lm, first_index, num_samples, batch_size):
     stage = _token_stage(lm, None)
     return _per_sample(stage, key, first_index, num_samples, batch_size)
@@ -554,15 +552,13 @@ def tokens(
     )
 
 
-@functools.partial(jax.jit, static_argnames=("num_samples", "batch_size"))
-@classic_threefry
+@prng_jit("num_samples", "batch_size")
 def _rewards_impl(key, lm, reward, first_index, num_samples, batch_size):
     stage = _token_stage(lm, reward)
     return _per_sample(stage, key, first_index, num_samples, batch_size)
 
 
-@functools.partial(jax.jit, static_argnames=("num_samples", "batch_size"))
-@classic_threefry
+@prng_jit("num_samples", "batch_size")
 def _law_rewards_impl(key, law, log_num, first_index, num_samples, batch_size):
     stage = _law_stage(law, log_num)
     return _per_sample(stage, key, first_index, num_samples, batch_size)
@@ -724,17 +720,7 @@ def _selected_tokens(lm, key, first_index, index):
     return jax.vmap(one)(sample, index)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "num_candidates",
-        "num_samples",
-        "chunk",
-        "batch_size",
-        "return_tokens",
-    ),
-)
-@classic_threefry
+@prng_jit("num_candidates", "num_samples", "chunk", "batch_size", "return_tokens")
 def _best_of_n_impl(
     key,
     lm,
@@ -965,17 +951,7 @@ def rewards_from_law(
     )
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "num_candidates",
-        "num_samples",
-        "chunk",
-        "batch_size",
-        "law_level",
-    ),
-)
-@classic_threefry
+@prng_jit("num_candidates", "num_samples", "chunk", "batch_size", "law_level")
 def _curve_impl(
     key,
     lm,
@@ -1073,18 +1049,14 @@ def best_of_n_curve(
 # ----------------------------------------------------------------------- soft BoN
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=(
-        "num_candidates",
-        "num_samples",
-        "chunk",
-        "batch_size",
-        "return_tokens",
-        "law_level",
-    ),
+@prng_jit(
+    "num_candidates",
+    "num_samples",
+    "chunk",
+    "batch_size",
+    "return_tokens",
+    "law_level",
 )
-@classic_threefry
 def _soft_impl(
     key,
     lm,
@@ -1215,10 +1187,7 @@ def soft_best_of_n(
 # ----------------------------------------------------------------------- rejection
 
 
-@functools.partial(
-    jax.jit, static_argnames=("num_samples", "max_proposals", "chunk", "batch_size")
-)
-@classic_threefry
+@prng_jit("num_samples", "max_proposals", "chunk", "batch_size")
 def _rejection_impl(
     key,
     lm,
@@ -1260,10 +1229,7 @@ def _rejection_impl(
     return RejectionResult(reward_out, count, found)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("num_samples", "max_proposals", "batch_size")
-)
-@classic_threefry
+@prng_jit("num_samples", "max_proposals", "batch_size")
 def _rejection_law_impl(key, law, first_index, num_samples, max_proposals, batch_size):
     dtype = law.values.dtype
     indices = _indices(first_index, num_samples)
