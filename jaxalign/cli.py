@@ -142,13 +142,27 @@ def theory_report(lm, reward, *, lam: float | None = None,
     return report
 
 
-def _add_theory(parser: argparse.ArgumentParser) -> None:
+def _add_model(parser: argparse.ArgumentParser, rewards_help: str) -> None:
     parser.add_argument("--probs", required=True,
                         help="token probabilities p, comma-separated (sum to 1)")
-    parser.add_argument("--rewards", required=True,
-                        help="per-token rewards r, comma-separated")
+    parser.add_argument("--rewards", required=True, help=rewards_help)
     parser.add_argument("--length", required=True, type=int,
                         help="sequence length n (an integer >= 1)")
+
+
+def _model(args: argparse.Namespace):
+    """The float64 model and reward of --probs, --rewards, --length (under x64)."""
+    import numpy as np
+
+    from jaxalign.models import LinearReward, MemorylessLM
+
+    probs = np.asarray(float_list(args.probs, "--probs"), np.float64)
+    rewards = np.asarray(float_list(args.rewards, "--rewards"), np.float64)
+    return MemorylessLM.from_probs(probs, length=args.length), LinearReward(rewards)
+
+
+def _add_theory(parser: argparse.ArgumentParser) -> None:
+    _add_model(parser, "per-token rewards r, comma-separated")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--lam", type=float, help="tilt lambda (inverse temperature)")
     which.add_argument("--kl", type=float, metavar="BUDGET",
@@ -216,12 +230,7 @@ def _theory_table(rep: dict[str, Any]) -> str:
 
 def _run_theory(args: argparse.Namespace) -> int:
     import jax
-    import numpy as np
 
-    from jaxalign.models import LinearReward, MemorylessLM
-
-    probs = float_list(args.probs, "--probs")
-    rewards = float_list(args.rewards, "--rewards")
     if args.lam is not None and math.isnan(args.lam):
         raise ValueError("--lam must be a number, got nan")
     if args.kl is not None and not args.kl >= 0:
@@ -229,8 +238,7 @@ def _run_theory(args: argparse.Namespace) -> int:
     if args.order < 1:
         raise ValueError(f"--order must be an integer >= 1, got {args.order}")
     with jax.enable_x64(True):
-        lm = MemorylessLM.from_probs(np.asarray(probs, np.float64), length=args.length)
-        reward = LinearReward(np.asarray(rewards, np.float64))
+        lm, reward = _model(args)
         rep = theory_report(lm, reward, lam=args.lam, kl_budget=args.kl,
                             order=args.order)
     if args.json:
@@ -354,12 +362,7 @@ def _run_plot(args: argparse.Namespace) -> int:
 
 
 def _add_exact(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--probs", required=True,
-                        help="token probabilities p, comma-separated (sum to 1)")
-    parser.add_argument("--rewards", required=True,
-                        help="per-token rewards r on a lattice, comma-separated")
-    parser.add_argument("--length", required=True, type=int,
-                        help="sequence length n (an integer >= 1)")
+    _add_model(parser, "per-token rewards r on a lattice, comma-separated")
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--num-candidates", metavar="N,N,...",
                        help="best-of-N sizes, comma-separated integers >= 1")
@@ -390,12 +393,7 @@ def exact_report(lm, reward, log_num_candidates) -> list[dict[str, float]]:
 
 def _run_exact(args: argparse.Namespace) -> int:
     import jax
-    import numpy as np
 
-    from jaxalign.models import LinearReward, MemorylessLM
-
-    probs = float_list(args.probs, "--probs")
-    rewards = float_list(args.rewards, "--rewards")
     if args.num_candidates is not None:
         counts = float_list(args.num_candidates, "--num-candidates")
         if any(c < 1 or c != int(c) for c in counts):
@@ -408,8 +406,7 @@ def _run_exact(args: argparse.Namespace) -> int:
             raise ValueError(f"--log-num-candidates must be finite and >= 0, got "
                              f"{args.log_num_candidates!r}")
     with jax.enable_x64(True):
-        lm = MemorylessLM.from_probs(np.asarray(probs, np.float64), length=args.length)
-        reward = LinearReward(np.asarray(rewards, np.float64))
+        lm, reward = _model(args)
         rows = exact_report(lm, reward, log_n)
     if args.json:
         print(json.dumps(_json_safe(rows), allow_nan=False))
