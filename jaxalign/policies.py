@@ -213,9 +213,10 @@ class Policy:
 
     # -- sampling hooks ------------------------------------------------------------
     def sample_tokens(self, key, lm, reward, num_samples, *, first_index=0,
-                      batch_size=None):
-        """Token-level rewards from a sampler of the policy's own, or ``None``
-        (then :func:`jaxalign.sample.policy` rejects from the base model)."""
+                      batch_size=None, return_tokens=False):
+        """Token-level rewards (a ``SampleResult`` with ``return_tokens``) from a
+        sampler of the policy's own, or ``None``: then :func:`jaxalign.sample.policy`
+        rejects from the base model with acceptance ``g(R)/max g``."""
         return None
 
     def law_sampling(self, lm, reward, values, base_log_pmf):
@@ -313,11 +314,14 @@ class Base(Policy):
         return np.asarray(log_pmf, np.float64)
 
     def sample_tokens(self, key, lm, reward, num_samples, *, first_index=0,
-                      batch_size=None):
+                      batch_size=None, return_tokens=False):
         from jaxalign import sample
 
-        return sample.rewards(key, lm, reward, num_samples, first_index=first_index,
-                              batch_size=batch_size)
+        kw = dict(first_index=first_index, batch_size=batch_size)
+        r = sample.rewards(key, lm, reward, num_samples, **kw)
+        if not return_tokens:
+            return r
+        return sample.SampleResult(r, sample.tokens(key, lm, num_samples, **kw))
 
     def sweep_values(self, lm, reward, settings):
         from jaxalign import theory
@@ -351,11 +355,12 @@ class Tilted(Policy):
         return _normalise(np.where(np.isfinite(log_pmf), shifted, -np.inf))
 
     def sample_tokens(self, key, lm, reward, num_samples, *, first_index=0,
-                      batch_size=None):
+                      batch_size=None, return_tokens=False):
         from jaxalign import sample
 
         return sample.tilted(key, lm, reward, self.lam, num_samples,
-                             first_index=first_index, batch_size=batch_size)
+                             first_index=first_index, batch_size=batch_size,
+                             return_tokens=return_tokens)
 
     def law_sampling(self, lm, reward, values, base_log_pmf):
         # The law of the tilted model itself (the tilt is i.i.d. per token).
@@ -389,6 +394,22 @@ class Tilted(Policy):
         delta = settings.get("delta")
         return {"reward_per_token": (mean, mean), "variance_per_token": (var, var),
                 "kl_per_token": (kl, delta if delta else kl)}
+
+
+def _token_candidates(policy) -> int:
+    if policy.num_candidates is None:
+        raise ValueError(
+            f"N = e^{policy.log_num_candidates:.4g} is too large for token-level "
+            'sampling; sample at the law level (level="law", sampling = "law")')
+    return policy.num_candidates
+
+
+def _selected(result, return_tokens):
+    from jaxalign import sample
+
+    if return_tokens:
+        return sample.SampleResult(result.reward, result.tokens)
+    return result.reward
 
 
 def _expand_candidates(grid, length, with_delta=True):
@@ -433,15 +454,13 @@ class BestOfN(Policy):
         return _best_of_n_log_pmf(values, log_pmf, self.log_num_candidates)
 
     def sample_tokens(self, key, lm, reward, num_samples, *, first_index=0,
-                      batch_size=None):
+                      batch_size=None, return_tokens=False):
         from jaxalign import sample
 
-        if self.num_candidates is None:
-            raise ValueError(
-                f"N = e^{self.log_num_candidates:.4g} is too large for token-level "
-                'sampling; sample at the law level (level="law")')
-        return sample.best_of_n(key, lm, reward, self.num_candidates, num_samples,
-                                first_index=first_index, batch_size=batch_size).reward
+        res = sample.best_of_n(key, lm, reward, _token_candidates(self), num_samples,
+                               first_index=first_index, batch_size=batch_size,
+                               return_tokens=return_tokens)
+        return _selected(res, return_tokens)
 
     def law_sampling(self, lm, reward, values, base_log_pmf):
         # The maximum of N base draws directly: F^N inverted in log space.
@@ -570,16 +589,14 @@ class SoftBestOfN(Policy):
         return _normalise(log_pmf + log_g)
 
     def sample_tokens(self, key, lm, reward, num_samples, *, first_index=0,
-                      batch_size=None):
+                      batch_size=None, return_tokens=False):
         from jaxalign import sample
 
-        if self.num_candidates is None:
-            raise ValueError(
-                f"N = e^{self.log_num_candidates:.4g} is too large for token-level "
-                'sampling; sample at the law level (level="law")')
-        return sample.soft_best_of_n(
-            key, lm, reward, self.num_candidates, self.temperature, num_samples,
-            first_index=first_index, batch_size=batch_size).reward
+        res = sample.soft_best_of_n(
+            key, lm, reward, _token_candidates(self), self.temperature, num_samples,
+            first_index=first_index, batch_size=batch_size,
+            return_tokens=return_tokens)
+        return _selected(res, return_tokens)
 
     @classmethod
     def expand(cls, grid, length):

@@ -58,6 +58,7 @@ __all__ = [
     "best_of_n",
     "best_of_n_curve",
     "best_of_n_from_law",
+    "policy",
     "rejection",
     "rewards",
     "rewards_from_law",
@@ -75,6 +76,10 @@ _CANDIDATE_WORDS = 1 << 12
 _MAX_TOKENS = 1 << 24
 # Proposals per rejection-loop step: most draws are accepted within a few.
 _REJECTION_CHUNK = 8
+# Expected proposal tokens a policy sampler may draw before refusing up front
+# (about a minute of token-level sampling on a 2-core CPU).
+_MAX_PROPOSAL_TOKENS = 2**33
+_LEVELS = ("token", "law")
 
 
 class SampleResult(NamedTuple):
@@ -1353,3 +1358,157 @@ def rejection(
         chunk,
         _sizes(num_samples, chunk * lm.length, batch_size),
     )
+
+
+# ----------------------------------------------------------------------- any policy
+
+
+@prng_jit("num_samples", "chunk", "batch_size", "return_tokens")
+def _reweight_impl(key, lm, reward, edges, log_accept, first_index, num_samples,
+                   chunk, batch_size, return_tokens):
+    stage = _token_stage(lm, reward)
+    indices = _indices(first_index, num_samples)
+    dtype = reward.token_rewards.dtype
+
+    def propose(key_i, j):
+        key_tokens, key_accept = jax.random.split(jax.random.fold_in(key_i, j))
+        r = stage.consume(stage.draw(key_tokens))
+        cls = jnp.searchsorted(edges, r)
+        # Accept with probability a = g(R) / max g: U <= a  <=>  -E <= log a.
+        exponential = jax.random.exponential(key_accept, (), dtype)
+        return r, -exponential <= log_accept[cls]
+
+    def one(i):
+        key_i = jax.random.fold_in(key, i)
+
+        def cond(state):
+            return ~state[1]
+
+        def body(state):
+            start, _, _, _ = state
+            index = start + jnp.arange(chunk, dtype=jnp.uint32)
+            r, ok = jax.vmap(lambda j: propose(key_i, j))(index)
+            arg = jnp.argmax(ok)
+            return start + chunk, ok[arg], r[arg], index[arg]
+
+        init = (jnp.uint32(0), jnp.bool_(False), jnp.zeros((), dtype), jnp.uint32(0))
+        _, _, r, index = jax.lax.while_loop(cond, body, init)
+        return r, index
+
+    reward_out, index = _map_samples(one, indices, batch_size)
+    if not return_tokens:
+        return reward_out, None
+    token_stage = _token_stage(lm, None)
+
+    def tokens_of(i, j):
+        key_tokens, _ = jax.random.split(
+            jax.random.fold_in(jax.random.fold_in(key, i), j))
+        return token_stage.consume(token_stage.draw(key_tokens))
+
+    return reward_out, jax.vmap(tokens_of)(indices, index)
+
+
+def _reweight(key, lm, reward, policy, law, num_samples, first, batch_size,
+              return_tokens):
+    """Exact token-level draws from ``p·g(R)`` by rejection from the base model."""
+    values = np.asarray(law.values, np.float64)
+    base = np.asarray(law.log_pmf, np.float64)
+    base = base - np.logaddexp.reduce(base)
+    with np.errstate(invalid="ignore"):
+        log_g = np.where(np.isfinite(base), policy.log_pmf(values, base) - base,
+                         -np.inf)
+    log_max = float(np.max(log_g))
+    expected = num_samples * math.exp(min(log_max, 700.0)) * lm.length
+    if expected > _MAX_PROPOSAL_TOKENS:
+        raise ValueError(
+            f"token-level sampling of {type(policy).__name__} rejects from the base "
+            f"model with acceptance 1/max g = {math.exp(-log_max):.3g}: about "
+            f"{expected:.3g} tokens for {num_samples} samples, more than "
+            f"{_MAX_PROPOSAL_TOKENS:.3g}; sample at the law level (level='law')")
+    dtype = reward.token_rewards.dtype
+    edges = jnp.asarray(0.5 * (values[1:] + values[:-1]), dtype)
+    log_accept = jnp.asarray(log_g - log_max, dtype)
+    chunk = 1 << min(8, max(0, math.ceil(log_max / math.log(2))))
+    return _reweight_impl(key, lm, reward, edges, log_accept, first, num_samples,
+                          chunk, _sizes(num_samples, chunk * lm.length, batch_size),
+                          bool(return_tokens))
+
+
+def policy(
+    key: PRNGKey,
+    lm: MemorylessLM,
+    reward: LinearReward,
+    policy,
+    num_samples: int,
+    *,
+    level: str = "token",
+    return_tokens: bool = False,
+    batch_size: int | None = None,
+    first_index: int = 0,
+) -> Array | SampleResult:
+    r"""Draw rewards under any policy ``π = p·g(R)`` of :mod:`jaxalign.policies`.
+
+    .. math::
+        y \sim \pi(y) = p(y)\, g(R(y)).
+
+    ``level="token"`` draws every token: with the policy's own sampler where it
+    has one (:func:`rewards`, :func:`tilted`, :func:`best_of_n`,
+    :func:`soft_best_of_n`), otherwise by exact rejection from the base model,
+    accepting a proposal ``y`` with probability ``g(R(y)) / max g`` (``g`` from
+    the policy's exact law; the expected number of proposals is ``max g``, and
+    work above about ``2^33`` tokens is refused up front).  ``level="law"``
+    draws ``R`` from the policy's exact law by inverting its CDF (best-of-N
+    inverts ``F^N``, so ``N`` may be astronomically large).  Proposal ``j`` of
+    sample ``i`` uses ``split(fold_in(fold_in(key, i), j))``.
+
+    Args:
+      key: a typed PRNG key.
+      lm: the base model.
+      reward: per-token rewards ``(K,)``.
+      policy: a :class:`jaxalign.policies.Policy`.
+      num_samples: number of draws (static).
+      level: ``"token"`` or ``"law"``.
+      return_tokens: also return the sequences (token level).
+      batch_size: draws per vectorised step (static; never changes the numbers).
+      first_index: index of the first sample of the run.
+
+    Returns:
+      ``(num_samples,)`` rewards, or a :class:`SampleResult` with the tokens.
+
+    Examples:
+      >>> import jax, jaxalign
+      >>> from jaxalign import policies
+      >>> lm = jaxalign.MemorylessLM.from_probs([0.5, 0.5], length=4)
+      >>> r = jaxalign.LinearReward([0.0, 1.0])
+      >>> policy(jax.random.key(0), lm, r, policies.ChiSquared(0.5), 3).shape
+      (3,)
+    """
+    from jaxalign import exact
+    from jaxalign.policies import Policy
+
+    if not isinstance(policy, Policy):
+        raise ValueError(
+            f"policy must be a jaxalign.policies.Policy, got {type(policy).__name__}")
+    if level not in _LEVELS:
+        raise ValueError(f"level must be one of {_LEVELS}, got {level!r}")
+    if return_tokens and level != "token":
+        raise ValueError(f"return_tokens=True needs level='token', got {level!r}")
+    num_samples, _, first = _validate_sampler(key, lm, reward, num_samples, "token",
+                                              first_index)
+    batch_size = _check_optional_int(batch_size, "batch_size")
+    if level == "token":
+        out = policy.sample_tokens(key, lm, reward, num_samples,
+                                   first_index=first_index, batch_size=batch_size,
+                                   return_tokens=return_tokens)
+        if out is not None:
+            return out
+    law = exact.reward_law(lm, reward)
+    if level == "token":
+        r, toks = _reweight(key, lm, reward, policy, law, num_samples, first,
+                            batch_size, return_tokens)
+        return SampleResult(r, toks) if return_tokens else r
+    values, log_pmf, log_num = policy.law_sampling(
+        lm, reward, np.asarray(law.values), np.asarray(law.log_pmf))
+    return best_of_n_from_law(key, values, log_pmf, None, num_samples,
+                              log_num_candidates=log_num, batch_size=batch_size,
+                              first_index=first_index)
