@@ -31,6 +31,8 @@ from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
+from jaxalign import policies
+
 __all__ = [
     "ConfigError",
     "ModelSpec",
@@ -42,17 +44,9 @@ __all__ = [
     "grid_points",
 ]
 
-METHODS = ("base", "tilted", "best_of_n", "soft_best_of_n")
 SAMPLING = ("token", "law")
 PRNG_IMPLS = ("threefry2x32", "philox4x32", "rbg", "unsafe_rbg")
 MODEL_KINDS = ("probs", "logits", "bernoulli", "uniform", "zipf", "dirichlet")
-# Which grid axes set the strength of each method (at most one per method).
-_STRENGTH_AXES = {
-    "base": (),
-    "tilted": ("lam", "kl_budget", "delta"),
-    "best_of_n": ("num_candidates", "delta"),
-    "soft_best_of_n": ("num_candidates", "delta"),
-}
 _TOP_KEYS = {
     "name",
     "seed",
@@ -66,7 +60,6 @@ _TOP_KEYS = {
     "model",
     "grid",
 }
-_GRID_KEYS = {"length", "lam", "kl_budget", "delta", "num_candidates", "temperature"}
 
 
 class ConfigError(ValueError):
@@ -107,25 +100,36 @@ class ModelSpec:
 
 @dataclasses.dataclass(frozen=True)
 class Point:
-    """One grid point: everything that defines a Monte Carlo cell, hashable."""
+    """One grid point: everything that defines a Monte Carlo cell, hashable.
+
+    ``settings`` holds the policy's settings (``results.csv`` columns such as
+    ``lam`` or ``num_candidates``) in the order of
+    :func:`jaxalign.policies.setting_names`; each is also readable as an attribute
+    (``point.num_candidates``, ``None`` when the point has no such setting).
+    """
 
     index: int  # position in the grid (display order only)
     model: str
     length: int
     method: str
-    lam: float | None = None
-    kl_budget: float | None = None
-    delta: float | None = None
-    num_candidates: int | None = None
-    log_num_candidates: float | None = None
-    temperature: float | None = None
+    settings: tuple[tuple[str, Any], ...] = ()
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name not in policies.setting_names():
+            raise AttributeError(name)
+        return dict(self.settings).get(name)
+
+    @property
+    def policy(self) -> type[policies.Policy]:
+        """The registered policy class of this point's method."""
+        return policies.get(self.method)
 
     @property
     def tag(self) -> str:
         """A canonical description of the point, independent of the grid it sits in."""
-        fields = dataclasses.asdict(self)
-        del fields["index"]
-        return ";".join(f"{k}={v!r}" for k, v in fields.items() if v is not None)
+        fields = [("model", self.model), ("length", self.length),
+                  ("method", self.method), *self.settings]
+        return ";".join(f"{k}={v!r}" for k, v in fields if v is not None)
 
     @property
     def key_data(self) -> int:
@@ -279,8 +283,8 @@ def parse_config(data: Mapping[str, Any]) -> SweepConfig:
         {"methods": data.get("methods", ["best_of_n"])},
         "methods",
         str,
-        lambda v: v in METHODS,
-        f"one of {list(METHODS)}",
+        lambda v: v in policies.names(),
+        f"one of {list(policies.names())}",
     )
     sampling = data.get("sampling", "law")
     if sampling not in SAMPLING:
@@ -301,43 +305,35 @@ def parse_config(data: Mapping[str, Any]) -> SweepConfig:
     grid_in = data.get("grid")
     if not isinstance(grid_in, dict):
         raise _fail("grid", grid_in, "a [grid] table")
-    unknown = set(grid_in) - _GRID_KEYS
+    grid_keys = {"length": policies.GridKey("length", int, lambda v: v >= 1,
+                                           "integers >= 1")}
+    for name in policies.names():
+        for key in policies.get(name).grid_keys():
+            grid_keys.setdefault(key.name, key)
+    unknown = set(grid_in) - set(grid_keys)
     if unknown:
         key = sorted(unknown)[0]
-        raise _fail(f"grid.{key}", grid_in[key], f"one of {sorted(_GRID_KEYS)}")
+        raise _fail(f"grid.{key}", grid_in[key], f"one of {sorted(grid_keys)}")
     if "length" not in grid_in:
         raise _fail("grid.length", None, "a non-empty list of sequence lengths >= 1")
-    grid: dict[str, tuple] = {
-        "length": _list(grid_in, "length", int, lambda v: v >= 1, "integers >= 1")
-    }
-    checks = {
-        "lam": (lambda v: 0 <= v < math.inf, "finite numbers >= 0"),
-        "kl_budget": (
-            lambda v: 0 <= v < math.inf,
-            "finite sequence-level budgets >= 0",
-        ),
-        "delta": (lambda v: 0 < v < math.inf, "finite per-token budgets > 0"),
-        "temperature": (lambda v: 0 < v < math.inf, "finite temperatures > 0"),
-    }
-    for key, (check, allowed) in checks.items():
-        if key in grid_in:
-            grid[key] = tuple(
-                float(v) for v in _list(grid_in, key, (int, float), check, allowed)
+    grid: dict[str, tuple] = {}
+    for name, key in grid_keys.items():
+        if name in grid_in:
+            kinds = (int,) if key.kind is int else (int, float)
+            grid[name] = tuple(
+                key.kind(v) for v in _list(grid_in, name, kinds, key.check, key.allowed)
             )
-    if "num_candidates" in grid_in:
-        grid["num_candidates"] = _list(
-            grid_in, "num_candidates", int, lambda v: v >= 1, "integers N >= 1"
-        )
     for method in methods:
-        axes = [a for a in _STRENGTH_AXES[method] if a in grid]
-        if method != "base" and not axes:
+        cls = policies.get(method)
+        strength = [k.name for k in cls.strength_keys]
+        if strength and not any(k in grid for k in strength):
             raise _fail(
-                "grid",
-                sorted(grid),
-                f"method {method!r} needs one of {list(_STRENGTH_AXES[method])}",
+                "grid", sorted(grid), f"method {method!r} needs one of {strength}"
             )
-    if "soft_best_of_n" in methods and "temperature" not in grid:
-        raise _fail("grid.temperature", None, "temperatures for soft_best_of_n")
+        for key in cls.required_keys:
+            if key.name not in grid:
+                raise _fail(f"grid.{key.name}", None,
+                            f"{key.allowed} for method {method!r}")
     return SweepConfig(
         name=name,
         seed=seed,
@@ -377,33 +373,9 @@ def example_configs() -> dict[str, str]:
     }
 
 
-def _strengths(method: str, grid: Mapping[str, tuple], length: int):
-    """The strength settings of ``method`` at ``length`` (dicts of Point fields)."""
-    if method == "base":
-        return [{}]
-    out = []
-    for axis in _STRENGTH_AXES[method]:
-        for v in grid.get(axis, ()):
-            if axis == "delta" and method != "tilted":
-                # N = ceil(e^{n delta}); kept as log N once N no longer fits an int64.
-                log_n = length * v
-                n_cand = math.ceil(math.exp(log_n)) if log_n < 43 else None
-                out.append(
-                    {
-                        "delta": v,
-                        "num_candidates": n_cand,
-                        "log_num_candidates": log_n
-                        if n_cand is None
-                        else math.log(n_cand),
-                    }
-                )
-            elif axis == "num_candidates":
-                out.append({"num_candidates": v, "log_num_candidates": math.log(v)})
-            else:
-                out.append({axis: v})
-    if method == "soft_best_of_n":
-        out = [dict(s, temperature=t) for s in out for t in grid["temperature"]]
-    return out
+def _ordered(settings: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    order = policies.setting_names()
+    return tuple((k, settings[k]) for k in sorted(settings, key=order.index))
 
 
 def grid_points(config: SweepConfig) -> list[Point]:
@@ -412,14 +384,14 @@ def grid_points(config: SweepConfig) -> list[Point]:
     for spec in config.models:
         for length in config.grid["length"]:
             for method in config.methods:
-                for strength in _strengths(method, config.grid, length):
+                for settings in policies.get(method).expand(config.grid, length):
                     points.append(
                         Point(
                             index=len(points),
                             model=spec.name,
                             length=length,
                             method=method,
-                            **strength,
+                            settings=_ordered(settings),
                         )
                     )
     return points

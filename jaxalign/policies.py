@@ -191,6 +191,8 @@ class Policy:
         each); ``required_keys``: keys it needs besides (a point per value, crossed).
       compare_with_base: the sweep draws an independent base reward per sample and
         reports the Monte Carlo win rate.
+      traced_fields: parameters its token sampler takes as traced values, so one
+        compiled sweep program serves all their values (``lam``, ``temperature``).
     """
 
     name: ClassVar[str]
@@ -200,6 +202,24 @@ class Policy:
     strength_keys: ClassVar[tuple[GridKey, ...]] = ()
     required_keys: ClassVar[tuple[GridKey, ...]] = ()
     compare_with_base: ClassVar[bool] = True
+    traced_fields: ClassVar[tuple[str, ...]] = ()
+
+    def unchecked_replace(self, **changes) -> Policy:
+        """A copy with some fields replaced *without* validation: the constructor
+        for traced values (a sweep's jitted block); use the class otherwise."""
+        new = object.__new__(type(self))
+        for f in dataclasses.fields(self):
+            object.__setattr__(new, f.name, changes.get(f.name, getattr(self, f.name)))
+        return new
+
+    def check_token_sampling(self) -> None:
+        """Raise ``ValueError`` when the policy's own token sampler cannot run it
+        (e.g. ``N`` given only as a huge ``log N``)."""
+
+    @property
+    def has_token_sampler(self) -> bool:
+        """Whether the policy samples tokens itself (else: rejection from the base)."""
+        return type(self).sample_tokens is not Policy.sample_tokens
 
     # -- the mathematics ---------------------------------------------------------
     def log_pmf(self, values: np.ndarray, log_pmf: np.ndarray) -> np.ndarray:
@@ -342,6 +362,7 @@ class Tilted(Policy):
     marker: ClassVar[str] = "o"
     strength_keys: ClassVar[tuple[GridKey, ...]] = (LAM, KL_BUDGET, DELTA)
     compare_with_base: ClassVar[bool] = False
+    traced_fields: ClassVar[tuple[str, ...]] = ("lam",)
 
     lam: float
 
@@ -396,12 +417,14 @@ class Tilted(Policy):
                 "kl_per_token": (kl, delta if delta else kl)}
 
 
-def _token_candidates(policy) -> int:
-    if policy.num_candidates is None:
-        raise ValueError(
-            f"N = e^{policy.log_num_candidates:.4g} is too large for token-level "
-            'sampling; sample at the law level (level="law", sampling = "law")')
-    return policy.num_candidates
+class _Candidates:
+    """Shared by the policies that draw N candidates."""
+
+    def check_token_sampling(self) -> None:
+        if self.num_candidates is None:
+            raise ValueError(
+                f"N = e^{self.log_num_candidates:.4g} is too large for token-level "
+                'sampling; sample at the law level (level="law", sampling = "law")')
 
 
 def _selected(result, return_tokens):
@@ -428,7 +451,7 @@ def _expand_candidates(grid, length, with_delta=True):
 
 @register
 @_frozen
-class BestOfN(Policy):
+class BestOfN(_Candidates, Policy):
     r"""Best-of-N with uniform ties: ``q(s) = F(s)^N - F(s^-)^N``.
 
     Give ``num_candidates=N`` (any Python integer) or ``log_num_candidates=log N``
@@ -457,7 +480,7 @@ class BestOfN(Policy):
                       batch_size=None, return_tokens=False):
         from jaxalign import sample
 
-        res = sample.best_of_n(key, lm, reward, _token_candidates(self), num_samples,
+        res = sample.best_of_n(key, lm, reward, self.num_candidates, num_samples,
                                first_index=first_index, batch_size=batch_size,
                                return_tokens=return_tokens)
         return _selected(res, return_tokens)
@@ -550,7 +573,7 @@ def _soft_log_weight(values, log_pmf, log_n: float, temperature: float,
 
 @register
 @_frozen
-class SoftBestOfN(Policy):
+class SoftBestOfN(_Candidates, Policy):
     r"""Soft best-of-N (Verdun et al. 2025): among ``N`` i.i.d. candidates pick
     ``i`` with probability ``∝ e^{R_i/T}``; its weight is
 
@@ -568,6 +591,7 @@ class SoftBestOfN(Policy):
     marker: ClassVar[str] = "^"
     strength_keys: ClassVar[tuple[GridKey, ...]] = (NUM_CANDIDATES, DELTA)
     required_keys: ClassVar[tuple[GridKey, ...]] = (TEMPERATURE,)
+    traced_fields: ClassVar[tuple[str, ...]] = ("temperature",)
 
     num_candidates: int | None = None
     temperature: float = 1.0
@@ -593,7 +617,7 @@ class SoftBestOfN(Policy):
         from jaxalign import sample
 
         res = sample.soft_best_of_n(
-            key, lm, reward, _token_candidates(self), self.temperature, num_samples,
+            key, lm, reward, self.num_candidates, self.temperature, num_samples,
             first_index=first_index, batch_size=batch_size,
             return_tokens=return_tokens)
         return _selected(res, return_tokens)

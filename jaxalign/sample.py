@@ -60,6 +60,7 @@ __all__ = [
     "best_of_n_from_law",
     "policy",
     "rejection",
+    "reweighted",
     "rewards",
     "rewards_from_law",
     "soft_best_of_n",
@@ -1408,30 +1409,76 @@ def _reweight_impl(key, lm, reward, edges, log_accept, first_index, num_samples,
     return reward_out, jax.vmap(tokens_of)(indices, index)
 
 
-def _reweight(key, lm, reward, policy, law, num_samples, first, batch_size,
-              return_tokens):
-    """Exact token-level draws from ``p·g(R)`` by rejection from the base model."""
-    values = np.asarray(law.values, np.float64)
-    base = np.asarray(law.log_pmf, np.float64)
-    base = base - np.logaddexp.reduce(base)
-    with np.errstate(invalid="ignore"):
-        log_g = np.where(np.isfinite(base), policy.log_pmf(values, base) - base,
-                         -np.inf)
-    log_max = float(np.max(log_g))
-    expected = num_samples * math.exp(min(log_max, 700.0)) * lm.length
-    if expected > _MAX_PROPOSAL_TOKENS:
-        raise ValueError(
-            f"token-level sampling of {type(policy).__name__} rejects from the base "
-            f"model with acceptance 1/max g = {math.exp(-log_max):.3g}: about "
-            f"{expected:.3g} tokens for {num_samples} samples, more than "
-            f"{_MAX_PROPOSAL_TOKENS:.3g}; sample at the law level (level='law')")
+def reweighted(
+    key: PRNGKey,
+    lm: MemorylessLM,
+    reward: LinearReward,
+    values: ArrayLike,
+    log_weight: ArrayLike,
+    num_samples: int,
+    *,
+    proposals_per_step: int = 1,
+    return_tokens: bool = False,
+    batch_size: int | None = None,
+    first_index: int = 0,
+) -> Array | SampleResult:
+    r"""Token-level draws from ``π = p·g(R)`` by exact rejection from the base model.
+
+    .. math::
+        y \sim P, \quad \text{accept with probability } g(R(y)) / \max g .
+
+    The expected number of proposals per draw is ``max g / E_P g``.  ``R(y)`` is
+    matched to the nearest of ``values``.  :func:`policy` calls this with ``g``
+    from the policy's exact law; ``values`` and ``log_weight`` may be traced (a
+    sweep vmaps over them).
+
+    Args:
+      key: a typed PRNG key.
+      lm: the base model.
+      reward: per-token rewards ``(K,)``.
+      values: ``(M,)`` ascending reward values covering the support of ``R``.
+      log_weight: ``(M,)`` ``log g`` on ``values`` (any additive constant; ``-inf``
+        where ``g = 0``).
+      num_samples: number of draws (static).
+      proposals_per_step: proposals drawn per loop step (static; never changes
+        the numbers).
+      return_tokens: also return the accepted sequences.
+      batch_size: draws per vectorised step (static).
+      first_index: index of the first sample of the run.
+
+    Returns:
+      ``(num_samples,)`` rewards, or a :class:`SampleResult` with the tokens.
+
+    Examples:
+      >>> import jax, jaxalign
+      >>> lm = jaxalign.MemorylessLM.from_probs([0.5, 0.5], length=2)
+      >>> r = jaxalign.LinearReward([0.0, 1.0])
+      >>> support = [0.0, 1.0, 2.0]
+      >>> reweighted(jax.random.key(0), lm, r, support, [0.0, 1.0, 2.0], 3).shape
+      (3,)
+    """
+    num_samples, _, first = _validate_sampler(key, lm, reward, num_samples, "token",
+                                              first_index)
+    chunk = check_positive_int(proposals_per_step, "proposals_per_step")
+    batch_size = _check_optional_int(batch_size, "batch_size")
     dtype = reward.token_rewards.dtype
-    edges = jnp.asarray(0.5 * (values[1:] + values[:-1]), dtype)
-    log_accept = jnp.asarray(log_g - log_max, dtype)
-    chunk = 1 << min(8, max(0, math.ceil(log_max / math.log(2))))
-    return _reweight_impl(key, lm, reward, edges, log_accept, first, num_samples,
-                          chunk, _sizes(num_samples, chunk * lm.length, batch_size),
-                          bool(return_tokens))
+    xp = np if is_concrete(values) and is_concrete(log_weight) else jnp
+    values = xp.asarray(values, dtype)
+    log_weight = xp.asarray(log_weight, dtype)
+    if values.ndim != 1 or log_weight.shape != values.shape:
+        raise ValueError(f"values and log_weight must have one shape (M,), got "
+                         f"{values.shape} and {log_weight.shape}")
+    edges = 0.5 * (values[1:] + values[:-1])
+    log_accept = log_weight - xp.max(log_weight)
+    r, toks = _reweight_impl(key, lm, reward, edges, log_accept, first, num_samples,
+                             chunk, _sizes(num_samples, chunk * lm.length, batch_size),
+                             bool(return_tokens))
+    return SampleResult(r, toks) if return_tokens else r
+
+
+def _proposals_per_step(log_max: float) -> int:
+    """A power of two near the expected proposals per draw, at most 256."""
+    return 1 << min(8, max(0, math.ceil(log_max / math.log(2))))
 
 
 def policy(
@@ -1496,7 +1543,8 @@ def policy(
     num_samples, _, first = _validate_sampler(key, lm, reward, num_samples, "token",
                                               first_index)
     batch_size = _check_optional_int(batch_size, "batch_size")
-    if level == "token":
+    if level == "token" and policy.has_token_sampler:
+        policy.check_token_sampling()
         out = policy.sample_tokens(key, lm, reward, num_samples,
                                    first_index=first_index, batch_size=batch_size,
                                    return_tokens=return_tokens)
@@ -1504,9 +1552,24 @@ def policy(
             return out
     law = exact.reward_law(lm, reward)
     if level == "token":
-        r, toks = _reweight(key, lm, reward, policy, law, num_samples, first,
-                            batch_size, return_tokens)
-        return SampleResult(r, toks) if return_tokens else r
+        values = np.asarray(law.values, np.float64)
+        base = np.asarray(law.log_pmf, np.float64)
+        base = base - np.logaddexp.reduce(base)
+        with np.errstate(invalid="ignore"):
+            log_g = np.where(np.isfinite(base), policy.log_pmf(values, base) - base,
+                             -np.inf)
+        log_max = float(np.max(log_g))
+        expected = num_samples * math.exp(min(log_max, 700.0)) * lm.length
+        if expected > _MAX_PROPOSAL_TOKENS:
+            raise ValueError(
+                f"token-level sampling of {type(policy).__name__} rejects from the "
+                f"base model with acceptance 1/max g = {math.exp(-log_max):.3g}: "
+                f"about {expected:.3g} tokens for {num_samples} samples, more than "
+                f"{_MAX_PROPOSAL_TOKENS:.3g}; sample at the law level (level='law')")
+        return reweighted(key, lm, reward, values, log_g, num_samples,
+                          proposals_per_step=_proposals_per_step(log_max),
+                          return_tokens=return_tokens, batch_size=batch_size,
+                          first_index=first_index)
     values, log_pmf, log_num = policy.law_sampling(
         lm, reward, np.asarray(law.values), np.asarray(law.log_pmf))
     return best_of_n_from_law(key, values, log_pmf, None, num_samples,

@@ -26,27 +26,18 @@ import os
 import pathlib
 import warnings
 
-__all__ = ["COLUMNS", "RunStore", "read_results"]
+__all__ = ["RunStore", "columns", "read_results"]
 
-COLUMNS = (
-    "point",
-    "model",
-    "length",
-    "method",
-    "sampling",
-    "lam",
-    "kl_budget",
-    "delta",
-    "num_candidates",
-    "log_num_candidates",
-    "temperature",
-    "quantity",
-    "mc_mean",
-    "mc_stderr",
-    "mc_count",
-    "exact",
-    "asymptotic",
-)
+_POINT_COLUMNS = ("point", "model", "length", "method", "sampling")
+_VALUE_COLUMNS = ("quantity", "mc_mean", "mc_stderr", "mc_count", "exact", "asymptotic")
+
+
+def columns() -> tuple[str, ...]:
+    """The ``results.csv`` columns: the point, the settings of every registered
+    policy (:func:`jaxalign.policies.setting_names`), the quantity and its values."""
+    from jaxalign import policies
+
+    return _POINT_COLUMNS + policies.setting_names() + _VALUE_COLUMNS
 
 
 def _fmt(value) -> str:
@@ -98,6 +89,8 @@ class RunStore:
                     "new output directory"
                 )
             self.done = self._recover()
+            with open(self.results_path, newline="") as f:
+                self.columns = tuple(next(csv.reader(f)))
             _warn_if_version_changed(self.path / "environment.json", environment)
         else:
             if self.results_path.exists():
@@ -105,11 +98,12 @@ class RunStore:
                     f"output directory {str(self.path)!r} already holds results; "
                     "pass --resume to continue it or choose another --out"
                 )
+            self.columns = columns()
             try:
                 self.path.mkdir(parents=True, exist_ok=True)
                 _write_json(config_path, config)
                 with open(self.results_path, "w", newline="") as f:
-                    csv.writer(f, lineterminator="\n").writerow(COLUMNS)
+                    csv.writer(f, lineterminator="\n").writerow(self.columns)
                 self.journal_path.write_text("")
             except OSError as e:
                 raise ValueError(
@@ -151,7 +145,12 @@ class RunStore:
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         for row in rows:
-            writer.writerow([_fmt(row.get(c)) for c in COLUMNS])
+            unknown = set(row) - set(self.columns)
+            if unknown:
+                raise ValueError(
+                    f"rows have columns {sorted(unknown)} that {self.results_path} "
+                    "lacks (a policy registered after the run started?)")
+            writer.writerow([_fmt(row.get(c)) for c in self.columns])
         for path, text in (
             (self.results_path, buf.getvalue()),
             (self.journal_path, point_tag + "\n"),

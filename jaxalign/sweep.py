@@ -35,7 +35,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import jaxalign
-from jaxalign import exact, sample, theory
+from jaxalign import estimators, exact, policies, sample
 from jaxalign.config import Point, SweepConfig, grid_points
 from jaxalign.models import LinearReward, MemorylessLM
 from jaxalign.store import RunStore
@@ -180,34 +180,9 @@ def point_key_data(config: SweepConfig, point: Point) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------
-# Host-side reductions (float64, fixed order)
-# --------------------------------------------------------------------------------------
-def mean_stderr(x: np.ndarray) -> tuple[float, float, int]:
-    """Sample mean, its standard error and the count."""
-    x = np.asarray(x, dtype=np.float64)
-    m = x.size
-    se = float(np.std(x, ddof=1) / math.sqrt(m)) if m > 1 else float("nan")
-    return float(np.mean(x)), se, m
-
-
-def variance_stderr(x: np.ndarray) -> tuple[float, float, int]:
-    """Unbiased sample variance (k-statistic k2) and its large-sample standard error,
-    ``sqrt((m4 - s^4 (m-3)/(m-1)) / m)``."""
-    x = np.asarray(x, dtype=np.float64)
-    m = x.size
-    if m < 4:
-        return float("nan"), float("nan"), m
-    d = x - np.mean(x)
-    s2 = float(np.sum(d * d) / (m - 1))
-    m4 = float(np.mean(d**4))
-    se = math.sqrt(max(m4 - s2 * s2 * (m - 3) / (m - 1), 0.0) / m)
-    return s2, se, m
-
-
-# --------------------------------------------------------------------------------------
 # Grid points: what to sample (a block function) and what to compare it with
 # --------------------------------------------------------------------------------------
-_WIN_KEY = 0x5EED  # the independent base draw a best-of-N sample is compared with
+_WIN_KEY = 0x5EED  # the independent base draw a policy's sample is compared with
 
 
 class _Prepared(NamedTuple):
@@ -220,139 +195,143 @@ class _Prepared(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class _Block:
     """What one work item samples: ``BLOCK`` replicates of a point, from sample index
-    ``first``. Hashable by value, so equal shapes share one compiled program."""
+    ``first``.  Hashable by value, so equal shapes share one compiled program.
 
-    method: str
-    length: int | None  # static at the token level; a parameter at the law level
-    law_level: bool
-    num_candidates: int | None = None
+    ``level``: ``"law"`` (draws from an exact law, ``F^{-N}(U)``), ``"token"`` (the
+    policy's own token sampler; ``policy`` holds its static fields, the traced ones
+    arrive in ``params["traced"]``) or ``"reweight"`` (rejection from the base with
+    the policy's exact weights, ``chunk`` proposals per step).
+    """
+
+    level: str
+    length: int | None  # static at the token level
+    policy: policies.Policy | None = None
+    chunk: int = 1
+    win: bool = False
 
     def __call__(self, key, params):
         first = params["first"]
-        if self.law_level:
-            r, base = self._law(key, params, first)
+        win_key = jax.random.fold_in(key, _WIN_KEY)
+        if self.level == "law":
+            r = _law_draw(key, params["values"], params["log_pmf"], params["log_num"],
+                          first)
+            base = None
+            if self.win:
+                base = _law_draw(win_key, params["base_values"],
+                                 params["base_log_pmf"],
+                                 jnp.zeros_like(params["log_num"]), first)
         else:
-            r, base = self._token(key, params, first)
+            lm = MemorylessLM.tree_unflatten(self.length, (params["log_probs"],))
+            reward = LinearReward.tree_unflatten(None, (params["token_rewards"],))
+            if self.level == "token":
+                policy = self.policy.unchecked_replace(**params["traced"])
+                r = policy.sample_tokens(key, lm, reward, BLOCK, first_index=first)
+            else:
+                r = sample.reweighted(key, lm, reward, params["values"],
+                                      params["log_weight"], BLOCK,
+                                      proposals_per_step=self.chunk, first_index=first)
+            base = sample.rewards(win_key, lm, reward, BLOCK,
+                                  first_index=first) if self.win else None
         out = {"reward": r / params["length"]}
         if base is not None:
-            out["win"] = _win(r, base)
+            out["base"] = base / params["length"]
         return out
 
-    def _token(self, key, params, first):
-        lm = MemorylessLM.tree_unflatten(self.length, (params["log_probs"],))
-        reward = LinearReward.tree_unflatten(None, (params["token_rewards"],))
-        if self.method == "base":
-            return sample.rewards(key, lm, reward, BLOCK, first_index=first), None
-        if self.method == "tilted":
-            lam = params["lam"]
-            return sample.tilted(key, lm, reward, lam, BLOCK, first_index=first), None
-        if self.method == "best_of_n":
-            r = sample.best_of_n(
-                key, lm, reward, self.num_candidates, BLOCK, first_index=first
-            ).reward
-        else:
-            r = sample.soft_best_of_n(
-                key,
-                lm,
-                reward,
-                self.num_candidates,
-                params["temperature"],
-                BLOCK,
-                first_index=first,
-            ).reward
-        win_key = jax.random.fold_in(key, _WIN_KEY)
-        return r, sample.rewards(win_key, lm, reward, BLOCK, first_index=first)
 
-    def _law(self, key, params, first):
-        def draw(k, log_num):
-            return sample.best_of_n_from_law(
-                k,
-                params["values"],
-                params["log_pmf"],
-                None,
-                BLOCK,
-                log_num_candidates=log_num,
-                first_index=first,
-            )
-
-        r = draw(key, params["log_num"])
-        if self.method != "best_of_n":
-            return r, None
-        win_key = jax.random.fold_in(key, _WIN_KEY)
-        return r, draw(win_key, jnp.zeros_like(params["log_num"]))
-
-
-def _win(r, base):
-    """Win indicator against an independent base draw, ties counting one half."""
-    return jnp.where(r > base, 1.0, jnp.where(r == base, 0.5, 0.0)).astype(r.dtype)
-
-
-def _lam(point: Point, lm, reward):
-    if point.lam is not None:
-        return point.lam
-    budget = (
-        point.kl_budget if point.kl_budget is not None else point.delta * point.length
-    )
-    top = float(theory.max_kl(lm, reward))
-    if not budget < top:
-        raise ValueError(
-            f"point {point.tag}: the KL budget {budget:.6g} is not below the "
-            f"maximum -n log p(A_max) = {top:.6g} of this model; allowed: < {top:.6g}"
-        )
-    return float(theory.lam_for_kl(lm, reward, budget))
+def _law_draw(key, values, log_pmf, log_num, first):
+    return sample.best_of_n_from_law(key, values, log_pmf, None, BLOCK,
+                                     log_num_candidates=log_num, first_index=first)
 
 
 def _prepare(config: SweepConfig, spec, point: Point) -> _Prepared:
     lm, reward = spec.build(point.length)
     dtype = lm.log_probs.dtype
     n = point.length
-    method = point.method
-    law_level = config.sampling == "law" and method in ("base", "tilted", "best_of_n")
+    settings = dict(point.settings)
+    try:
+        policy = point.policy.from_settings(settings, lm, reward)
+    except ValueError as e:
+        raise ValueError(f"point {point.tag}: {e}") from None
+    law_level = config.sampling == "law"
+    needs_law = law_level or not policy.has_token_sampler
+    try:
+        base_law = exact.reward_law(lm, reward)
+    except ValueError as e:
+        if needs_law:
+            raise ValueError(f"point {point.tag}: {e}") from None
+        base_law = None
+    policy_law = None
+    if base_law is not None:
+        try:
+            policy_law = exact.policy_law_from_law(base_law, policy)
+        except ValueError as e:
+            if needs_law:
+                raise ValueError(f"point {point.tag}: {e}") from None
+    win = type(policy).compare_with_base
     params = {"length": np.asarray(n, dtype)}
-    lam = None
-    if method == "tilted":
-        lam = _lam(point, lm, reward)
-        params["lam"] = np.asarray(lam, dtype)
-    if method == "soft_best_of_n":
-        params["temperature"] = np.asarray(point.temperature, dtype)
-    # The base law of R: best-of-N's exact values and, at the law level, its draws.
-    base_law = exact.reward_law(lm, reward) if method == "best_of_n" else None
     if law_level:
-        if method == "best_of_n":
-            law = base_law
-        else:
-            target = theory.tilt(lm, reward, lam) if method == "tilted" else lm
-            law = exact.reward_law(target, reward)
-        params["values"] = np.asarray(law.values, dtype)
-        params["log_pmf"] = np.asarray(law.log_pmf, dtype)
-        log_num = point.log_num_candidates if method == "best_of_n" else 0.0
-        params["log_num"] = np.asarray(log_num, dtype)
-        # Base and tilted draws differ only in their law: one program for both.
-        kind = "best_of_n" if method == "best_of_n" else "law"
-        block_fn = _Block(kind, None, law_level=True)
+        values, log_pmf, log_num = policy.law_sampling(
+            lm, reward, np.asarray(base_law.values), np.asarray(base_law.log_pmf))
+        params.update(values=np.asarray(values, dtype),
+                      log_pmf=np.asarray(log_pmf, dtype),
+                      log_num=np.asarray(log_num, dtype))
+        if win:
+            params.update(base_values=np.asarray(base_law.values, dtype),
+                          base_log_pmf=np.asarray(base_law.log_pmf, dtype))
+        block_fn = _Block("law", None, win=win)
     else:
-        if method == "best_of_n" and point.num_candidates is None:
-            raise ValueError(
-                f"point {point.tag}: N = e^{point.log_num_candidates:.4g} is too large "
-                'for token-level sampling; use sampling = "law"'
-            )
         params["log_probs"] = np.asarray(lm.log_probs)
         params["token_rewards"] = np.asarray(reward.token_rewards)
-        block_fn = _Block(method, n, False, point.num_candidates)
-    rows = functools.partial(
-        _rows, point=point, lm=lm, reward=reward, lam=lam, base_law=base_law
-    )
+        if policy.has_token_sampler:
+            traced = {f: getattr(policy, f) for f in type(policy).traced_fields}
+            params["traced"] = {k: np.asarray(v, dtype) for k, v in traced.items()}
+            static = policy.unchecked_replace(**dict.fromkeys(traced))
+            try:
+                policy.check_token_sampling()
+            except ValueError as e:
+                raise ValueError(f"point {point.tag}: {e}") from None
+            block_fn = _Block("token", n, static, win=win)
+        else:
+            log_g = _log_weight(policy_law)
+            log_max = float(np.max(log_g))
+            _check_proposals(point, log_max, config.replicates)
+            params.update(values=np.asarray(policy_law.values, dtype),
+                          log_weight=np.asarray(log_g - log_max, dtype))
+            block_fn = _Block("reweight", n, None,
+                              sample._proposals_per_step(log_max), win=win)
+    rows = functools.partial(_rows, point=point, lm=lm, reward=reward, policy=policy,
+                             law=policy_law)
     return _Prepared(point, block_fn, params, rows)
 
 
-def _row(quantity, draws=None, exact_value=None, asymptotic=None, *, stat=mean_stderr):
+def _check_proposals(point: Point, log_max: float, replicates: int) -> None:
+    tokens = replicates * math.exp(min(log_max, 700.0)) * point.length
+    if tokens > sample._MAX_PROPOSAL_TOKENS:
+        raise ValueError(
+            f"point {point.tag}: token-level rejection from the base model would draw "
+            f"about {tokens:.3g} tokens (acceptance {math.exp(-log_max):.3g}); use "
+            'sampling = "law"'
+        )
+
+
+def _log_weight(law) -> np.ndarray:
+    """log g = log q - log P on the law's support (-inf where P = 0 or q = 0)."""
+    lq = np.asarray(law.log_pmf, np.float64)
+    lp = np.asarray(law.base_log_pmf, np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(lp) & np.isfinite(lq), lq - lp, -np.inf)
+
+
+def _row(quantity, estimate=None, exact_value=None, asymptotic=None):
     row = {
         "quantity": quantity,
         "exact": _float(exact_value),
         "asymptotic": _float(asymptotic),
     }
-    if draws is not None:
-        row["mc_mean"], row["mc_stderr"], row["mc_count"] = stat(draws)
+    if estimate is not None:
+        row["mc_mean"] = float(estimate.value)
+        row["mc_stderr"] = float(estimate.stderr)
+        row["mc_count"] = int(estimate.num_samples)
     return row
 
 
@@ -360,61 +339,62 @@ def _float(x):
     return None if x is None else float(x)
 
 
-def _rows(draws, *, point: Point, lm, reward, lam, base_law):
-    """The tidy rows of one point: Monte Carlo beside exact and asymptotic values."""
+def _rows(draws, *, point: Point, lm, reward, policy, law):
+    """The tidy rows of one point: Monte Carlo (:mod:`jaxalign.estimators`) beside
+    the exact values of the policy's law and the policy's closed forms and limits."""
     n = point.length
-    r = draws["reward"]
-    if point.method == "base":
-        mean, var = theory.cumulants(lm, reward, 2)
-        return [
-            _row("reward_per_token", r, mean, mean),
-            _row(
-                "variance_per_token", r * math.sqrt(n), var, var, stat=variance_stderr
-            ),
-        ]
-    if point.method == "tilted":
-        mean, var = theory.cumulants(lm, reward, 2, lam)
-        kl = float(theory.kl(lm, reward, lam)) / n
-        # log(dPhi/dP)(y) / n = lam R/n - Lambda(lam): an unbiased KL estimate.
-        log_ratio = lam * r - float(theory.log_mgf(lm, reward, lam))
-        return [
-            _row("reward_per_token", r, mean, mean),
-            _row(
-                "variance_per_token", r * math.sqrt(n), var, var, stat=variance_stderr
-            ),
-            _row("kl_per_token", log_ratio, kl, point.delta if point.delta else kl),
-        ]
-    log_n = point.log_num_candidates
-    rows = []
-    if point.method == "best_of_n":
-        lam_delta = x_star = None
-        if point.delta is not None:
-            lam_delta = float(theory.lam_for_kl(lm, reward, point.delta * n))
-            x_star = theory.best_of_n_asymptotic_reward(lm, reward, point.delta)
-        bon = exact.best_of_n_from_law(
-            base_law, log_num_candidates=log_n, lam=lam_delta
-        )
-        bound = theory.best_of_n_kl_bound(log_num_candidates=log_n)
-        rows += [
-            _row("reward_per_token", r, float(bon.expected_reward) / n, x_star),
-            _row("win_rate", draws["win"], bon.win_rate),
-            _row("kl_per_token", None, float(bon.kl) / n, point.delta),
-            _row("kl_bound_per_token", None, float(bound) / n),
-        ]
-        if lam_delta is not None:
-            to_tilt = float(bon.kl_to_tilted) / n
-            rows.append(_row("kl_to_tilted_per_token", None, to_tilt, 0.0))
-        return rows
-    # Soft best-of-N: N -> infinity gives the tilt at lam = 1/temperature.
-    limit = theory.cumulants(lm, reward, 1, 1.0 / point.temperature)[0]
-    return [_row("reward_per_token", r, None, limit), _row("win_rate", draws["win"])]
+    with jax.enable_x64(True):
+        r = np.asarray(draws["reward"], np.float64)
+        known = {}
+        if law is not None:
+            known = {
+                "reward_per_token": (float(law.expected_reward) / n, None),
+                "variance_per_token": (float(law.variance) / n, None),
+                "kl_per_token": (float(law.kl) / n, None),
+                "win_rate": (float(law.win_rate), None),
+            }
+        for quantity, (ex, asym) in policy.sweep_values(
+            lm, reward, dict(point.settings)
+        ).items():
+            old = known.get(quantity, (None, None))
+            known[quantity] = (old[0] if ex is None else ex,
+                               old[1] if asym is None else asym)
+        mc = {
+            "reward_per_token": estimators.mean(r),
+            "variance_per_token": _variance(r, n),
+        }
+        if "base" in draws:
+            mc["win_rate"] = estimators.win_rate(r, np.asarray(draws["base"],
+                                                               np.float64))
+        if law is not None:
+            values = np.asarray(law.values, np.float64)
+            cls = np.searchsorted(0.5 * (values[1:] + values[:-1]), r * n)
+            # E_pi[log g(R)] = KL(pi || P): an unbiased Monte Carlo KL.
+            log_g = _log_weight(law)[cls]
+            if np.all(np.isfinite(log_g)):
+                mc["kl_per_token"] = estimators.mean(log_g / n)
+        order = ["reward_per_token", "variance_per_token", "win_rate", "kl_per_token"]
+        order += [q for q in known if q not in order]
+        rows = []
+        for quantity in order:
+            if quantity not in known and quantity not in mc:
+                continue
+            ex, asym = known.get(quantity, (None, None))
+            rows.append(_row(quantity, mc.get(quantity), ex, asym))
+    return rows
+
+
+def _variance(r: np.ndarray, n: int):
+    """Var(R)/n by the unbiased k-statistic of the sequence rewards R = n r."""
+    est = estimators.scaled_cumulants(r * n, n, order=2)
+    return estimators.Estimate(est.value[1], est.stderr[1], est.num_samples)
 
 
 def _prepare_all(config: SweepConfig) -> list[_Prepared]:
     """Every grid point prepared (and so validated) before anything runs.
 
-    Law-level points are padded to one support size (a power of two, zero-probability
-    points above the top), so a whole law-level sweep needs two programs.
+    Laws are padded to one support size (a power of two, zero-probability points
+    above the top), so a whole law-level sweep needs two programs.
     """
     specs = {s.name: s for s in config.models}
     prepared = [_prepare(config, specs[p.model], p) for p in grid_points(config)]
@@ -430,23 +410,29 @@ def _groups(prepared: list[_Prepared]) -> list[list[_Prepared]]:
     groups: dict = {}
     for p in prepared:
         shapes = tuple(
-            (k, np.shape(v), np.asarray(v).dtype.str)
-            for k, v in sorted(p.params.items())
+            (jax.tree_util.keystr(path), np.shape(v), np.asarray(v).dtype.str)
+            for path, v in jax.tree_util.tree_leaves_with_path(p.params)
         )
         groups.setdefault((p.block_fn, shapes), []).append(p)
     return list(groups.values())
 
 
+_LAW_PAIRS = (("values", "log_pmf"), ("base_values", "base_log_pmf"),
+              ("values", "log_weight"))
+
+
 def _pad_law(prepared: _Prepared, size: int) -> _Prepared:
-    values, log_pmf = prepared.params["values"], prepared.params["log_pmf"]
-    extra = size - len(values)
-    step = values[-1] - values[-2] if len(values) > 1 else 1.0
-    pad_values = values[-1] + step * np.arange(1, extra + 1, dtype=values.dtype)
-    params = dict(
-        prepared.params,
-        values=np.concatenate([values, pad_values]),
-        log_pmf=np.concatenate([log_pmf, np.full(extra, -np.inf, log_pmf.dtype)]),
-    )
+    params = dict(prepared.params)
+    for values_key, log_key in _LAW_PAIRS:
+        if values_key not in prepared.params or log_key not in prepared.params:
+            continue
+        values, log_pmf = prepared.params[values_key], prepared.params[log_key]
+        extra = size - len(values)
+        step = values[-1] - values[-2] if len(values) > 1 else 1.0
+        pad_values = values[-1] + step * np.arange(1, extra + 1, dtype=values.dtype)
+        params[values_key] = np.concatenate([values, pad_values])
+        params[log_key] = np.concatenate(
+            [log_pmf, np.full(extra, -np.inf, log_pmf.dtype)])
     return prepared._replace(params=params)
 
 
@@ -454,11 +440,8 @@ def _pad_law(prepared: _Prepared, size: int) -> _Prepared:
 # The sweep loop
 # --------------------------------------------------------------------------------------
 def _point_fields(point: Point, sampling: str) -> dict:
-    fields = dataclasses.asdict(point)
-    fields["point"] = point.tag
-    fields["sampling"] = sampling
-    del fields["index"]
-    return fields
+    return {"point": point.tag, "model": point.model, "length": point.length,
+            "method": point.method, "sampling": sampling, **dict(point.settings)}
 
 
 def run_sweep(

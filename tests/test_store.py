@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from jaxalign.store import COLUMNS, RunStore, read_results
+from jaxalign.store import RunStore, columns, read_results
 
 CONFIG = {"name": "t", "seed": 1, "out": "x"}
 ENV = {"jax": "test"}
@@ -40,7 +40,7 @@ def test_write_read_roundtrip(tmp_path):
     assert got[0]["exact"] == 1 / 3 and got[0]["asymptotic"] is None
     assert got[0]["length"] == 4 and got[0]["mc_count"] == 8
     with open(tmp_path / "run" / "results.csv") as f:
-        assert next(csv.reader(f)) == list(COLUMNS)
+        assert next(csv.reader(f)) == list(columns())
     assert json.loads((tmp_path / "run" / "config.json").read_text()) == CONFIG
     assert json.loads((tmp_path / "run" / "environment.json").read_text()) == ENV
 

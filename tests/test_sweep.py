@@ -1,5 +1,6 @@
 """Sweeps: determinism across chunks, devices and processes; resume after a kill."""
 
+import hashlib
 import os
 import signal
 import socket
@@ -226,3 +227,86 @@ def test_cli_missing_file_and_unwritable_out(tmp_path, capsys):
     assert cli.main(["sweep", str(path), "--out", str(blocker / "run"), "--quiet"]) == 2
     assert "not writable" in capsys.readouterr().err
     assert cli.main(["sweep", str(path), "--out", str(tmp_path / "r"), "--resume"]) == 2
+
+
+# sha256 (first 16 hex digits) of each point's draws -- reward, then the win indicator
+# against the independent base draw where there is one -- recorded with jaxalign 0.2.0
+# (commit 43a8e98) before the policy registry replaced the sweep's method code.
+EMBEDDED_DRAWS_0_2_0 = {
+    "model='bernoulli-0.3';length=10;method='best_of_n';delta=0.1;num_candidates=3;log_num_candidates=1.0986122886681098":
+        'fa08be7faed453a8',
+    "model='bernoulli-0.3';length=10;method='tilted';delta=0.1":
+        '5d1440a7408b0d4d',
+    "model='bernoulli-0.3';length=1280;method='best_of_n';delta=0.1;log_num_candidates=128.0":
+        'd09e0a692c821812',
+    "model='bernoulli-0.3';length=1280;method='tilted';delta=0.1":
+        'bae0f67131d0edd1',
+    "model='bernoulli-0.3';length=160;method='best_of_n';delta=0.1;num_candidates=8886111;log_num_candidates=16.000000053959727":
+        '3d2da93c7fb044d0',
+    "model='bernoulli-0.3';length=160;method='tilted';delta=0.1":
+        '7e992d050f208d9d',
+    "model='bernoulli-0.3';length=20;method='best_of_n';delta=0.1;num_candidates=8;log_num_candidates=2.0794415416798357":
+        '39ca983e1eb35da6',
+    "model='bernoulli-0.3';length=20;method='tilted';delta=0.1":
+        'd42bf820551d4d24',
+    "model='bernoulli-0.3';length=2560;method='best_of_n';delta=0.1;log_num_candidates=256.0":
+        '4e03ebae4ee6265a',
+    "model='bernoulli-0.3';length=2560;method='tilted';delta=0.1":
+        'c7758c301adc7ec6',
+    "model='bernoulli-0.3';length=320;method='best_of_n';delta=0.1;num_candidates=78962960182681;log_num_candidates=32.00000000000001":
+        'f0e7495eaffc94e7',
+    "model='bernoulli-0.3';length=320;method='tilted';delta=0.1":
+        '2885d14a002d399c',
+    "model='bernoulli-0.3';length=40;method='best_of_n';delta=0.1;num_candidates=55;log_num_candidates=4.007333185232471":
+        '9a3bf06f85532bb2',
+    "model='bernoulli-0.3';length=40;method='tilted';delta=0.1":
+        '8a10655b8b93e65b',
+    "model='bernoulli-0.3';length=640;method='best_of_n';delta=0.1;log_num_candidates=64.0":
+        '321c8484368d27b4',
+    "model='bernoulli-0.3';length=640;method='tilted';delta=0.1":
+        '929c82ef45710a3b',
+    "model='bernoulli-0.3';length=80;method='best_of_n';delta=0.1;num_candidates=2981;log_num_candidates=8.000014093678072":
+        'a8a4082d1a00a4e2',
+    "model='bernoulli-0.3';length=80;method='tilted';delta=0.1":
+        'b194b20bd239bb8f',
+    "model='four-tokens';length=16;method='base'":
+        '09b8d084df61bc12',
+    "model='four-tokens';length=16;method='best_of_n';num_candidates=4;log_num_candidates=1.3862943611198906":
+        'd2532d6480b80292',
+    "model='four-tokens';length=16;method='tilted';kl_budget=0.5":
+        '97ef77771c677703',
+    "model='four-tokens';length=16;method='tilted';kl_budget=8.0":
+        'cac7c105b013888e',
+}
+
+
+def _reduced_embedded(name, **grid):
+    data = tomllib.loads(cfg.example_configs()[name])
+    data["replicates"] = 256  # a prefix of the full run's draws
+    data["grid"].update(grid)
+    return cfg.parse_config(data)
+
+
+def test_embedded_sweeps_draw_the_samples_of_0_2_0(tmp_path, monkeypatch):
+    captured = {}
+    rows = sweep._rows
+
+    def spy(draws, *, point, **kw):
+        r = np.asarray(draws["reward"], np.float64)
+        parts = [r]
+        if "base" in draws:
+            b = np.asarray(draws["base"], np.float64)
+            parts.append(np.where(r > b, 1.0, np.where(r == b, 0.5, 0.0)))
+        captured[point.tag] = hashlib.sha256(
+            b"".join(p.tobytes() for p in parts)).hexdigest()[:16]
+        return rows(draws, point=point, **kw)
+
+    monkeypatch.setattr(sweep, "_rows", spy)
+    configs = [
+        _reduced_embedded("yang2024_equivalence"),
+        _reduced_embedded("reward_kl_frontier", kl_budget=[0.5, 8.0],
+                          num_candidates=[4]),
+    ]
+    for i, config in enumerate(configs):
+        sweep.run_sweep(config, str(tmp_path / f"run{i}"))
+    assert captured == EMBEDDED_DRAWS_0_2_0
