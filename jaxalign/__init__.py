@@ -4,8 +4,11 @@ Modules (each with its own ``__all__``):
 
 - :mod:`jaxalign.theory`: closed forms (log-MGF, cumulants, tilt, KL, rate function,
   Rényi quantities, best-of-N asymptotics, bounds).
-- :mod:`jaxalign.exact`: exact finite-n laws of the reward, best-of-N for any N,
-  tilted laws, tails.
+- :mod:`jaxalign.policies`: every alignment policy as a reward transform
+  ``π = p·g(R)`` (base, tilt, best-of-N, soft best-of-N, rejection, best-of-Poisson,
+  χ²-regularised, win-rate optimal) in one registry.
+- :mod:`jaxalign.exact`: exact finite-n laws of the reward, of every policy
+  (``policy_law``), best-of-N for any N, tilted laws, tails.
 - :mod:`jaxalign.rl`: REINFORCE / PPO / GRPO / exact-gradient training of memoryless
   policies with exact (KL, reward) trajectories; KL-estimator ground truth.
 - :mod:`jaxalign.proxy`: proxy rewards, reward hacking, ensembles.
@@ -18,11 +21,12 @@ Modules (each with its own ``__all__``):
 - :mod:`jaxalign.plots` (imported on use): figures from results.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from jaxalign import config as config
 from jaxalign import estimators as estimators
 from jaxalign import exact as exact
+from jaxalign import policies as policies
 from jaxalign import proxy as proxy
 from jaxalign import rl as rl
 from jaxalign import sample as sample
@@ -39,6 +43,7 @@ __all__ = [
     "config",
     "estimators",
     "exact",
+    "policies",
     "proxy",
     "rl",
     "sample",

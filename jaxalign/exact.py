@@ -1059,8 +1059,9 @@ def policy_law_from_law(law, policy) -> PolicyLaw:
       >>> from jaxalign import policies
       >>> lm = jaxalign.MemorylessLM.bernoulli(0.5, length=2)
       >>> law = reward_law(lm, jaxalign.LinearReward([0.0, 1.0]))
-      >>> float(policy_law_from_law(law, policies.Rejection(1.0)).expected_reward)
-      1.3333333333333333
+      >>> above = policy_law_from_law(law, policies.Rejection(1.0))  # R >= 1
+      >>> round(float(above.expected_reward), 12)
+      1.333333333333
     """
     from jaxalign.policies import Policy, calibrated_reward
 
@@ -1106,7 +1107,7 @@ def policy_law(lm: MemorylessLM, reward: LinearReward, policy,
       >>> from jaxalign import policies
       >>> lm = jaxalign.MemorylessLM.bernoulli(0.5, length=1)
       >>> law = policy_law(lm, jaxalign.LinearReward([0.0, 1.0]), policies.BestOfN(3))
-      >>> float(law.win_rate)  # P(win) + P(tie)/2 = 7/8 * ... exactly 0.6875
+      >>> float(law.win_rate)  # sum_s q(s) (F(s-) + P(s)/2) = 1/8 * 1/4 + 7/8 * 3/4
       0.6875
     """
     return policy_law_from_law(

@@ -371,7 +371,8 @@ def _rows(draws, *, point: Point, lm, reward, policy, law):
             cls = np.searchsorted(0.5 * (values[1:] + values[:-1]), r * n)
             # E_pi[log g(R)] = KL(pi || P): an unbiased Monte Carlo KL.
             log_g = _log_weight(law)[cls]
-            if np.all(np.isfinite(log_g)):
+            # (A constant log g, as for the base policy, needs no estimate.)
+            if np.all(np.isfinite(log_g)) and np.ptp(log_g) > 0:
                 mc["kl_per_token"] = estimators.mean(log_g / n)
         order = ["reward_per_token", "variance_per_token", "win_rate", "kl_per_token"]
         order += [q for q in known if q not in order]
