@@ -313,9 +313,9 @@ def reward_kl(
       needs ``lm``, ``reward``) and best-of-N Monte Carlo points at their exact KL;
     - the same best-of-N points placed at the bound ``log N - (N-1)/N`` (hollow),
       joined to their true position, to show how far off that x-position is;
-    - soft best-of-N rewards (one marker per temperature) placed at ``log N``, an
-      upper bound on their KL (the selection probability of any candidate is at most
-      1, so ``dπ/dP <= N``); the run does not hold their exact KL;
+    - every other policy of :mod:`jaxalign.policies` in the rows (soft best-of-N,
+      rejection, best-of-Poisson, χ², win-rate optimal ...) at its exact KL, in the
+      style its class declares, with its exact curve where the class has one;
     - any ``extra_points`` (per-token ``Points``, e.g. RL policies).
 
     Args:
@@ -359,36 +359,30 @@ def reward_kl(
     n = int(length)
     fig, axes = _figure(width=6.4, height=4.8)
     ax = axes[0, 0]
+    from jaxalign import policies
+
     kl_of = lambda p: _val(p, "kl_per_token", "exact")  # noqa: E731
-    tilted = [p for p in points if p["method"] == "tilted"]
-    bon = sorted(
-        (p for p in points if p["method"] == "best_of_n"),
-        key=lambda p: p["log_num_candidates"],
-    )
-    soft = [p for p in points if p["method"] == "soft_best_of_n"]
-    base = [p for p in points if p["method"] == "base"]
-    xs = [kl_of(p) or 0.0 for p in tilted + bon]
-    xs += [_val(p, "kl_bound_per_token", "exact") or 0.0 for p in bon]
+    # Points by policy, in registry order; each policy draws in its own style.
+    by_policy = [
+        (cls, [p for p in points if p["method"] == cls.name])
+        for cls in map(policies.get, policies.names())
+    ]
+    by_policy = [(cls, pts) for cls, pts in by_policy if pts]
+    curve_settings = {cls: [dict(p) for p in pts] for cls, pts in by_policy}
+    if best_of_n_max:
+        curve_settings.setdefault(policies.BestOfN, []).append(
+            {"log_num_candidates": math.log(best_of_n_max)})
+    xs = [kl_of(p) or 0.0 for _, pts in by_policy for p in pts]
+    xs += [_val(p, "kl_bound_per_token", "exact") or 0.0
+           for _, pts in by_policy for p in pts]
     if extra_points:
         xs += [float(np.max(_arr(e.x))) for e in extra_points.values()]
     if best_of_n_max:
         big = float(best_of_n_max)
         xs.append((math.log(big) - (big - 1) / big) / n)
     lm_n = None
-    x_soft = (
-        np.array(
-            [
-                math.log(p["num_candidates"])
-                if p.get("num_candidates")
-                else p["log_num_candidates"]
-                for p in soft
-            ]
-        )
-        / n
-    )
-    xs += list(x_soft)
     if lm is not None:
-        from jaxalign import exact, theory
+        from jaxalign import theory
 
         if reward is None:
             raise ValueError("reward must be given with lm, got None")
@@ -416,83 +410,38 @@ def reward_kl(
             lw=2,
             label=r"optimal frontier $\Lambda'(\lambda_\delta)$",
         )
-        if bon or best_of_n_max:
-            log_max = max(
-                [p["log_num_candidates"] for p in bon] + [math.log(best_of_n_max or 1)]
-            )
-            grid = np.linspace(0.0, 1.1 * log_max + 0.1, num_curve)
-            res = exact.best_of_n(lm_n, reward, log_num_candidates=grid)
-            keep = np.asarray(res.kl) / n <= x_hi
-            ax.plot(
-                np.asarray(res.kl)[keep] / n,
-                np.asarray(res.expected_reward)[keep] / n,
-                color=PALETTE["vermillion"],
-                lw=1.5,
-                label="best-of-N, exact (ties uniform)",
-            )
-    if base:
-        pts = _mc(base, "reward_per_token", lambda p: 0.0)
-        if pts is not None:
-            _errorbar(
-                ax, pts, label="base policy (MC)", color=PALETTE["black"], marker="s"
-            )
-    if tilted:
-        pts = _mc(tilted, "reward_per_token", kl_of)
-        if pts is not None:
-            _errorbar(
-                ax,
-                pts,
-                label="tilted policy (MC, 95% CI)",
-                color=PALETTE["blue"],
-                marker="o",
-            )
-    if bon:
-        pts = _mc(bon, "reward_per_token", kl_of)
-        if pts is not None:
-            _errorbar(
-                ax,
-                pts,
-                label="best-of-N at its exact KL (MC)",
-                color=PALETTE["vermillion"],
-                marker="D",
-            )
-        at_bound = _mc(
-            bon, "reward_per_token", lambda p: _val(p, "kl_bound_per_token", "exact")
-        )
+        # Each policy's exact (KL, reward) curve over its strength, where it has one.
+        for cls, settings in curve_settings.items():
+            curve = cls.exact_curve(lm_n, reward, settings, num_curve)
+            if curve is None:
+                continue
+            kl, mean = (np.asarray(c) for c in curve)
+            keep = kl / n <= x_hi
+            ax.plot(kl[keep] / n, mean[keep] / n, color=PALETTE[cls.colour], lw=1.5,
+                    label=f"{cls.label}, exact")
+    for cls, pts in by_policy:
+        colour = PALETTE[cls.colour]
+        at_kl = _mc(pts, "reward_per_token", lambda p: kl_of(p) or 0.0)
+        if at_kl is not None:
+            where = "at its exact KL " if cls.strength_keys else ""
+            _errorbar(ax, at_kl, label=f"{cls.label} {where}(MC, 95% CI)",
+                      color=colour, marker=cls.marker)
+        at_bound = _mc(pts, "reward_per_token",
+                       lambda p: _val(p, "kl_bound_per_token", "exact"))
         if at_bound is not None:
-            _errorbar(
-                ax,
-                at_bound,
-                label=r"best-of-N at $\log N-(N-1)/N$ (MC)",
-                color=PALETTE["orange"],
-                marker="D",
-                filled=False,
-            )
-            if pts is not None and len(pts.x) == len(at_bound.x):
-                for x0, x1, y in zip(pts.x, at_bound.x, pts.y, strict=True):
+            _errorbar(ax, at_bound,
+                      label=rf"{cls.label} at $\log N-(N-1)/N$ (MC)",
+                      color=PALETTE["orange"], marker=cls.marker, filled=False)
+            if at_kl is not None and len(at_kl.x) == len(at_bound.x):
+                for x0, x1, y in zip(at_kl.x, at_bound.x, at_kl.y, strict=True):
                     ax.plot([x0, x1], [y, y], color=PALETTE["orange"], lw=0.8, ls=":")
-        for p in bon:
+        for p in pts:
+            text = cls.annotation(p)
             y = _val(p, "reward_per_token", "mc_mean")
             y = _val(p, "reward_per_token", "exact") if y is None else y
-            if kl_of(p) is not None and y is not None:
-                ax.annotate(
-                    f"N={_fmt_n(p)}",
-                    (kl_of(p), y),
-                    fontsize="x-small",
-                    xytext=(4, -10),
-                    textcoords="offset points",
-                )
-    if soft:
-        pts = _mc(soft, "reward_per_token", lambda p: 0.0)
-        if pts is not None:
-            _errorbar(
-                ax,
-                Points(x_soft, pts.y, pts.yerr),
-                label=r"soft BoN (MC), at its KL bound $\log N$",
-                color=PALETTE["green"],
-                marker="^",
-                filled=False,
-            )
+            if text and kl_of(p) is not None and y is not None:
+                ax.annotate(text, (kl_of(p), y), fontsize="x-small", xytext=(4, -10),
+                            textcoords="offset points")
     if extra_points:
         for i, (label, e) in enumerate(extra_points.items()):
             _errorbar(ax, e, label=label, color=_colour(i + 4), marker="v")
@@ -505,12 +454,6 @@ def reward_kl(
     _seq_axes(ax, n)
     _legend(ax, loc="best")
     return fig
-
-
-def _fmt_n(p) -> str:
-    if p.get("num_candidates") is not None:
-        return str(p["num_candidates"])
-    return f"e^{p['log_num_candidates']:.3g}"
 
 
 # ------------------------------------------------------------------ 2. BoN vs RL
@@ -555,11 +498,13 @@ def bon_vs_rl(
         )
     points, model = _pick(points, "model", model, "model")
     points, delta = _pick(points, "delta", delta, "delta")
+    from jaxalign.policies import BestOfN, Tilted
+
     bon = sorted(
-        (p for p in points if p["method"] == "best_of_n"), key=lambda p: p["length"]
+        (p for p in points if p["method"] == BestOfN.name), key=lambda p: p["length"]
     )
     tilted = sorted(
-        (p for p in points if p["method"] == "tilted"), key=lambda p: p["length"]
+        (p for p in points if p["method"] == Tilted.name), key=lambda p: p["length"]
     )
     fig, axes = _figure(ncols=3, width=4.6, height=3.9)
     ax_r, ax_kl, ax_gap = axes[0]
@@ -1188,6 +1133,7 @@ def plot_run(run_dir, *, formats: Sequence[str] = ("png", "pdf")) -> list[pathli
     """
     import jax
 
+    from jaxalign import policies
     from jaxalign.store import read_results
 
     run_dir = pathlib.Path(run_dir)
@@ -1231,16 +1177,12 @@ def plot_run(run_dir, *, formats: Sequence[str] = ("png", "pdf")) -> list[pathli
                     save(fig, f"bon_vs_rl_{safe}_delta{d:g}")
                 else:
                     single |= lengths
-            fixed = {"lam", "kl_budget", "temperature"}
             for n in sorted({p["length"] for p in mine}):
                 at_n = [p for p in mine if p["length"] == n]
+                # A policy at a fixed strength (not N = e^{n delta}) at this length.
                 has_fixed = any(
-                    p["method"] != "base"
-                    and p.get("delta") is None
-                    and (
-                        any(p.get(k) is not None for k in fixed)
-                        or p.get("num_candidates") is not None
-                    )
+                    p.get("delta") is None
+                    and any(p.get(k) is not None for k in policies.setting_names())
                     for p in at_n
                 )
                 if has_fixed or n in single:

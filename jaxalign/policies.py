@@ -68,6 +68,7 @@ __all__ = [
     "ChiSquared",
     "WinRateOptimal",
     "register",
+    "unregister",
     "get",
     "names",
     "setting_names",
@@ -271,6 +272,18 @@ class Policy:
         to the rows the sweep derives from the exact law (closed forms, limits)."""
         return {}
 
+    # -- plot hooks ------------------------------------------------------------------
+    @classmethod
+    def exact_curve(cls, lm, reward, settings: list[Mapping[str, Any]], num: int):
+        """``(KL, E[R])`` arrays along the policy's strength, up to a little beyond
+        the strongest of ``settings`` (rows of a run), or ``None``."""
+        return None
+
+    @classmethod
+    def annotation(cls, point: Mapping[str, Any]) -> str | None:
+        """A short label written next to a point in figures, or ``None``."""
+        return None
+
 
 _REGISTRY: dict[str, type[Policy]] = {}
 
@@ -281,11 +294,19 @@ def register(cls: type[Policy]) -> type[Policy]:
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"a policy needs a class attribute name, an identifier, got "
                          f"{name!r}")
-    if name in _REGISTRY and _REGISTRY[name] is not cls:
+    old = _REGISTRY.get(name)
+    redefined = old is not None and (old.__module__, old.__qualname__) == (
+        cls.__module__, cls.__qualname__)  # a notebook cell run again
+    if old is not None and old is not cls and not redefined:
         raise ValueError(f"a policy named {name!r} is already registered "
                          f"({_REGISTRY[name].__qualname__})")
     _REGISTRY[name] = cls
     return cls
+
+
+def unregister(name: str) -> None:
+    """Remove a policy from the registry (no error if absent)."""
+    _REGISTRY.pop(name, None)
 
 
 def get(name: str) -> type[Policy]:
@@ -494,6 +515,21 @@ class BestOfN(_Candidates, Policy):
         return _expand_candidates(grid, length)
 
     @classmethod
+    def exact_curve(cls, lm, reward, settings, num):
+        from jaxalign import exact
+
+        log_max = max(s["log_num_candidates"] for s in settings)
+        grid = np.linspace(0.0, 1.1 * log_max + 0.1, num)
+        res = exact.best_of_n(lm, reward, log_num_candidates=grid)
+        return res.kl, res.expected_reward
+
+    @classmethod
+    def annotation(cls, point):
+        if point.get("num_candidates") is not None:
+            return f"N={point['num_candidates']}"
+        return f"N=e^{point['log_num_candidates']:.3g}"
+
+    @classmethod
     def from_settings(cls, settings, lm, reward):
         if settings.get("num_candidates") is not None:
             return cls(settings["num_candidates"])
@@ -653,7 +689,7 @@ class Rejection(Policy):
 
     name: ClassVar[str] = "rejection"
     label: ClassVar[str] = "rejection above a threshold"
-    colour: ClassVar[str] = "purple"
+    colour: ClassVar[str] = "black"
     marker: ClassVar[str] = "v"
     strength_keys: ClassVar[tuple[GridKey, ...]] = (THRESHOLD,)
 
@@ -782,7 +818,7 @@ class WinRateOptimal(Policy):
 
     name: ClassVar[str] = "win_rate_optimal"
     label: ClassVar[str] = "win-rate optimal"
-    colour: ClassVar[str] = "black"
+    colour: ClassVar[str] = "purple"
     marker: ClassVar[str] = "*"
     strength_keys: ClassVar[tuple[GridKey, ...]] = (STRENGTH,)
 
@@ -791,6 +827,17 @@ class WinRateOptimal(Policy):
     def __post_init__(self):
         object.__setattr__(self, "strength",
                            _real(self.strength, "strength", minimum=0.0))
+
+    @classmethod
+    def exact_curve(cls, lm, reward, settings, num):
+        from jaxalign import exact
+
+        base = exact.reward_law(lm, reward)
+        top = 1.1 * max(s["strength"] for s in settings) + 0.1
+        laws = [exact.policy_law_from_law(base, cls(c))
+                for c in np.linspace(0.0, top, num)]
+        return ([float(law.kl) for law in laws],
+                [float(law.expected_reward) for law in laws])
 
     def log_pmf(self, values, log_pmf):
         log_pmf = np.asarray(log_pmf, np.float64)

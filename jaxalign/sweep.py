@@ -371,8 +371,10 @@ def _rows(draws, *, point: Point, lm, reward, policy, law):
             cls = np.searchsorted(0.5 * (values[1:] + values[:-1]), r * n)
             # E_pi[log g(R)] = KL(pi || P): an unbiased Monte Carlo KL.
             log_g = _log_weight(law)[cls]
-            # (A constant log g, as for the base policy, needs no estimate.)
-            if np.all(np.isfinite(log_g)) and np.ptp(log_g) > 0:
+            # (A constant log g -- the base policy, rejection -- needs no estimate:
+            # its spread is rounding.)
+            spread = np.ptp(log_g) if np.all(np.isfinite(log_g)) else 0.0
+            if spread > 1e-9 * max(1.0, float(np.max(np.abs(log_g)))):
                 mc["kl_per_token"] = estimators.mean(log_g / n)
         order = ["reward_per_token", "variance_per_token", "win_rate", "kl_per_token"]
         order += [q for q in known if q not in order]

@@ -1,6 +1,7 @@
 """Sweeps: determinism across chunks, devices and processes; resume after a kill."""
 
 import hashlib
+import math
 import os
 import signal
 import socket
@@ -12,7 +13,7 @@ import tomllib
 import numpy as np
 import pytest
 
-from jaxalign import cli, sweep
+from jaxalign import cli, policies, sweep
 from jaxalign import config as cfg
 from jaxalign.store import read_results
 
@@ -310,3 +311,92 @@ def test_embedded_sweeps_draw_the_samples_of_0_2_0(tmp_path, monkeypatch):
     for i, config in enumerate(configs):
         sweep.run_sweep(config, str(tmp_path / f"run{i}"))
     assert captured == EMBEDDED_DRAWS_0_2_0
+
+
+class ToyLinear(policies.Policy):
+    """A policy defined outside the library: g ∝ 1 + slope (s - min)/(max - min)."""
+
+    name = "toy_linear"
+    label = "toy linear"
+    colour = "yellow"
+    marker = "h"
+    strength_keys = (policies.GridKey("slope", float, lambda v: v >= 0,
+                                      "numbers >= 0"),)
+
+    def __init__(self, slope):
+        self.slope = float(slope)
+
+    @classmethod
+    def from_settings(cls, settings, lm, reward):
+        return cls(settings["slope"])
+
+    def log_pmf(self, values, log_pmf):
+        on = np.isfinite(log_pmf)
+        lo, hi = values[on].min(), values[on].max()
+        w = np.log1p(self.slope * (values - lo) / (hi - lo))
+        out = np.where(on, log_pmf + w, -np.inf)
+        return out - np.logaddexp.reduce(out)
+
+
+@pytest.fixture
+def toy_policy():
+    policies.register(ToyLinear)
+    yield ToyLinear
+    policies.unregister(ToyLinear.name)
+
+
+NEW_METHODS = """
+name = "new_methods"
+seed = 11
+replicates = 512
+methods = ["toy_linear", "rejection", "best_of_poisson", "chi_squared",
+           "win_rate_optimal", "soft_best_of_n"]
+sampling = "{sampling}"
+
+[[model]]
+name = "three"
+probs = [0.5, 0.3, 0.2]
+rewards = [0.0, 1.0, 2.0]
+
+[grid]
+length = [6]
+slope = [3.0]
+threshold = [5.0]
+poisson_mean = [3.0]
+beta = [0.5]
+strength = [4.0]
+num_candidates = [4]
+temperature = [0.5]
+"""
+
+
+@pytest.mark.parametrize("sampling", ["token", "law"])
+def test_every_policy_and_a_toy_one_run_through_config_sweep_and_plot(
+    sampling, toy_policy, tmp_path, x64
+):
+    config = cfg.parse_config(tomllib.loads(NEW_METHODS.format(sampling=sampling)))
+    out = tmp_path / "run"
+    sweep.run_sweep(config, str(out))
+    rows = read_results(out)
+    assert {r["method"] for r in rows} == set(config.methods)
+    assert {r["slope"] for r in rows if r["method"] == "toy_linear"} == {3.0}
+    checked = set()
+    for r in rows:
+        if r["mc_mean"] is not None and r["exact"] is not None and r["mc_stderr"]:
+            z = (r["mc_mean"] - r["exact"]) / r["mc_stderr"]
+            assert abs(z) < 5, r
+            checked.add((r["method"], r["quantity"]))
+    for method in config.methods:
+        for quantity in ("reward_per_token", "win_rate"):
+            assert (method, quantity) in checked
+        if method != "rejection":  # g is constant on its support: KL needs no MC
+            assert (method, "kl_per_token") in checked
+    # Soft best-of-N sits at its exact KL, below log N.
+    soft = [r for r in rows if r["method"] == "soft_best_of_n"
+            and r["quantity"] == "kl_per_token"][0]
+    assert 0 < soft["exact"] < math.log(4) / 6
+    if sampling == "law":
+        from jaxalign import plots
+
+        paths = plots.plot_run(out, formats=("png",))
+        assert [p.name for p in paths] == ["reward_kl_three_n6.png"]
