@@ -1,5 +1,6 @@
 """Sweeps: determinism across chunks, devices and processes; resume after a kill."""
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -159,9 +160,9 @@ SLOW = (
 
 def test_resume_after_a_real_kill(tmp_path):
     path = _write_config(tmp_path, SLOW)
+    config = cfg.parse_config(tomllib.loads(SLOW))
     full = tmp_path / "full"
-    proc = run_cli("sweep", str(path), "--out", str(full), "--quiet")
-    assert proc.returncode == 0, proc.stderr
+    sweep.run_sweep(config, str(full))  # in-process: the kill is what needs a process
     out = tmp_path / "killed"
     p = subprocess.Popen(
         [sys.executable, "-m", "jaxalign.cli", "sweep", str(path), "--out", str(out),
@@ -177,9 +178,9 @@ def test_resume_after_a_real_kill(tmp_path):
     p.send_signal(signal.SIGKILL)
     p.wait()
     done = len(journal.read_text().splitlines())
-    assert 3 <= done < len(cfg.grid_points(cfg.parse_config(tomllib.loads(SLOW))))
-    proc = run_cli("sweep", str(path), "--out", str(out), "--resume", "--quiet")
-    assert proc.returncode == 0, proc.stderr
+    assert 3 <= done < len(cfg.grid_points(config))
+    summary = sweep.run_sweep(config, str(out), resume=True)
+    assert summary.num_skipped == done
     assert table(out) == table(full)
     assert len(read_results(out)) == len(read_results(full))
 
@@ -375,6 +376,8 @@ def test_every_policy_and_a_toy_one_run_through_config_sweep_and_plot(
     sampling, toy_policy, tmp_path, x64
 ):
     config = cfg.parse_config(tomllib.loads(NEW_METHODS.format(sampling=sampling)))
+    if sampling == "token":  # (test_policies samples every policy at both levels)
+        config = dataclasses.replace(config, methods=("toy_linear", "best_of_poisson"))
     out = tmp_path / "run"
     sweep.run_sweep(config, str(out))
     rows = read_results(out)
@@ -391,11 +394,11 @@ def test_every_policy_and_a_toy_one_run_through_config_sweep_and_plot(
             assert (method, quantity) in checked
         if method != "rejection":  # g is constant on its support: KL needs no MC
             assert (method, "kl_per_token") in checked
-    # Soft best-of-N sits at its exact KL, below log N.
-    soft = [r for r in rows if r["method"] == "soft_best_of_n"
-            and r["quantity"] == "kl_per_token"][0]
-    assert 0 < soft["exact"] < math.log(4) / 6
     if sampling == "law":
+        # Soft best-of-N has an exact KL, below its bound log N.
+        soft = [r for r in rows if r["method"] == "soft_best_of_n"
+                and r["quantity"] == "kl_per_token"][0]
+        assert 0 < soft["exact"] < math.log(4) / 6
         from jaxalign import plots
 
         paths = plots.plot_run(out, formats=("png",))
