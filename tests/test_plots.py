@@ -41,7 +41,7 @@ def run_dir(tmp_path_factory):
         "seed": 0,
         "replicates": 256,
         "methods": ["tilted", "best_of_n"],
-        "sampling": "token",
+        "sampling": "law",  # the figures, not the token sampler, are under test
         "model": [{"name": "bern", "bernoulli": Q, "rewards": [0.0, 1.0]}],
         "grid": {"length": list(LENGTHS), "delta": [DELTA], "kl_budget": [0.5]},
     })
