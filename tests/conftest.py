@@ -1,9 +1,16 @@
 """Strict test configuration (STYLE.md C13)."""
 
 import os
+import pathlib
 import zlib
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# One persistent XLA cache for the test session: the pytest workers and the
+# subprocesses the tests start (CLI, devices, processes, kill and resume) compile the
+# big sampler programs once between them instead of once each.
+_CACHE = pathlib.Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax"
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

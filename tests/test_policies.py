@@ -304,11 +304,20 @@ SAMPLED = [
 ]
 
 
+# At the token level the base, tilted and best-of-N samplers are checked against
+# their exact laws in test_sample; here every policy sampled through the policy
+# route: soft best-of-N's token sampler against its (quadrature) exact law, and the
+# generic rejection route of the others.
+TOKEN_LEVEL_SKIP = {"base", "tilted", "best_of_n"}
+
+
 @pytest.mark.parametrize("level", ["token", "law"])
 def test_samplers_agree_with_exact_laws(level, x64):
     lm, reward = _model(3)
     assert {type(p).name for p in SAMPLED} == set(policies.names())
     for i, policy in enumerate(SAMPLED):
+        if level == "token" and type(policy).name in TOKEN_LEVEL_SKIP:
+            continue
         key = jax.random.fold_in(jax.random.key(20261125), i)
         draws = np.asarray(sample.policy(key, lm, reward, policy, 8192, level=level))
         law = exact.policy_law(lm, reward, policy)
@@ -320,13 +329,13 @@ def test_samplers_agree_with_exact_laws(level, x64):
 
 def test_generic_sampler_returns_consistent_tokens(key, x64):
     lm, reward = _model(3)
-    out = sample.policy(key, lm, reward, policies.ChiSquared(0.4), 64,
-                        return_tokens=True, batch_size=32)
+    kw = dict(return_tokens=True, batch_size=32)  # one compiled program for both
+    out = sample.policy(key, lm, reward, policies.ChiSquared(0.4), 64, **kw)
     np.testing.assert_allclose(np.asarray(reward(out.tokens)), np.asarray(out.reward))
-    # Sample i depends on (key, i) only: the second batch drawn on its own.
-    again = sample.policy(key, lm, reward, policies.ChiSquared(0.4), 32,
-                          first_index=32, return_tokens=True)
-    np.testing.assert_array_equal(np.asarray(again.reward),
+    # Sample i depends on (key, i) only, whatever the batch it is drawn in.
+    again = sample.policy(key, lm, reward, policies.ChiSquared(0.4), 64,
+                          first_index=32, **kw)
+    np.testing.assert_array_equal(np.asarray(again.reward)[:32],
                                   np.asarray(out.reward)[32:])
 
 
