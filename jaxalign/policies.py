@@ -267,9 +267,11 @@ class Policy:
         fields = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in settings.items() if k in fields})
 
-    def sweep_values(self, lm, reward, settings: Mapping[str, Any]) -> dict:
+    def sweep_values(self, lm, reward, settings: Mapping[str, Any], law) -> dict:
         """``{quantity: (exact or None, asymptotic or None)}`` overriding or adding
-        to the rows the sweep derives from the exact law (closed forms, limits)."""
+        to the rows the sweep derives from the exact law (closed forms, limits);
+        ``law`` is the point's :class:`jaxalign.exact.PolicyLaw` (or ``None`` when
+        the rewards have no lattice law)."""
         return {}
 
     # -- plot hooks ------------------------------------------------------------------
@@ -364,7 +366,7 @@ class Base(Policy):
             return r
         return sample.SampleResult(r, sample.tokens(key, lm, num_samples, **kw))
 
-    def sweep_values(self, lm, reward, settings):
+    def sweep_values(self, lm, reward, settings, law):
         from jaxalign import theory
 
         mean, var = (float(v) for v in theory.cumulants(lm, reward, 2))
@@ -427,7 +429,7 @@ class Tilted(Policy):
                 f"-n log p(A_max) = {top:.6g} of this model; allowed: < {top:.6g}")
         return cls(float(theory.lam_for_kl(lm, reward, budget)))
 
-    def sweep_values(self, lm, reward, settings):
+    def sweep_values(self, lm, reward, settings, law):
         from jaxalign import theory
 
         n = lm.length
@@ -535,7 +537,7 @@ class BestOfN(_Candidates, Policy):
             return cls(settings["num_candidates"])
         return cls(log_num_candidates=settings["log_num_candidates"])
 
-    def sweep_values(self, lm, reward, settings):
+    def sweep_values(self, lm, reward, settings, law):
         from jaxalign import theory
 
         log_n = self.log_num_candidates
@@ -546,6 +548,13 @@ class BestOfN(_Candidates, Policy):
             x_star = float(theory.best_of_n_asymptotic_reward(lm, reward, delta))
             out["reward_per_token"] = (None, x_star)
             out["kl_per_token"] = (None, delta)
+            if law is not None:
+                # KL(pi_BoN || Phi) = KL(pi_BoN || P) - lam E[R] + log E_P e^{lam R}.
+                lam = float(theory.lam_for_kl(lm, reward, delta * lm.length))
+                v = np.asarray(law.values, np.float64)
+                log_mgf = float(lse(np.asarray(law.base_log_pmf, np.float64) + lam * v))
+                to_tilt = float(law.kl) - lam * float(law.expected_reward) + log_mgf
+                out["kl_to_tilted_per_token"] = (to_tilt / lm.length, 0.0)
         return out
 
 
@@ -670,7 +679,7 @@ class SoftBestOfN(_Candidates, Policy):
         return cls(temperature=settings["temperature"],
                    log_num_candidates=settings["log_num_candidates"])
 
-    def sweep_values(self, lm, reward, settings):
+    def sweep_values(self, lm, reward, settings, law):
         from jaxalign import theory
 
         # N -> infinity gives the tilt at lam = 1/T.
@@ -710,7 +719,7 @@ class Rejection(Policy):
                 f"can reach (max {float(values[np.isfinite(log_pmf)].max())!r})")
         return _normalise(log_q)
 
-    def sweep_values(self, lm, reward, settings):
+    def sweep_values(self, lm, reward, settings, law):
         return {}
 
 

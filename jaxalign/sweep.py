@@ -354,7 +354,7 @@ def _rows(draws, *, point: Point, lm, reward, policy, law):
                 "win_rate": (float(law.win_rate), None),
             }
         for quantity, (ex, asym) in policy.sweep_values(
-            lm, reward, dict(point.settings)
+            lm, reward, dict(point.settings), law
         ).items():
             old = known.get(quantity, (None, None))
             known[quantity] = (old[0] if ex is None else ex,
