@@ -76,40 +76,12 @@ def environment(config: SweepConfig) -> dict:
 # --------------------------------------------------------------------------------------
 # Progress
 # --------------------------------------------------------------------------------------
-class _Progress:
-    """A one-line progress bar on stderr: points done, samples/s, ETA."""
+def _progress(total: int, done: int, enabled: bool):
+    """A tqdm bar on stderr over grid points, with the sampling rate as postfix."""
+    from tqdm.auto import tqdm
 
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.done, self.samples = total, 0, 0
-        self.enabled = enabled
-        self.start = time.perf_counter()
-        self.last = 0.0
-
-    def update(self, points: int = 0, samples: int = 0, force: bool = False):
-        self.done += points
-        self.samples += samples
-        now = time.perf_counter()
-        if not self.enabled or (now - self.last < 0.2 and not force):
-            return
-        self.last = now
-        elapsed = now - self.start
-        rate = self.samples / elapsed if elapsed > 0 else 0.0
-        frac = self.done / self.total if self.total else 1.0
-        eta = elapsed * (1 - frac) / frac if frac > 0 else float("nan")
-        width = 24
-        bar = "#" * int(width * frac) + "-" * (width - int(width * frac))
-        eta_text = f"{eta:5.0f}s" if math.isfinite(eta) else "    ?"
-        sys.stderr.write(
-            f"\r[{bar}] {self.done}/{self.total} points  {rate:10.3g} samples/s  "
-            f"ETA {eta_text}"
-        )
-        sys.stderr.flush()
-
-    def close(self):
-        if self.enabled:
-            self.update(force=True)
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+    return tqdm(total=total, initial=done, unit="pt", desc="points", file=sys.stderr,
+                disable=not enabled, dynamic_ncols=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -482,10 +454,10 @@ def run_sweep(
             done = set(store.done)
         done = _broadcast_done(done)
         todo = [p for p in prepared if p.point.tag not in done]
-        bar = _Progress(len(prepared), enabled=progress and is_writer)
-        bar.update(points=len(prepared) - len(todo), force=True)
+        bar = _progress(len(prepared), len(prepared) - len(todo),
+                        enabled=progress and is_writer)
         t0 = time.perf_counter()
-        num_samples = 0
+        num_samples = drawn = 0
         items_per_chunk = max(1, config.chunk_size // BLOCK)
         num_blocks = -(-config.replicates // BLOCK)
         try:
@@ -516,7 +488,9 @@ def run_sweep(
                     items_per_chunk=items_per_chunk,
                 ):
                     pending.append(chunk_out)
-                    bar.update(samples=len(chunk_out["reward"]) * BLOCK)
+                    drawn += len(chunk_out["reward"]) * BLOCK
+                    rate = drawn / max(time.perf_counter() - t0, 1e-9)
+                    bar.set_postfix_str(f"{rate:.3g} samples/s", refresh=False)
                     # Flush every point whose blocks have all arrived.
                     while (flushed + 1) * num_blocks <= stop:
                         results = jax.tree.map(lambda *xs: np.concatenate(xs), *pending)
@@ -535,7 +509,7 @@ def run_sweep(
                             store.append(rows, g.point.tag)
                         num_samples += config.replicates
                         flushed += 1
-                        bar.update(points=1, force=True)
+                        bar.update(1)
         finally:
             bar.close()
         return SweepSummary(
