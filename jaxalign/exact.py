@@ -1110,5 +1110,4 @@ def policy_law(lm: MemorylessLM, reward: LinearReward, policy,
       >>> float(law.win_rate)  # sum_s q(s) (F(s-) + P(s)/2) = 1/8 * 1/4 + 7/8 * 3/4
       0.6875
     """
-    return policy_law_from_law(
-        reward_law(lm, reward, **_law_options(law_kwargs)), policy)
+    return policy_law_from_law(lm.reward_law(reward, **law_kwargs), policy)

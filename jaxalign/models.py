@@ -13,6 +13,7 @@ the bad value and what is allowed.  Pytree unflattening (``jit``, ``vmap``,
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +31,13 @@ from jaxalign._types import (
     log_tolerance,
 )
 
-__all__ = ["MemorylessLM", "LinearReward", "check_compatible"]
+__all__ = [
+    "BaseModel",
+    "MemorylessLM",
+    "LinearReward",
+    "TiltSummary",
+    "check_compatible",
+]
 
 
 def _as_float_vector(x: ArrayLike, name: str) -> Array:
@@ -45,6 +52,65 @@ def _as_float_vector(x: ArrayLike, name: str) -> Array:
     if x.shape[0] < 2:
         raise ValueError(f"{name} must have K >= 2 entries, got K = {x.shape[0]}")
     return x
+
+
+class TiltSummary(NamedTuple):
+    r"""Sequence-level values of the KL-optimal policy ``Φ_λ ∝ P e^{λR}``.
+
+    Attributes:
+      log_partition: ``log E_P e^{λR}``.
+      mean: ``E_Φ[R]``.
+      variance: ``Var_Φ[R]``.
+      kl: ``KL(Φ_λ‖P) = λ E_Φ[R] - log E_P e^{λR}``.
+    """
+
+    log_partition: Array
+    mean: Array
+    variance: Array
+    kl: Array
+
+
+@runtime_checkable
+class BaseModel(Protocol):
+    """What the exact routes, the samplers, the policies and the sweeps need from a
+    base language model.  :class:`MemorylessLM` implements it; a model with memory
+    (a Markov chain, whose KL-optimal policy is a time-inhomogeneous chain found by
+    backward messages) implements the same methods and gets every policy of
+    :mod:`jaxalign.policies`, exact and sampled, with no policy code of its own.
+
+    Attributes:
+      length: the sequence length ``n`` (static).
+      num_tokens: the vocabulary size ``K``.
+    """
+
+    length: int
+
+    @property
+    def num_tokens(self) -> int: ...
+
+    def reward_law(self, reward: Any, **options) -> Any:
+        """The exact law of ``R`` (a :class:`jaxalign.exact.RewardLaw`)."""
+
+    def sampler_stage(self, reward: Any) -> Any:
+        """The two-stage token sampler of one sequence (``draw(key)`` raw random
+        words, ``consume(words)`` the reward, or the tokens when ``reward=None``)."""
+
+    def tilt(self, reward: Any, lam: Any) -> BaseModel:
+        """The KL-optimal policy ``Φ_λ ∝ P e^{λR}`` as a model of its own (so it can
+        be sampled token by token and its law computed); ``lam`` may be traced."""
+
+    def tilt_summary(self, reward: Any, lam: Any) -> TiltSummary:
+        """Closed forms of the tilt at ``λ``: ``log Z``, ``E R``, ``Var R``, KL."""
+
+    def lam_for_kl(self, reward: Any, kl_budget: Any) -> Array:
+        """The ``λ >= 0`` with ``KL(Φ_λ‖P) = kl_budget`` (``inf`` beyond the max)."""
+
+    def max_kl(self, reward: Any) -> Array:
+        """``sup_λ KL(Φ_λ‖P)``: the KL of the policy on the top reward class."""
+
+    def limit_reward_per_token(self, reward: Any, delta: Any) -> Array:
+        """``lim_n E_Φ[R]/n`` for the tilt with per-token budget ``δ`` (also the
+        limit of best-of-``e^{nδ}``, Yang et al. 2024)."""
 
 
 def _new(cls, **fields):
@@ -106,7 +172,7 @@ class MemorylessLM:
 
     @classmethod
     def tree_unflatten(cls, length, children):
-        return _new(cls, log_probs=children[0], length=length)
+        return cls.unchecked(children[0], length)
 
     # -- constructors ---------------------------------------------------------------
     @classmethod
@@ -211,6 +277,58 @@ class MemorylessLM:
         """A copy with some fields changed (validated)."""
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def unchecked(cls, log_probs: Array, length: int) -> MemorylessLM:
+        """A model from normalised ``log_probs`` *without* validation: the
+        constructor for traced or batched values (inside ``jit``/``vmap``)."""
+        return _new(cls, log_probs=log_probs, length=length)
+
+    # -- the base-model protocol (:class:`BaseModel`) ------------------------------
+    def reward_law(self, reward: LinearReward, **options):
+        """:func:`jaxalign.exact.reward_law` of this model."""
+        from jaxalign import exact
+
+        return exact.reward_law(self, reward, **options)
+
+    def sampler_stage(self, reward: LinearReward | None):
+        """The alias-table token sampler (see :mod:`jaxalign.sample`)."""
+        from jaxalign import sample
+
+        return sample._token_stage(self, reward)
+
+    def tilt(self, reward: LinearReward, lam) -> MemorylessLM:
+        """:func:`jaxalign.theory.tilt`: i.i.d. tokens from ``p_λ ∝ p e^{λr}``."""
+        from jaxalign import theory
+
+        return theory.tilt(self, reward, lam)
+
+    def tilt_summary(self, reward: LinearReward, lam) -> TiltSummary:
+        """``n`` times the per-token log-MGF, cumulants and KL of the tilt."""
+        from jaxalign import theory
+
+        n = self.length
+        mean, var = theory.cumulants(self, reward, 2, lam)
+        return TiltSummary(n * theory.log_mgf(self, reward, lam), n * mean, n * var,
+                           theory.kl(self, reward, lam))
+
+    def lam_for_kl(self, reward: LinearReward, kl_budget) -> Array:
+        """:func:`jaxalign.theory.lam_for_kl`."""
+        from jaxalign import theory
+
+        return theory.lam_for_kl(self, reward, kl_budget)
+
+    def max_kl(self, reward: LinearReward) -> Array:
+        """:func:`jaxalign.theory.max_kl`."""
+        from jaxalign import theory
+
+        return theory.max_kl(self, reward)
+
+    def limit_reward_per_token(self, reward: LinearReward, delta) -> Array:
+        """:func:`jaxalign.theory.best_of_n_asymptotic_reward`: ``Λ'(λ_δ)``."""
+        from jaxalign import theory
+
+        return theory.best_of_n_asymptotic_reward(self, reward, delta)
+
 
 @jax.tree_util.register_pytree_node_class
 @dataclasses.dataclass(frozen=True)
@@ -243,7 +361,12 @@ class LinearReward:
 
     @classmethod
     def tree_unflatten(cls, _, children):
-        return _new(cls, token_rewards=children[0])
+        return cls.unchecked(children[0])
+
+    @classmethod
+    def unchecked(cls, token_rewards: Array) -> LinearReward:
+        """A reward *without* validation: the constructor for traced values."""
+        return _new(cls, token_rewards=token_rewards)
 
     @property
     def num_tokens(self) -> int:

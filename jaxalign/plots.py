@@ -386,7 +386,7 @@ def reward_kl(
 
         if reward is None:
             raise ValueError("reward must be given with lm, got None")
-        lm_n = type(lm).tree_unflatten(n, (lm.log_probs,))
+        lm_n = lm.replace(length=n)
     x_hi = 1.15 * max(xs + [1e-3])
     if lm_n is not None:
         # Parametrically in λ, (KL(Φ_λ), E_{Φ_λ} R) is exactly the frontier
@@ -639,7 +639,7 @@ def bon_vs_rl(
 
             if reward is None:
                 raise ValueError("reward must be given with lm, got None")
-            lm1 = type(lm).tree_unflatten(1, (lm.log_probs,))
+            lm1 = lm.replace(length=1)
             lam = float(theory.lam_for_kl(lm1, reward, delta))
             fine = np.geomspace(ns.min(), ns.max(), 64)
             ax_gap.plot(

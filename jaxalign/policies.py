@@ -336,6 +336,18 @@ def setting_names() -> tuple[str, ...]:
     return tuple(out)
 
 
+def _sample_model(key, model, reward, num_samples, first_index, batch_size,
+                  return_tokens):
+    """Token-level draws from a model itself (the base, or a tilt as a model)."""
+    from jaxalign import sample
+
+    kw = dict(first_index=first_index, batch_size=batch_size)
+    r = sample.rewards(key, model, reward, num_samples, **kw)
+    if not return_tokens:
+        return r
+    return sample.SampleResult(r, sample.tokens(key, model, num_samples, **kw))
+
+
 def _frozen(cls):
     return dataclasses.dataclass(frozen=True)(cls)
 
@@ -358,18 +370,13 @@ class Base(Policy):
 
     def sample_tokens(self, key, lm, reward, num_samples, *, first_index=0,
                       batch_size=None, return_tokens=False):
-        from jaxalign import sample
-
-        kw = dict(first_index=first_index, batch_size=batch_size)
-        r = sample.rewards(key, lm, reward, num_samples, **kw)
-        if not return_tokens:
-            return r
-        return sample.SampleResult(r, sample.tokens(key, lm, num_samples, **kw))
+        return _sample_model(key, lm, reward, num_samples, first_index, batch_size,
+                             return_tokens)
 
     def sweep_values(self, lm, reward, settings, law):
-        from jaxalign import theory
-
-        mean, var = (float(v) for v in theory.cumulants(lm, reward, 2))
+        n = lm.length
+        closed = lm.tilt_summary(reward, 0.0)
+        mean, var = float(closed.mean) / n, float(closed.variance) / n
         return {"reward_per_token": (mean, mean), "variance_per_token": (var, var),
                 "kl_per_token": (0.0, None)}
 
@@ -400,41 +407,35 @@ class Tilted(Policy):
 
     def sample_tokens(self, key, lm, reward, num_samples, *, first_index=0,
                       batch_size=None, return_tokens=False):
-        from jaxalign import sample
-
-        return sample.tilted(key, lm, reward, self.lam, num_samples,
-                             first_index=first_index, batch_size=batch_size,
-                             return_tokens=return_tokens)
+        # The tilt is a model of its own: sample it as the base (Memoryless: i.i.d.
+        # tokens from p_λ, exactly sample.tilted).
+        return _sample_model(key, lm.tilt(reward, self.lam), reward, num_samples,
+                             first_index, batch_size, return_tokens)
 
     def law_sampling(self, lm, reward, values, base_log_pmf):
-        # The law of the tilted model itself (the tilt is i.i.d. per token).
-        from jaxalign import exact, theory
-
-        law = exact.reward_law(theory.tilt(lm, reward, self.lam), reward)
+        # The law of the tilted model itself.
+        law = lm.tilt(reward, self.lam).reward_law(reward)
         return np.asarray(law.values), np.asarray(law.log_pmf), 0.0
 
     @classmethod
     def from_settings(cls, settings, lm, reward):
-        from jaxalign import theory
-
         if settings.get("lam") is not None:
             return cls(settings["lam"])
         budget = settings.get("kl_budget")
         if budget is None:
             budget = settings["delta"] * lm.length
-        top = float(theory.max_kl(lm, reward))
+        top = float(lm.max_kl(reward))
         if not budget < top:
             raise ValueError(
                 f"the KL budget {budget:.6g} is not below the maximum "
                 f"-n log p(A_max) = {top:.6g} of this model; allowed: < {top:.6g}")
-        return cls(float(theory.lam_for_kl(lm, reward, budget)))
+        return cls(float(lm.lam_for_kl(reward, budget)))
 
     def sweep_values(self, lm, reward, settings, law):
-        from jaxalign import theory
-
         n = lm.length
-        mean, var = (float(v) for v in theory.cumulants(lm, reward, 2, self.lam))
-        kl = float(theory.kl(lm, reward, self.lam)) / n
+        closed = lm.tilt_summary(reward, self.lam)
+        mean, var = float(closed.mean) / n, float(closed.variance) / n
+        kl = float(closed.kl) / n
         delta = settings.get("delta")
         return {"reward_per_token": (mean, mean), "variance_per_token": (var, var),
                 "kl_per_token": (kl, delta if delta else kl)}
@@ -545,12 +546,12 @@ class BestOfN(_Candidates, Policy):
         out = {"kl_bound_per_token": (bound / lm.length, None)}
         delta = settings.get("delta")
         if delta is not None:
-            x_star = float(theory.best_of_n_asymptotic_reward(lm, reward, delta))
+            x_star = float(lm.limit_reward_per_token(reward, delta))
             out["reward_per_token"] = (None, x_star)
             out["kl_per_token"] = (None, delta)
             if law is not None:
                 # KL(pi_BoN || Phi) = KL(pi_BoN || P) - lam E[R] + log E_P e^{lam R}.
-                lam = float(theory.lam_for_kl(lm, reward, delta * lm.length))
+                lam = float(lm.lam_for_kl(reward, delta * lm.length))
                 v = np.asarray(law.values, np.float64)
                 log_mgf = float(lse(np.asarray(law.base_log_pmf, np.float64) + lam * v))
                 to_tilt = float(law.kl) - lam * float(law.expected_reward) + log_mgf
@@ -680,11 +681,9 @@ class SoftBestOfN(_Candidates, Policy):
                    log_num_candidates=settings["log_num_candidates"])
 
     def sweep_values(self, lm, reward, settings, law):
-        from jaxalign import theory
-
         # N -> infinity gives the tilt at lam = 1/T.
-        limit = float(theory.cumulants(lm, reward, 1, 1.0 / self.temperature)[0])
-        return {"reward_per_token": (None, limit)}
+        limit = float(lm.tilt_summary(reward, 1.0 / self.temperature).mean)
+        return {"reward_per_token": (None, limit / lm.length)}
 
 
 @register

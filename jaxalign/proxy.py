@@ -93,7 +93,7 @@ def gaussian_proxy(key: PRNGKey, gold: LinearReward, scale: ArrayLike,
     scale = jnp.asarray(scale, dtype=r.dtype)
     if num_proxies is not None:
         r, scale = r[None], jnp.reshape(jnp.broadcast_to(scale, r.shape), (1, -1))
-    return LinearReward.tree_unflatten(None, (r + scale * noise,))
+    return LinearReward.unchecked(r + scale * noise)
 
 
 def biased_proxy(gold: LinearReward, tokens: ArrayLike, bias: ArrayLike

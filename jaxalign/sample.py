@@ -1367,7 +1367,7 @@ def rejection(
 @prng_jit("num_samples", "chunk", "batch_size", "return_tokens")
 def _reweight_impl(key, lm, reward, edges, log_accept, first_index, num_samples,
                    chunk, batch_size, return_tokens):
-    stage = _token_stage(lm, reward)
+    stage = lm.sampler_stage(reward)
     indices = _indices(first_index, num_samples)
     dtype = reward.token_rewards.dtype
 
@@ -1399,7 +1399,7 @@ def _reweight_impl(key, lm, reward, edges, log_accept, first_index, num_samples,
     reward_out, index = _map_samples(one, indices, batch_size)
     if not return_tokens:
         return reward_out, None
-    token_stage = _token_stage(lm, None)
+    token_stage = lm.sampler_stage(None)
 
     def tokens_of(i, j):
         key_tokens, _ = jax.random.split(
@@ -1530,7 +1530,6 @@ def policy(
       >>> policy(jax.random.key(0), lm, r, policies.ChiSquared(0.5), 3).shape
       (3,)
     """
-    from jaxalign import exact
     from jaxalign.policies import Policy
 
     if not isinstance(policy, Policy):
@@ -1550,7 +1549,7 @@ def policy(
                                    return_tokens=return_tokens)
         if out is not None:
             return out
-    law = exact.reward_law(lm, reward)
+    law = lm.reward_law(reward)
     if level == "token":
         values = np.asarray(law.values, np.float64)
         base = np.asarray(law.log_pmf, np.float64)

@@ -193,8 +193,8 @@ class _Block:
                                  params["base_log_pmf"],
                                  jnp.zeros_like(params["log_num"]), first)
         else:
-            lm = MemorylessLM.tree_unflatten(self.length, (params["log_probs"],))
-            reward = LinearReward.tree_unflatten(None, (params["token_rewards"],))
+            lm = MemorylessLM.unchecked(params["log_probs"], self.length)
+            reward = LinearReward.unchecked(params["token_rewards"])
             if self.level == "token":
                 policy = self.policy.unchecked_replace(**params["traced"])
                 r = policy.sample_tokens(key, lm, reward, BLOCK, first_index=first)
@@ -227,7 +227,7 @@ def _prepare(config: SweepConfig, spec, point: Point) -> _Prepared:
     law_level = config.sampling == "law"
     needs_law = law_level or not policy.has_token_sampler
     try:
-        base_law = exact.reward_law(lm, reward)
+        base_law = lm.reward_law(reward)
     except ValueError as e:
         if needs_law:
             raise ValueError(f"point {point.tag}: {e}") from None

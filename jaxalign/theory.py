@@ -536,7 +536,7 @@ def tilt(lm: MemorylessLM, reward: LinearReward, lam: ArrayLike) -> MemorylessLM
     """
     log_p, r, dtype = _prepare(lm, reward)
     log_phi = _summary(log_p, r, _lam(lam, dtype)).log_phi
-    return MemorylessLM.tree_unflatten(lm.length, (log_phi,))
+    return MemorylessLM.unchecked(log_phi, lm.length)
 
 
 def kl(lm: MemorylessLM, reward: LinearReward, lam: ArrayLike) -> Array:

@@ -374,3 +374,21 @@ def test_registry_rejects_a_second_policy_with_a_taken_name():
     with pytest.raises(ValueError, match="already registered"):
         policies.register(Clash)
     assert policies.get("best_of_n") is policies.BestOfN
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.4, -1.1])
+def test_memoryless_model_implements_the_protocol_and_its_closed_forms_match(lam, x64):
+    lm, reward = _model(40)
+    assert isinstance(lm, jaxalign.models.BaseModel)
+    closed = lm.tilt_summary(reward, lam)
+    law = exact.policy_law(lm, reward, policies.Tilted(lam))
+    assert float(closed.mean) == pytest.approx(float(law.expected_reward), rel=1e-10)
+    assert float(closed.variance) == pytest.approx(float(law.variance), rel=1e-10)
+    assert float(closed.kl) == pytest.approx(float(law.kl), rel=1e-9, abs=1e-13)
+    tilted_law = lm.tilt(reward, lam).reward_law(reward)
+    np.testing.assert_allclose(np.exp(np.asarray(tilted_law.log_pmf)),
+                               np.exp(np.asarray(law.log_pmf)), rtol=1e-9, atol=0)
+    budget = 3.0
+    lam_b = float(lm.lam_for_kl(reward, budget))
+    assert float(exact.policy_law(lm, reward, policies.Tilted(lam_b)).kl) == (
+        pytest.approx(budget, rel=1e-9))
