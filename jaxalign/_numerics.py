@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-__all__ = ["lse", "log1mexp_of_exp", "log_neg_log1m", "log_cdf_sf"]
+__all__ = ["compositions", "lse", "log1mexp_of_exp", "log_neg_log1m", "log_cdf_sf"]
 
 
 def lse(x, axis=None):
@@ -55,3 +55,16 @@ def log_cdf_sf(log_pmf: np.ndarray):
         log_sf = np.r_[at_least[1:], -np.inf]
         log_cdf = np.where(lower < math.log(0.5), lower, np.log1p(-np.exp(log_sf)))
     return log_cdf, log_sf
+
+
+def compositions(n: int, k: int) -> np.ndarray:
+    """All ``(C(n+k-1, k-1), k)`` non-negative integer vectors summing to ``n`` (the
+    types of a sequence of ``n`` tokens over ``k`` values), the first entry
+    descending, then the rest recursively."""
+    if k == 1:
+        return np.array([[n]], dtype=np.int64)
+    blocks = []
+    for first in range(n, -1, -1):
+        rest = compositions(n - first, k - 1)
+        blocks.append(np.concatenate([np.full((len(rest), 1), first), rest], axis=1))
+    return np.concatenate(blocks, axis=0)

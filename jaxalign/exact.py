@@ -27,7 +27,7 @@ import scipy.optimize
 import scipy.signal
 import scipy.special
 
-from jaxalign._numerics import log1mexp_of_exp, log_neg_log1m, lse
+from jaxalign._numerics import compositions, log1mexp_of_exp, log_neg_log1m, lse
 from jaxalign._types import Array
 from jaxalign.models import LinearReward, MemorylessLM, check_compatible
 
@@ -368,17 +368,6 @@ def _lattice_log_pmf(log_w: np.ndarray, n: int):
 _MAX_TYPES_DEFAULT = 2_000_000
 
 
-def _compositions(n: int, k: int) -> np.ndarray:
-    """All (C(n+k-1, k-1), k) non-negative integer vectors summing to n."""
-    if k == 1:
-        return np.array([[n]], dtype=np.int64)
-    blocks = []
-    for first in range(n, -1, -1):
-        rest = _compositions(n - first, k - 1)
-        blocks.append(np.concatenate([np.full((len(rest), 1), first), rest], axis=1))
-    return np.concatenate(blocks, axis=0)
-
-
 def _types_law(log_p: np.ndarray, r: np.ndarray, n: int, max_types: int):
     """Exact law of R by enumerating types (counts per distinct reward value)."""
     distinct, inverse = np.unique(r, return_inverse=True)
@@ -393,7 +382,7 @@ def _types_law(log_p: np.ndarray, r: np.ndarray, n: int, max_types: int):
             f"n={n} and K={k} distinct rewards, more than max_types={max_types}; "
             "snap the rewards to a lattice with span=h instead"
         )
-    counts = _compositions(n, k)
+    counts = compositions(n, k)
     log_prob = (
         scipy.special.gammaln(n + 1)
         - scipy.special.gammaln(counts + 1).sum(axis=1)

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxalign._numerics import compositions
 from jaxalign._types import (
     Array,
     ArrayLike,
@@ -295,21 +296,7 @@ def type_counts(num_tokens: int, length: int) -> np.ndarray:
             f"type enumeration needs C(n+K-1, K-1) = {m} types for K = {k}, n = {n}; "
             f"allowed at most {_MAX_TYPES}"
         )
-    out = np.zeros((m, k), dtype=np.int64)
-    row = 0
-
-    def fill(prefix, pos, left):
-        nonlocal row
-        if pos == k - 1:
-            out[row, :pos] = prefix
-            out[row, pos] = left
-            row += 1
-            return
-        for c in range(left, -1, -1):
-            fill(prefix + [c], pos + 1, left - c)
-
-    fill([], 0, n)
-    return out
+    return compositions(n, k)
 
 
 class SelectionResult(NamedTuple):
