@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-__all__ = ["Command", "COMMANDS", "build_parser", "float_list", "main", "theory_report"]
+__all__ = ["Command", "COMMANDS", "build_parser", "float_list", "main"]
 
 
 class Command(NamedTuple):
@@ -88,58 +88,6 @@ def _fmt(value: Any) -> str:
 
 
 # -- theory ---------------------------------------------------------------------------
-
-
-def theory_report(lm, reward, *, lam: float | None = None,
-                  kl_budget: float | None = None, order: int = 4) -> dict[str, Any]:
-    """All closed-form quantities at one tilt, as a dict of Python floats.
-
-    Give exactly one of ``lam`` and ``kl_budget`` (sequence level; then
-    ``lam = lam_for_kl(kl_budget)``).  Sequence-level unless the key says per token.
-    """
-    from jaxalign import theory
-
-    if (lam is None) == (kl_budget is None):
-        raise ValueError("give exactly one of lam and kl_budget")
-    n = lm.length
-    if kl_budget is not None:
-        lam = float(theory.lam_for_kl(lm, reward, kl_budget))
-    kl = float(theory.kl(lm, reward, lam))
-    per_token_kl = kl / n
-    base_reward = float(theory.expected_reward(lm, reward, 0.0))
-    aligned_reward = float(theory.expected_reward(lm, reward, lam))
-    hoeffding = float(theory.hoeffding_variance(reward, lm))
-    report: dict[str, Any] = {
-        "num_tokens": lm.num_tokens,
-        "length": n,
-        "probs": [float(p) for p in lm.probs],
-        "rewards": [float(r) for r in reward.token_rewards],
-        "kl_budget": kl_budget,
-        "lam": lam,
-        "beta": math.inf if lam == 0 else 1.0 / lam,
-        "log_mgf": float(theory.log_mgf(lm, reward, lam)),
-        "cumulants": [float(c) for c in theory.cumulants(lm, reward, order, lam)],
-        "kl": kl,
-        "kl_per_token": per_token_kl,
-        "max_kl": float(theory.max_kl(lm, reward)),
-        "reverse_kl": float(theory.reverse_kl(lm, reward, lam)),
-        "jeffreys": float(theory.jeffreys(lm, reward, lam)),
-        "expected_reward": aligned_reward,
-        "base_expected_reward": base_reward,
-        "reward_gain": float(theory.covariance_gain(lm, reward, lam)),
-        "optimal_reward": float(theory.optimal_reward(lm, reward, kl)),
-        "rate_at_aligned_mean": float(theory.rate_function(lm, reward,
-                                                           aligned_reward / n)),
-        "best_of_n_log_num_candidates": kl,
-        "best_of_n_kl_bound": float(theory.best_of_n_kl_bound(log_num_candidates=kl)),
-        "best_of_n_asymptotic_reward": n * float(
-            theory.best_of_n_asymptotic_reward(lm, reward, per_token_kl)),
-        "hoeffding_variance": hoeffding,
-        "subgaussian_bound": float(theory.subgaussian_reward_bound(n * hoeffding, kl)),
-    }
-    if math.isfinite(lam) and lam != 0:
-        report["jeffreys_gain"] = float(theory.jeffreys_gain(lm, reward, lam))
-    return report
 
 
 def _add_model(parser: argparse.ArgumentParser, rewards_help: str) -> None:
@@ -231,6 +179,8 @@ def _theory_table(rep: dict[str, Any]) -> str:
 def _run_theory(args: argparse.Namespace) -> int:
     import jax
 
+    from jaxalign import theory
+
     if args.lam is not None and math.isnan(args.lam):
         raise ValueError("--lam must be a number, got nan")
     if args.kl is not None and not args.kl >= 0:
@@ -239,7 +189,7 @@ def _run_theory(args: argparse.Namespace) -> int:
         raise ValueError(f"--order must be an integer >= 1, got {args.order}")
     with jax.enable_x64(True):
         lm, reward = _model(args)
-        rep = theory_report(lm, reward, lam=args.lam, kl_budget=args.kl,
+        rep = theory.report(lm, reward, lam=args.lam, kl_budget=args.kl,
                             order=args.order)
     if args.json:
         print(json.dumps(_json_safe(rep), allow_nan=False))
@@ -372,27 +322,10 @@ def _add_exact(parser: argparse.ArgumentParser) -> None:
                         help="print a JSON list of rows instead of a table")
 
 
-def exact_report(lm, reward, log_num_candidates) -> list[dict[str, float]]:
-    """Exact best-of-N rows, each beside the tilted policy with the same KL."""
-    from jaxalign import exact, theory
-
-    bon = exact.best_of_n(lm, reward, log_num_candidates=log_num_candidates)
-    rows = []
-    for i, log_n in enumerate(log_num_candidates):
-        kl = float(bon.kl[i])
-        rows.append({
-            "log_num_candidates": float(log_n),
-            "expected_reward": float(bon.expected_reward[i]),
-            "kl": kl,
-            "kl_bound": float(theory.best_of_n_kl_bound(log_num_candidates=log_n)),
-            "win_rate": float(bon.win_rate[i]),
-            "tilted_reward_at_same_kl": float(theory.optimal_reward(lm, reward, kl)),
-        })
-    return rows
-
-
 def _run_exact(args: argparse.Namespace) -> int:
     import jax
+
+    from jaxalign import exact
 
     if args.num_candidates is not None:
         counts = float_list(args.num_candidates, "--num-candidates")
@@ -407,7 +340,7 @@ def _run_exact(args: argparse.Namespace) -> int:
                              f"{args.log_num_candidates!r}")
     with jax.enable_x64(True):
         lm, reward = _model(args)
-        rows = exact_report(lm, reward, log_n)
+        rows = exact.best_of_n_report(lm, reward, log_n)
     if args.json:
         print(json.dumps(_json_safe(rows), allow_nan=False))
         return 0

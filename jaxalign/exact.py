@@ -43,6 +43,7 @@ __all__ = [
     "PolicyLaw",
     "policy_law",
     "policy_law_from_law",
+    "best_of_n_report",
 ]
 
 # Relative tolerance for lattice detection, by input dtype (module docstring of
@@ -1100,3 +1101,33 @@ def policy_law(lm: MemorylessLM, reward: LinearReward, policy,
       0.6875
     """
     return policy_law_from_law(lm.reward_law(reward, **law_kwargs), policy)
+
+
+def best_of_n_report(lm: MemorylessLM, reward: LinearReward,
+                     log_num_candidates) -> list[dict[str, float]]:
+    """Exact best-of-N rows, each beside the tilted policy with the same KL (what
+    ``jaxalign exact`` prints): ``E[R]``, ``KL``, its bound ``log N - (N-1)/N``,
+    the win rate and the frontier ``optimal_reward`` at that KL.
+
+    Examples:
+      >>> import jaxalign
+      >>> lm = jaxalign.MemorylessLM.bernoulli(0.5, length=1)
+      >>> rows = best_of_n_report(lm, jaxalign.LinearReward([0.0, 1.0]), [0.0])
+      >>> rows[0]["expected_reward"], rows[0]["win_rate"]
+      (0.5, 0.5)
+    """
+    from jaxalign import theory
+
+    bon = best_of_n(lm, reward, log_num_candidates=log_num_candidates)
+    rows = []
+    for i, log_n in enumerate(log_num_candidates):
+        kl = float(bon.kl[i])
+        rows.append({
+            "log_num_candidates": float(log_n),
+            "expected_reward": float(bon.expected_reward[i]),
+            "kl": kl,
+            "kl_bound": float(theory.best_of_n_kl_bound(log_num_candidates=log_n)),
+            "win_rate": float(bon.win_rate[i]),
+            "tilted_reward_at_same_kl": float(theory.optimal_reward(lm, reward, kl)),
+        })
+    return rows
