@@ -560,7 +560,7 @@ class BestOfN(_Candidates, Policy):
 
 
 def _soft_log_weight(values, log_pmf, log_n: float, temperature: float,
-                     step: float = 0.125, max_work: float = 4e8) -> np.ndarray:
+                     step: float = 0.2, max_work: float = 4e8) -> np.ndarray:
     r"""``log g(s)`` of soft best-of-N by a one-dimensional integral per support point.
 
     With ``X = e^{(R - v_max)/T} ∈ (0, 1]``, ``a = e^{(s - v_max)/T}`` and
@@ -571,8 +571,10 @@ def _soft_log_weight(values, log_pmf, log_n: float, temperature: float,
              = N \int_0^\infty a\, e^{-ta}\, \varphi(t)^{N-1}\, dt,
         \qquad \varphi(t) = E\, e^{-tX},
 
-    integrated over ``t = e^u`` by the trapezoidal rule in ``u`` (step ``1/8``),
-    which converges geometrically for these analytic integrands; the integrand
+    integrated over ``t = e^u`` by the trapezoidal rule in ``u`` (step ``1/5``),
+    which converges geometrically for these analytic integrands (measured
+    against enumeration: relative error ~e^{-9.3/step}, 4e-8 at step 1/2, 1e-11
+    at 0.35, at the 1e-13 floor of float64 from 1/4 down); the integrand
     is evaluated in log space, ``log(1 - φ)`` from ``E[1 - e^{-tX}]`` so that
     ``φ^{N-1}`` keeps relative accuracy for ``N`` up to ``e^{700}``.  The range of
     ``u`` leaves out less than ``1e-18`` of each integral (Jensen:
