@@ -28,6 +28,9 @@ Figures (numbers refer to the issue / THEORY.md):
 6. :func:`bounds` — reward gain vs ``sqrt(2σ² KL)`` and the best-of-N divergence
    bounds (Mroueh, §4 M1–M4).
 
+7. :func:`win_rate_kl` — win rate against the base vs KL under the win-rate frontier
+   (Gui et al. 2024): best-of-N below it with ties, every other policy beside.
+
 :func:`plot_run` writes the figures that apply to a sweep run directory.
 """
 
@@ -55,6 +58,7 @@ __all__ = [
     "plot_run",
     "reward_kl",
     "scaled_cumulants",
+    "win_rate_kl",
 ]
 
 #: Okabe–Ito colour-blind-safe palette (Okabe and Ito, *Color Universal Design*, 2008).
@@ -415,7 +419,7 @@ def reward_kl(
             curve = cls.exact_curve(lm_n, reward, settings, num_curve)
             if curve is None:
                 continue
-            kl, mean = (np.asarray(c) for c in curve)
+            kl, mean = np.asarray(curve.kl), np.asarray(curve.expected_reward)
             keep = kl / n <= x_hi
             ax.plot(kl[keep] / n, mean[keep] / n, color=PALETTE[cls.colour], lw=1.5,
                     label=f"{cls.label}, exact")
@@ -453,6 +457,102 @@ def reward_kl(
     )
     _seq_axes(ax, n)
     _legend(ax, loc="best")
+    return fig
+
+
+def win_rate_kl(rows, lm=None, reward=None, *, model: str | None = None,
+                length: int | None = None, best_of_n_max: int | None = None,
+                num_curve: int = 64):
+    r"""Win rate against the base vs KL at one length, under the win-rate frontier.
+
+    .. math::
+        \max_{Q:\,D(Q\|P)\le\Delta} P(R_Q > R') + \tfrac12 P(R_Q = R')
+        \ \text{is attained by}\ g \propto e^{c\,u(R)},\ u(s) = F(s^-) + \tfrac12
+        P(R = s)
+
+    (Gui et al. 2024).  For a continuous law of ``R`` best-of-N sits on this
+    frontier (``W = N/(N+1)`` at ``KL = log N - (N-1)/N``); ties put it strictly
+    below.  Drawn per token (bottom axis, sequence level on top): the frontier
+    (needs ``lm``, ``reward``), best-of-N's exact curve, and every policy of the
+    rows with a Monte Carlo win rate at its exact KL, in its registered style.
+
+    Args:
+      rows: rows of one run (:func:`jaxalign.store.read_results`), or ``None``
+        for the exact curves only (then ``lm``, ``reward`` and ``length``).
+      lm, reward: the base model (any length) and reward, for the exact curves.
+      model, length: which model and length of the run.
+      best_of_n_max: draw best-of-N's exact curve up to this ``N``.
+      num_curve: points per exact curve.
+
+    Returns:
+      A Figure with one axes (plus a secondary sequence-level KL axis).
+
+    Examples:
+      >>> import jaxalign
+      >>> lm = jaxalign.MemorylessLM.bernoulli(0.3, length=4)
+      >>> r = jaxalign.LinearReward([0.0, 1.0])
+      >>> fig = win_rate_kl(None, lm, r, length=4, best_of_n_max=64)
+      >>> fig.axes[0].get_ylabel()
+      'win rate against the base'
+    """
+    from jaxalign import policies
+
+    if rows is None:
+        if lm is None or reward is None or length is None:
+            raise ValueError("lm, reward and length must be given when rows is None")
+        points = []
+    else:
+        points = _points(_check_rows(rows))
+        points, model = _pick(points, "model", model, "model")
+        points, length = _pick(points, "length", length, "length")
+    n = int(length)
+    fig, axes = _figure(width=6.4, height=4.8)
+    ax = axes[0, 0]
+    kl_of = lambda p: _val(p, "kl_per_token", "exact")  # noqa: E731
+    by_policy = [
+        (cls, [p for p in points if p["method"] == cls.name
+               and _val(p, "win_rate", "mc_mean") is not None])
+        for cls in map(policies.get, policies.names())
+    ]
+    by_policy = [(cls, pts) for cls, pts in by_policy if pts]
+    xs = [kl_of(p) or 0.0 for _, pts in by_policy for p in pts]
+    bon_settings = [dict(p) for cls, pts in by_policy if cls is policies.BestOfN
+                    for p in pts]
+    if best_of_n_max:
+        bon_settings.append({"log_num_candidates": math.log(best_of_n_max)})
+    bon_curve = None
+    if lm is not None and reward is not None:
+        lm_n = lm.replace(length=n)
+        if bon_settings:
+            bon_curve = policies.BestOfN.exact_curve(lm_n, reward, bon_settings,
+                                                     num_curve)
+            xs.append(float(np.max(np.asarray(bon_curve.kl))) / n)
+    x_hi = 1.1 * max(xs + [1e-3])
+    if lm is not None and reward is not None:
+        front = policies.WinRateOptimal.frontier(lm_n, reward, x_hi * n, num_curve)
+        keep = np.asarray(front.kl) / n <= x_hi
+        ax.plot(np.asarray(front.kl)[keep] / n, np.asarray(front.win_rate)[keep],
+                color=PALETTE["black"], lw=2,
+                label="win-rate frontier (win-rate optimal, exact)")
+        if bon_curve is not None:
+            kl = np.asarray(bon_curve.kl)
+            ax.plot(kl / n, np.asarray(bon_curve.win_rate),
+                    color=PALETTE[policies.BestOfN.colour], lw=1.5,
+                    label=f"{policies.BestOfN.label}, exact (ties uniform)")
+    for cls, pts in by_policy:
+        at_kl = _mc(pts, "win_rate", lambda p: kl_of(p) or 0.0)
+        if at_kl is not None:
+            _errorbar(ax, at_kl, label=f"{cls.label} (MC, 95% CI)",
+                      color=PALETTE[cls.colour], marker=cls.marker)
+    ax.axhline(0.5, color=PALETTE["black"], lw=0.6, ls=":")
+    ax.set_xlim(left=-0.02 * x_hi, right=x_hi)
+    ax.set_ylim(top=1.0)
+    ax.set_xlabel(r"KL per token $D(\pi\|P)/n$ (nats)")
+    ax.set_ylabel("win rate against the base")
+    ax.set_title(f"Win rate vs KL{': ' + str(model) if model else ''}, n = {n}",
+                 fontsize="medium")
+    _seq_axes(ax, n, y=False)
+    _legend(ax, loc="lower right")
     return fig
 
 
@@ -1189,6 +1289,10 @@ def plot_run(run_dir, *, formats: Sequence[str] = ("png", "pdf")) -> list[pathli
                     sub = [r for r in rows if r["model"] == model and r["length"] == n]
                     fig = reward_kl(sub, lm, reward)
                     save(fig, f"reward_kl_{safe}_n{n}")
+                    if any(r["quantity"] == "win_rate" and r["mc_mean"] is not None
+                           for r in sub):
+                        fig = win_rate_kl(sub, lm, reward)
+                        save(fig, f"win_rate_kl_{safe}_n{n}")
     return sorted(written)
 
 

@@ -57,6 +57,7 @@ import numpy as np
 from jaxalign._numerics import log1mexp_of_exp, log_cdf_sf, lse
 
 __all__ = [
+    "ExactCurve",
     "GridKey",
     "Policy",
     "Base",
@@ -276,15 +277,36 @@ class Policy:
 
     # -- plot hooks ------------------------------------------------------------------
     @classmethod
-    def exact_curve(cls, lm, reward, settings: list[Mapping[str, Any]], num: int):
-        """``(KL, E[R])`` arrays along the policy's strength, up to a little beyond
-        the strongest of ``settings`` (rows of a run), or ``None``."""
+    def exact_curve(cls, lm, reward, settings: list[Mapping[str, Any]],
+                    num: int) -> ExactCurve | None:
+        """The policy's exact :class:`ExactCurve` along its strength, up to a little
+        beyond the strongest of ``settings`` (rows of a run), or ``None``."""
         return None
 
     @classmethod
     def annotation(cls, point: Mapping[str, Any]) -> str | None:
         """A short label written next to a point in figures, or ``None``."""
         return None
+
+
+class ExactCurve(NamedTuple):
+    """Exact values of a policy family along its strength (sequence level).
+
+    Attributes:
+      kl: ``(G,)`` ``KL(π‖P)``.
+      expected_reward: ``(G,)`` ``E_π[R]``.
+      win_rate: ``(G,)`` win rate against the base, ties counting one half.
+    """
+
+    kl: Any
+    expected_reward: Any
+    win_rate: Any
+
+
+def _curve_of_laws(laws) -> ExactCurve:
+    laws = list(laws)
+    return ExactCurve(*(np.array([float(getattr(law, f)) for law in laws])
+                        for f in ("kl", "expected_reward", "win_rate")))
 
 
 _REGISTRY: dict[str, type[Policy]] = {}
@@ -524,7 +546,7 @@ class BestOfN(_Candidates, Policy):
         log_max = max(s["log_num_candidates"] for s in settings)
         grid = np.linspace(0.0, 1.1 * log_max + 0.1, num)
         res = exact.best_of_n(lm, reward, log_num_candidates=grid)
-        return res.kl, res.expected_reward
+        return ExactCurve(res.kl, res.expected_reward, res.win_rate)
 
     @classmethod
     def annotation(cls, point):
@@ -812,6 +834,12 @@ class ChiSquared(Policy):
         return _normalise(np.where(np.isfinite(log_pmf), log_pmf + log_g, -np.inf))
 
 
+def _strength_grid(top: float, num: int) -> np.ndarray:
+    """0 and geometrically spaced strengths up to ``top``: KL grows like c^2 for
+    small c and slowly for large c, so the curve is smooth at both ends."""
+    return np.r_[0.0, np.geomspace(min(1e-2, top), top, num - 1)]
+
+
 @register
 @_frozen
 class WinRateOptimal(Policy):
@@ -842,12 +870,24 @@ class WinRateOptimal(Policy):
     def exact_curve(cls, lm, reward, settings, num):
         from jaxalign import exact
 
-        base = exact.reward_law(lm, reward)
+        base = lm.reward_law(reward)
         top = 1.1 * max(s["strength"] for s in settings) + 0.1
-        laws = [exact.policy_law_from_law(base, cls(c))
-                for c in np.linspace(0.0, top, num)]
-        return ([float(law.kl) for law in laws],
-                [float(law.expected_reward) for law in laws])
+        return _curve_of_laws(exact.policy_law_from_law(base, cls(c))
+                              for c in _strength_grid(top, num))
+
+    @classmethod
+    def frontier(cls, lm, reward, max_kl: float, num: int) -> ExactCurve:
+        """The win-rate frontier: the largest win rate at each KL up to ``max_kl``
+        (sequence level), traced by the strength ``c`` from 0 up."""
+        from jaxalign import exact
+
+        base = lm.reward_law(reward)
+        top = 1.0
+        while (float(exact.policy_law_from_law(base, cls(top)).kl) < max_kl
+               and top < 1e4):
+            top *= 2.0
+        return _curve_of_laws(exact.policy_law_from_law(base, cls(c))
+                              for c in _strength_grid(top, num))
 
     def log_pmf(self, values, log_pmf):
         log_pmf = np.asarray(log_pmf, np.float64)

@@ -138,7 +138,8 @@ def test_plot_run_writes_png_and_pdf(run_dir):
     names = sorted(p.name for p in paths)
     assert names == sorted(
         [f"bon_vs_rl_bern_delta{DELTA:g}.{e}" for e in ("pdf", "png")]
-        + [f"reward_kl_bern_n{n}.{e}" for n in LENGTHS for e in ("pdf", "png")]
+        + [f"{kind}_bern_n{n}.{e}" for kind in ("reward_kl", "win_rate_kl")
+           for n in LENGTHS for e in ("pdf", "png")]
     )
     for p in paths:
         assert p.parent == run_dir / "plots"
@@ -297,3 +298,20 @@ def test_reward_kl_float32_theory_only():
     assert xb.dtype == np.float32 and xb.max() <= ax.get_xlim()[1]
     with pytest.raises(ValueError, match="length"):
         plots.reward_kl(None, lm, jaxalign.LinearReward([0.0, 1.0]))
+
+
+def test_win_rate_kl_draws_best_of_n_under_the_frontier():
+    with jax.enable_x64(True):
+        lm = jaxalign.MemorylessLM.bernoulli(Q, length=4)
+        fig = plots.win_rate_kl(None, lm, jaxalign.LinearReward([0.0, 1.0]), length=4,
+                                best_of_n_max=64)
+    ax = fig.axes[0]
+    assert ax.get_ylabel() == "win rate against the base"
+    assert "win-rate frontier" in " | ".join(_legend_texts(ax))
+    (fx, fy), (bx, by) = ax.lines[0].get_data(), ax.lines[1].get_data()
+    # Both start at the base (KL 0, win rate 1/2) and rise; the frontier reaches
+    # past best-of-N's largest KL.  (That best-of-N lies strictly below it is
+    # checked exactly in test_policies.)
+    assert fx[0] == pytest.approx(0.0, abs=1e-12) and fy[0] == pytest.approx(0.5)
+    assert by[0] == pytest.approx(0.5) and np.all(np.diff(fy) > 0)
+    assert fx.max() >= bx.max() and np.all(by < 1)

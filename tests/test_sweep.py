@@ -402,4 +402,5 @@ def test_every_policy_and_a_toy_one_run_through_config_sweep_and_plot(
         from jaxalign import plots
 
         paths = plots.plot_run(out, formats=("png",))
-        assert [p.name for p in paths] == ["reward_kl_three_n6.png"]
+        assert [p.name for p in paths] == ["reward_kl_three_n6.png",
+                                           "win_rate_kl_three_n6.png"]
