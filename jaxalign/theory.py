@@ -1269,11 +1269,16 @@ def covariance_gain(lm: MemorylessLM, reward: LinearReward, lam: ArrayLike) -> A
 
 def report(lm: MemorylessLM, reward: LinearReward, *, lam: float | None = None,
            kl_budget: float | None = None, order: int = 4) -> dict:
-    """All closed-form quantities at one tilt, as a dict of Python floats.
+    r"""All closed-form quantities at one tilt, as a dict of Python floats.
 
     Give exactly one of ``lam`` and ``kl_budget`` (sequence level; then
     ``lam = lam_for_kl(kl_budget)``).  Sequence-level unless the key says per token.
-    What ``jaxalign theory`` prints.
+    What ``jaxalign theory`` prints (plain Python floats, ready for JSON), e.g.
+
+    .. math::
+        \mathrm{KL}(\Phi_\lambda\|P) = n\big(\lambda\Lambda'(\lambda)
+        - \Lambda(\lambda)\big), \qquad
+        E_{\Phi_\lambda}[R] = n\Lambda'(\lambda).
 
     Examples:
       >>> import jaxalign
@@ -1281,6 +1286,10 @@ def report(lm: MemorylessLM, reward: LinearReward, *, lam: float | None = None,
       >>> rep = report(lm, jaxalign.LinearReward([0.0, 1.0]), lam=0.0)
       >>> rep["kl"], rep["expected_reward"]
       (0.0, 2.0)
+
+    References:
+      Yang, Salamatian, Sun, Suresh, Beirami, `Asymptotics of Language Model
+      Alignment <https://arxiv.org/abs/2404.01730>`_, 2024.
     """
     if (lam is None) == (kl_budget is None):
         raise ValueError("give exactly one of lam and kl_budget")
