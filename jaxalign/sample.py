@@ -52,9 +52,9 @@ from jaxalign._types import (
 from jaxalign.models import LinearReward, MemorylessLM, check_compatible
 
 __all__ = [
-    "BestOfNResult",
     "RejectionResult",
     "SampleResult",
+    "SelectionDraws",
     "best_of_n",
     "best_of_n_curve",
     "best_of_n_from_law",
@@ -95,8 +95,9 @@ class SampleResult(NamedTuple):
     tokens: Array
 
 
-class BestOfNResult(NamedTuple):
-    """Output of :func:`best_of_n` and :func:`soft_best_of_n`.
+class SelectionDraws(NamedTuple):
+    """Draws of a selection among ``N`` candidates: the output of :func:`best_of_n`
+    and :func:`soft_best_of_n` (``jaxalign.exact.BestOfNResult`` is the exact law).
 
     Attributes:
       reward: ``(num_samples,)`` reward of the selected candidate.
@@ -746,7 +747,7 @@ def _best_of_n_impl(
 
     reward_out, index = _map_samples(one, indices, batch_size)
     toks = _selected_tokens(lm, key, first_index, index) if return_tokens else None
-    return BestOfNResult(reward_out, index, toks)
+    return SelectionDraws(reward_out, index, toks)
 
 
 def _validate_bon(
@@ -785,7 +786,7 @@ def best_of_n(
     chunk_size: int | None = None,
     batch_size: int | None = None,
     first_index: int = 0,
-) -> BestOfNResult:
+) -> SelectionDraws:
     r"""Best-of-N: the highest-reward of ``N`` i.i.d. candidates, ties uniform.
 
     .. math::
@@ -813,7 +814,7 @@ def best_of_n(
       first_index: index of the first sample of the run.
 
     Returns:
-      A :class:`BestOfNResult`.
+      A :class:`SelectionDraws`.
 
     Examples:
       >>> import jax, jaxalign
@@ -841,7 +842,7 @@ def best_of_n(
         reward_out = _law_rewards_impl(
             key, law, log_num, first, num_samples, _sizes(num_samples, 1, batch_size)
         )
-        return BestOfNResult(reward_out, None, None)
+        return SelectionDraws(reward_out, None, None)
     chunk = _chunk(num_candidates, lm.length, chunk_size)
     return _best_of_n_impl(
         key,
@@ -1100,7 +1101,7 @@ def _soft_impl(
         if return_tokens
         else None
     )
-    return BestOfNResult(reward_out, index, toks)
+    return SelectionDraws(reward_out, index, toks)
 
 
 def soft_best_of_n(
@@ -1116,7 +1117,7 @@ def soft_best_of_n(
     chunk_size: int | None = None,
     batch_size: int | None = None,
     first_index: int = 0,
-) -> BestOfNResult:
+) -> SelectionDraws:
     r"""Soft best-of-N (Verdun et al. 2025): pick candidate ``i`` w.p. ∝ ``e^{R_i/t}``.
 
     .. math::
@@ -1141,7 +1142,7 @@ def soft_best_of_n(
       first_index: index of the first sample of the run.
 
     Returns:
-      A :class:`BestOfNResult`.
+      A :class:`SelectionDraws`.
 
     References:
       Verdun, Oesterling, Lakkaraju, Calmon, `Soft Best-of-n Sampling for Model
