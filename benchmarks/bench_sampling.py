@@ -187,7 +187,7 @@ def bench_law(impl, repeats):
         lambda: sample.best_of_n_from_law(key, law.values, law.log_pmf, N, S), repeats
     )
     t_law_full = best_time(
-        lambda: sample.best_of_n(key, lm, reward, N, S, method="law").reward, 1
+        lambda: sample.best_of_n(key, lm, reward, N, S, level="law").reward, 1
     )
     print(
         f"{impl:13s} n=1024 K=16 best-of-{N}, {S} samples | token {t_token * 1e3:8.2f}"

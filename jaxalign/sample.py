@@ -9,7 +9,7 @@ numbers depend only on ``(key, configuration)``, never on ``chunk_size``,
 of a larger run).  The PRNG implementation is the key's (``jax.random.key(seed,
 impl="philox4x32")``).
 
-Two sampling levels, chosen with ``method=``:
+Two sampling levels, chosen with ``level=`` (``method=`` before 0.3):
 
 * ``"token"`` draws every token.  Tokens come from a Walker alias table over
   ``2^b >= K`` columns: one 32-bit random word per token, its top ``b`` bits pick
@@ -102,7 +102,7 @@ class SelectionDraws(NamedTuple):
     Attributes:
       reward: ``(num_samples,)`` reward of the selected candidate.
       index: ``(num_samples,)`` int32 index in ``[0, N)`` of the selected
-        candidate (``None`` at ``method="law"``, where no candidate is drawn).
+        candidate (``None`` at ``level="law"``, where no candidate is drawn).
       tokens: ``(num_samples, n)`` int32 tokens of the selected candidate, or
         ``None`` unless ``return_tokens=True``.
     """
@@ -131,9 +131,20 @@ class RejectionResult(NamedTuple):
 # ----------------------------------------------------------------------- validation
 
 
+def _level(level: Any, method: Any) -> str:
+    """The sampling level, from ``level`` or the deprecated ``method`` keyword."""
+    if method is not None:
+        import warnings
+
+        warnings.warn("method= is now level= (the sampling level, 'token' or 'law')",
+                      DeprecationWarning, stacklevel=3)
+        level = method
+    return level
+
+
 def _check_method(method: Any) -> str:
     if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+        raise ValueError(f"level must be one of {_METHODS}, got {method!r}")
     return method
 
 
@@ -586,7 +597,8 @@ def rewards(
     reward: LinearReward,
     num_samples: int,
     *,
-    method: str = "token",
+    level: str = "token",
+    method: str | None = None,
     batch_size: int | None = None,
     first_index: int = 0,
 ) -> Array:
@@ -600,7 +612,7 @@ def rewards(
       lm: the model.
       reward: per-token rewards ``(K,)``.
       num_samples: number of draws (static).
-      method: ``"token"`` (draw every token; tokens never reach memory) or
+      level: ``"token"`` (draw every token; tokens never reach memory) or
         ``"law"`` (invert the exact lattice CDF of ``R``; needs a concrete model
         and lattice rewards, see :func:`jaxalign.exact.reward_law`).
       batch_size: draws per vectorised step (static; never changes the numbers).
@@ -616,6 +628,7 @@ def rewards(
       >>> rewards(jax.random.key(0), lm, r, 2).shape
       (2,)
     """
+    method = _level(level, method)
     num_samples, method, first = _validate_sampler(
         key, lm, reward, num_samples, method, first_index
     )
@@ -646,7 +659,8 @@ def tilted(
     lam: ArrayLike,
     num_samples: int,
     *,
-    method: str = "token",
+    level: str = "token",
+    method: str | None = None,
     return_tokens: bool = False,
     batch_size: int | None = None,
     first_index: int = 0,
@@ -665,7 +679,8 @@ def tilted(
       reward: per-token rewards ``(K,)`` (used both to tilt and to score).
       lam: the tilt ``λ >= 0`` (finite; traced, so vmap over it freely).
       num_samples: number of draws (static).
-      method: ``"token"`` or ``"law"`` (see :func:`rewards`).
+      level: ``"token"`` or ``"law"`` (see :func:`rewards`).
+      method: deprecated name of ``level`` (jaxalign < 0.3).
       return_tokens: also return the tokens (token level only).
       batch_size: draws per vectorised step (static).
       first_index: index of the first sample of the run.
@@ -680,12 +695,13 @@ def tilted(
       >>> tilted(jax.random.key(0), lm, r, 1.0, 2).shape
       (2,)
     """
+    method = _level(level, method)
     from jaxalign import theory
 
     _check_lam(lam)
     check_compatible(lm, reward)
     if return_tokens and method != "token":
-        raise ValueError(f"return_tokens=True needs method='token', got {method!r}")
+        raise ValueError(f"return_tokens=True needs level='token', got {method!r}")
     tilted_lm = theory.tilt(lm, reward, lam)
     if return_tokens:
         r = rewards(
@@ -705,7 +721,7 @@ def tilted(
         tilted_lm,
         reward,
         num_samples,
-        method=method,
+        level=method,
         batch_size=batch_size,
         first_index=first_index,
     )
@@ -767,7 +783,7 @@ def _validate_bon(
     num_candidates = check_positive_int(num_candidates, "num_candidates")
     if method == "token" and num_candidates >= 2**32:
         raise ValueError(
-            f"num_candidates must be < 2**32 at method='token', got {num_candidates}"
+            f"num_candidates must be < 2**32 at level='token', got {num_candidates}"
         )
     chunk_size = _check_optional_int(chunk_size, "chunk_size")
     batch_size = _check_optional_int(batch_size, "batch_size")
@@ -781,7 +797,8 @@ def best_of_n(
     num_candidates: int,
     num_samples: int,
     *,
-    method: str = "token",
+    level: str = "token",
+    method: str | None = None,
     return_tokens: bool = False,
     chunk_size: int | None = None,
     batch_size: int | None = None,
@@ -806,7 +823,8 @@ def best_of_n(
       num_candidates: ``N >= 1`` (static at the token level; any size, even
         ``10**100``, at the law level).
       num_samples: number of best-of-N draws (static).
-      method: ``"token"`` or ``"law"``.
+      level: ``"token"`` or ``"law"``.
+      method: deprecated name of ``level`` (jaxalign < 0.3).
       return_tokens: also return the selected sequences (token level; they are
         regenerated from their keys, never stored during the scan).
       chunk_size: candidates per scan step (static; never changes the numbers).
@@ -823,6 +841,7 @@ def best_of_n(
       >>> best_of_n(jax.random.key(0), lm, r, 8, 3).reward.shape
       (3,)
     """
+    method = _level(level, method)
     num_candidates, num_samples, method, first, chunk_size, batch_size = _validate_bon(
         key,
         lm,
@@ -836,7 +855,7 @@ def best_of_n(
     )
     if method == "law":
         if return_tokens:
-            raise ValueError("return_tokens=True needs method='token', got 'law'")
+            raise ValueError("return_tokens=True needs level='token', got 'law'")
         law = _law_of(lm, reward)
         log_num = jnp.asarray(math.log(num_candidates), law.values.dtype)
         reward_out = _law_rewards_impl(
@@ -988,7 +1007,8 @@ def best_of_n_curve(
     num_candidates: int,
     num_samples: int,
     *,
-    method: str = "token",
+    level: str = "token",
+    method: str | None = None,
     chunk_size: int | None = None,
     batch_size: int | None = None,
     first_index: int = 0,
@@ -1000,7 +1020,7 @@ def best_of_n_curve(
 
     Candidate ``j`` of sample ``i`` is the same as in :func:`best_of_n` with the
     same key, so ``best_of_n_curve(...)[:, -1] == best_of_n(...).reward``.
-    At ``method="law"`` the candidates' rewards are drawn from the exact law of
+    At ``level="law"`` the candidates' rewards are drawn from the exact law of
     ``R`` (cost independent of ``n``).
 
     Args:
@@ -1009,7 +1029,8 @@ def best_of_n_curve(
       reward: per-token rewards ``(K,)``.
       num_candidates: ``N >= 1`` (static).
       num_samples: number of draws (static).
-      method: ``"token"`` or ``"law"``.
+      level: ``"token"`` or ``"law"``.
+      method: deprecated name of ``level`` (jaxalign < 0.3).
       chunk_size: candidates per scan step (static; never changes the numbers).
       batch_size: samples per vectorised step (static).
       first_index: index of the first sample of the run.
@@ -1024,6 +1045,7 @@ def best_of_n_curve(
       >>> best_of_n_curve(jax.random.key(0), lm, r, 8, 3).shape
       (3, 8)
     """
+    method = _level(level, method)
     num_candidates, num_samples, method, first, chunk_size, batch_size = _validate_bon(
         key,
         lm,
@@ -1112,7 +1134,8 @@ def soft_best_of_n(
     temperature: ArrayLike,
     num_samples: int,
     *,
-    method: str = "token",
+    level: str = "token",
+    method: str | None = None,
     return_tokens: bool = False,
     chunk_size: int | None = None,
     batch_size: int | None = None,
@@ -1135,7 +1158,8 @@ def soft_best_of_n(
       num_candidates: ``N >= 1`` (static).
       temperature: ``t > 0`` (``inf`` allowed; traced).
       num_samples: number of draws (static).
-      method: ``"token"`` or ``"law"`` (candidates' rewards from the exact law).
+      level: ``"token"`` or ``"law"`` (candidates' rewards from the exact law).
+      method: deprecated name of ``level`` (jaxalign < 0.3).
       return_tokens: also return the selected sequences (token level).
       chunk_size: candidates per scan step (static).
       batch_size: samples per vectorised step (static).
@@ -1155,6 +1179,7 @@ def soft_best_of_n(
       >>> soft_best_of_n(jax.random.key(0), lm, r, 8, 0.5, 3).reward.shape
       (3,)
     """
+    method = _level(level, method)
     num_candidates, num_samples, method, first, chunk_size, batch_size = _validate_bon(
         key,
         lm,
@@ -1170,7 +1195,7 @@ def soft_best_of_n(
     if is_concrete(temperature) and not np.all(np.asarray(temperature) > 0):
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
     if return_tokens and method != "token":
-        raise ValueError(f"return_tokens=True needs method='token', got {method!r}")
+        raise ValueError(f"return_tokens=True needs level='token', got {method!r}")
     law = _law_of(lm, reward) if method == "law" else None
     length = 1 if method == "law" else lm.length
     chunk = _chunk(num_candidates, length, chunk_size)
@@ -1263,7 +1288,8 @@ def rejection(
     num_samples: int,
     *,
     max_proposals: int = 10_000,
-    method: str = "token",
+    level: str = "token",
+    method: str | None = None,
     chunk_size: int | None = None,
     batch_size: int | None = None,
     first_index: int = 0,
@@ -1286,7 +1312,8 @@ def rejection(
       threshold: the finite reward threshold ``τ`` (a scalar).
       num_samples: number of draws (static).
       max_proposals: proposals allowed per draw (static).
-      method: ``"token"`` or ``"law"``.
+      level: ``"token"`` or ``"law"``.
+      method: deprecated name of ``level`` (jaxalign < 0.3).
       chunk_size: proposals per loop step (static; never changes the numbers).
       batch_size: samples per vectorised step (static).
       first_index: index of the first sample of the run.
@@ -1301,6 +1328,7 @@ def rejection(
       >>> rejection(jax.random.key(0), lm, r, 3.0, 2).accepted.shape
       (2,)
     """
+    method = _level(level, method)
     num_samples, method, first = _validate_sampler(
         key, lm, reward, num_samples, method, first_index
     )

@@ -98,7 +98,7 @@ for beta in betas:
 # %%
 m = 2048 if SMALL else 65536
 draws = np.asarray(sample.rewards(jax.random.fold_in(key, 0), lm, gold, m,
-                                  method="law"))
+                                  level="law"))
 rng = np.random.default_rng(0)
 boot = rng.integers(0, m, size=(64 if SMALL else 256, m))
 

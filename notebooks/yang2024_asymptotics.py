@@ -86,7 +86,7 @@ for i, budget in enumerate(budgets):
     lam = theory.lam_for_kl(lm, reward, budget)
     assert abs(float(theory.kl(lm, reward, lam)) - budget) < 1e-9
     draws = np.asarray(sample.tilted(jax.random.fold_in(key, i), lm, reward, lam, NUM,
-                                     method="law"))
+                                     level="law"))
     means.append(draws.mean())
     ses.append(draws.std(ddof=1) / math.sqrt(NUM))
     z = (means[-1] - float(theory.optimal_reward(lm, reward, budget))) / ses[-1]
@@ -142,7 +142,7 @@ kap, kap_se, sc, sc_se = [], [], [], []
 for n_ in lengths:
     lm_n = jaxalign.MemorylessLM.from_probs(probs, length=int(n_))
     draws = sample.tilted(jax.random.fold_in(key, 100 + n_), lm_n, reward, lam, NUM,
-                          method="law")
+                          level="law")
     k = estimators.scaled_cumulants(draws, length=int(n_), order=4)
     kap.append(np.asarray(k.value))
     kap_se.append(np.asarray(k.stderr))
@@ -178,7 +178,7 @@ for n_ in lengths:
     row_m, row_s = [], []
     for j, (x, th) in enumerate(zip(xs, theta, strict=True)):
         draws = sample.tilted(jax.random.fold_in(key, 1000 * n_ + j), lm_n, reward, th,
-                              NUM, method="law")
+                              NUM, level="law")
         est = estimators.tail_probability(
             draws, n_ * x, th, int(n_) * theory.log_mgf(lm1, reward, th),
             log_scale=True)
@@ -230,7 +230,7 @@ for i, n_ in enumerate(lengths):
     num = math.ceil(math.exp(n_ * delta))
     bon = exact.best_of_n(lm_n, bern, num_candidates=num, lam=lam_d)
     mc = np.asarray(sample.best_of_n(jax.random.fold_in(key, 5000 + i), lm_n, bern,
-                                     num, NUM, method="law").reward) / n_
+                                     num, NUM, level="law").reward) / n_
     extra = dict(num_candidates=num, log_num_candidates=math.log(num))
     add(n_, "best_of_n", "reward_per_token", mc, float(bon.expected_reward) / n_,
         x_star, **extra)
@@ -240,7 +240,7 @@ for i, n_ in enumerate(lengths):
     add(n_, "best_of_n", "kl_to_tilted_per_token", None,
         float(bon.kl_to_tilted) / n_, 0.0, **extra)
     tl = np.asarray(sample.tilted(jax.random.fold_in(key, 6000 + i), lm_n, bern, lam_d,
-                                  NUM, method="law")) / n_
+                                  NUM, level="law")) / n_
     log_ratio = lam_d * tl - float(theory.log_mgf(b1, bern, lam_d))
     add(n_, "tilted", "reward_per_token", tl,
         float(theory.expected_reward(lm_n, bern, lam_d)) / n_, x_star)

@@ -162,7 +162,7 @@ def test_rewards_are_the_rewards_of_tokens(key):
 def test_rewards_mean_variance_and_law(method, key, x64):
     n = 7
     lm, reward = small(length=n, dtype=np.float64)
-    r = np.asarray(sample.rewards(key, lm, reward, 20_000, method=method))
+    r = np.asarray(sample.rewards(key, lm, reward, 20_000, level=method))
     assert r.dtype == np.float64
     support, pmf = sum_law(PROBS, INT_REWARDS, n)
     mean = support @ pmf
@@ -182,7 +182,7 @@ def test_tilted_matches_tilted_law_and_vmaps_over_lam(key, x64):
     support, pmf = sum_law(tilted_p, INT_REWARDS, n)
     key_token, key_law = jax.random.split(key)
     r_token = sample.tilted(key_token, lm, reward, lam, 20_000)
-    r_law = sample.tilted(key_law, lm, reward, lam, 20_000, method="law")
+    r_law = sample.tilted(key_law, lm, reward, lam, 20_000, level="law")
     assert chi2_pvalue(r_token, support, pmf) > P_MIN
     assert chi2_pvalue(r_law, support, pmf) > P_MIN
     lams = jnp.array([0.0, 0.7, 2.0])
@@ -200,7 +200,7 @@ def test_tilted_matches_tilted_law_and_vmaps_over_lam(key, x64):
 def test_best_of_n_class_law(method, key):
     n, num_candidates = 6, 9
     lm, reward = small(length=n)
-    r = sample.best_of_n(key, lm, reward, num_candidates, 20_000, method=method).reward
+    r = sample.best_of_n(key, lm, reward, num_candidates, 20_000, level=method).reward
     support, pmf = sum_law(PROBS, INT_REWARDS, n)
     assert chi2_pvalue(r, support, bon_class_law(pmf, num_candidates)) > P_MIN
 
@@ -236,7 +236,7 @@ def test_best_of_n_law_level_huge_n(key, x64):
     n, num_candidates = 60, 10**12
     lm = MemorylessLM.bernoulli(0.5, length=n)
     reward = LinearReward(np.array([0.0, 1.0]))
-    r = sample.best_of_n(key, lm, reward, num_candidates, 20_000, method="law").reward
+    r = sample.best_of_n(key, lm, reward, num_candidates, 20_000, level="law").reward
     support = np.arange(n + 1)
     pmf = scipy.stats.binom.pmf(support, n, 0.5)
     # F^N with relative accuracy near 1: log F = log1p(-sf).
@@ -278,7 +278,7 @@ def test_curve_is_running_max_and_matches_best_of_n(key):
         exact_mean = support @ bon_class_law(pmf, m)
         assert abs(z_mean(curve[:, m - 1], exact_mean)) < Z_MAX
     law_curve = sample.best_of_n_curve(
-        jax.random.clone(key), lm, reward, num_candidates, 8_000, method="law"
+        jax.random.clone(key), lm, reward, num_candidates, 8_000, level="law"
     )
     assert chi2_pvalue(law_curve[:, 3], support, bon_class_law(pmf, 4)) > P_MIN
 
@@ -299,7 +299,7 @@ def test_soft_best_of_n_exact_law(method, key):
     n, num_candidates, temperature = 3, 4, 0.8
     lm, reward = small(length=n)
     r = sample.soft_best_of_n(
-        key, lm, reward, num_candidates, temperature, 20_000, method=method
+        key, lm, reward, num_candidates, temperature, 20_000, level=method
     ).reward
     support, pmf = sum_law(PROBS, INT_REWARDS, n)
     keep = pmf > 0
@@ -330,7 +330,7 @@ def test_soft_best_of_n_limits(key):
 def test_rejection_conditional_law_and_geometric_count(method, key):
     n, threshold = 5, 8.0
     lm, reward = small(length=n)
-    res = sample.rejection(key, lm, reward, threshold, 10_000, method=method)
+    res = sample.rejection(key, lm, reward, threshold, 10_000, level=method)
     assert bool(np.all(res.accepted))
     support, pmf = sum_law(PROBS, INT_REWARDS, n)
     accept = pmf[support >= threshold].sum()
@@ -344,7 +344,7 @@ def test_rejection_conditional_law_and_geometric_count(method, key):
 @pytest.mark.parametrize("method", ["token", "law"])
 def test_rejection_never_accepts_above_max(method, key):
     lm, reward = small(length=3)
-    res = sample.rejection(key, lm, reward, 100.0, 4, max_proposals=50, method=method)
+    res = sample.rejection(key, lm, reward, 100.0, 4, max_proposals=50, level=method)
     assert not np.any(res.accepted)
     assert np.all(np.isnan(res.reward))
     np.testing.assert_array_equal(res.num_proposals, 50)
@@ -392,7 +392,7 @@ def test_results_do_not_depend_on_threefry_partitionable_flag():
                 (
                     jax.random.bits(key, (4,)),
                     sample.best_of_n(key, lm, reward, 6, 8, return_tokens=True),
-                    sample.rewards(jax.random.clone(key), lm, reward, 8, method="law"),
+                    sample.rewards(jax.random.clone(key), lm, reward, 8, level="law"),
                 )
             )
     assert not np.array_equal(outs[0][0], outs[1][0])
@@ -516,7 +516,7 @@ def test_bad_inputs(key):
         (lambda: sample.tokens(jax.random.PRNGKey(0), lm, 4), "typed PRNG key"),
         (lambda: sample.tilted(key, lm, reward, float("nan"), 4), "lam"),
         (lambda: sample.tilted(key, lm, reward, -0.5, 4), "lam"),
-        (lambda: sample.rewards(key, lm, reward, 4, method="exact"), "method"),
+        (lambda: sample.rewards(key, lm, reward, 4, level="exact"), "level"),
         (lambda: sample.best_of_n(key, lm, reward, 2, 4, chunk_size=0), "chunk_size"),
         (lambda: sample.rewards(key, lm, reward, 4, batch_size=-1), "batch_size"),
         (lambda: sample.soft_best_of_n(key, lm, reward, 2, 0.0, 4), "temperature"),
@@ -529,7 +529,7 @@ def test_bad_inputs(key):
         ),
         (
             lambda: sample.best_of_n(
-                key, lm, reward, 2, 4, method="law", return_tokens=True
+                key, lm, reward, 2, 4, level="law", return_tokens=True
             ),
             "return_tokens",
         ),
@@ -563,3 +563,12 @@ def test_best_of_n_from_law_accepts_log_n(key):
     with pytest.raises(ValueError, match="log_num_candidates"):
         sample.best_of_n_from_law(jax.random.clone(key), values, log_pmf, None, 8,
                                   log_num_candidates=-1.0)
+
+
+def test_method_keyword_still_works_with_a_deprecation_warning(key):
+    lm = MemorylessLM.from_probs([0.5, 0.5], length=4)
+    reward = LinearReward([0.0, 1.0])
+    with pytest.warns(DeprecationWarning, match="level="):
+        old = sample.rewards(jax.random.clone(key), lm, reward, 8, method="law")
+    new = sample.rewards(jax.random.clone(key), lm, reward, 8, level="law")
+    np.testing.assert_array_equal(np.asarray(old), np.asarray(new))
