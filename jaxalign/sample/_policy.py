@@ -1,0 +1,249 @@
+"""Any policy of :mod:`jaxalign.policies`: the generic token-level rejection
+sampler and the dispatch between a policy's own samplers and the law level."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxalign._types import (
+    Array,
+    ArrayLike,
+    PRNGKey,
+    check_positive_int,
+    is_concrete,
+    prng_jit,
+)
+from jaxalign.models import LinearReward, MemorylessLM
+from jaxalign.sample._kernels import (
+    _LEVELS,
+    _MAX_PROPOSAL_TOKENS,
+    SampleResult,
+    _check_optional_int,
+    _indices,
+    _map_samples,
+    _sizes,
+)
+from jaxalign.sample._plain import (
+    _validate_sampler,
+)
+from jaxalign.sample._selection import (
+    best_of_n_from_law,
+)
+
+# ----------------------------------------------------------------------- any policy
+
+
+@prng_jit("num_samples", "chunk", "batch_size", "return_tokens")
+def _reweight_impl(key, lm, reward, edges, log_accept, first_index, num_samples,
+                   chunk, batch_size, return_tokens):
+    stage = lm.sampler_stage(reward)
+    indices = _indices(first_index, num_samples)
+    dtype = reward.token_rewards.dtype
+
+    def propose(key_i, j):
+        key_tokens, key_accept = jax.random.split(jax.random.fold_in(key_i, j))
+        r = stage.consume(stage.draw(key_tokens))
+        cls = jnp.searchsorted(edges, r)
+        # Accept with probability a = g(R) / max g: U <= a  <=>  -E <= log a.
+        exponential = jax.random.exponential(key_accept, (), dtype)
+        return r, -exponential <= log_accept[cls]
+
+    def one(i):
+        key_i = jax.random.fold_in(key, i)
+
+        def cond(state):
+            return ~state[1]
+
+        def body(state):
+            start, _, _, _ = state
+            index = start + jnp.arange(chunk, dtype=jnp.uint32)
+            r, ok = jax.vmap(lambda j: propose(key_i, j))(index)
+            arg = jnp.argmax(ok)
+            return start + chunk, ok[arg], r[arg], index[arg]
+
+        init = (jnp.uint32(0), jnp.bool_(False), jnp.zeros((), dtype), jnp.uint32(0))
+        _, _, r, index = jax.lax.while_loop(cond, body, init)
+        return r, index
+
+    reward_out, index = _map_samples(one, indices, batch_size)
+    if not return_tokens:
+        return reward_out, None
+    token_stage = lm.sampler_stage(None)
+
+    def tokens_of(i, j):
+        key_tokens, _ = jax.random.split(
+            jax.random.fold_in(jax.random.fold_in(key, i), j))
+        return token_stage.consume(token_stage.draw(key_tokens))
+
+    return reward_out, jax.vmap(tokens_of)(indices, index)
+
+
+def reweighted(
+    key: PRNGKey,
+    lm: MemorylessLM,
+    reward: LinearReward,
+    values: ArrayLike,
+    log_weight: ArrayLike,
+    num_samples: int,
+    *,
+    proposals_per_step: int = 1,
+    return_tokens: bool = False,
+    batch_size: int | None = None,
+    first_index: int = 0,
+) -> Array | SampleResult:
+    r"""Token-level draws from ``π = p·g(R)`` by exact rejection from the base model.
+
+    .. math::
+        y \sim P, \quad \text{accept with probability } g(R(y)) / \max g .
+
+    The expected number of proposals per draw is ``max g / E_P g``.  ``R(y)`` is
+    matched to the nearest of ``values``.  :func:`policy` calls this with ``g``
+    from the policy's exact law; ``values`` and ``log_weight`` may be traced (a
+    sweep vmaps over them).
+
+    Args:
+      key: a typed PRNG key.
+      lm: the base model.
+      reward: per-token rewards ``(K,)``.
+      values: ``(M,)`` ascending reward values covering the support of ``R``.
+      log_weight: ``(M,)`` ``log g`` on ``values`` (any additive constant; ``-inf``
+        where ``g = 0``).
+      num_samples: number of draws (static).
+      proposals_per_step: proposals drawn per loop step (static; never changes
+        the numbers).
+      return_tokens: also return the accepted sequences.
+      batch_size: draws per vectorised step (static).
+      first_index: index of the first sample of the run.
+
+    Returns:
+      ``(num_samples,)`` rewards, or a :class:`SampleResult` with the tokens.
+
+    Examples:
+      >>> import jax, jaxalign
+      >>> lm = jaxalign.MemorylessLM.from_probs([0.5, 0.5], length=2)
+      >>> r = jaxalign.LinearReward([0.0, 1.0])
+      >>> support = [0.0, 1.0, 2.0]
+      >>> reweighted(jax.random.key(0), lm, r, support, [0.0, 1.0, 2.0], 3).shape
+      (3,)
+    """
+    num_samples, _, first = _validate_sampler(key, lm, reward, num_samples, "token",
+                                              first_index)
+    chunk = check_positive_int(proposals_per_step, "proposals_per_step")
+    batch_size = _check_optional_int(batch_size, "batch_size")
+    dtype = reward.token_rewards.dtype
+    xp = np if is_concrete(values) and is_concrete(log_weight) else jnp
+    values = xp.asarray(values, dtype)
+    log_weight = xp.asarray(log_weight, dtype)
+    if values.ndim != 1 or log_weight.shape != values.shape:
+        raise ValueError(f"values and log_weight must have one shape (M,), got "
+                         f"{values.shape} and {log_weight.shape}")
+    edges = 0.5 * (values[1:] + values[:-1])
+    log_accept = log_weight - xp.max(log_weight)
+    r, toks = _reweight_impl(key, lm, reward, edges, log_accept, first, num_samples,
+                             chunk, _sizes(num_samples, chunk * lm.length, batch_size),
+                             bool(return_tokens))
+    return SampleResult(r, toks) if return_tokens else r
+
+
+def _proposals_per_step(log_max: float) -> int:
+    """A power of two near the expected proposals per draw, at most 256."""
+    return 1 << min(8, max(0, math.ceil(log_max / math.log(2))))
+
+
+def policy(
+    key: PRNGKey,
+    lm: MemorylessLM,
+    reward: LinearReward,
+    policy,
+    num_samples: int,
+    *,
+    level: str = "token",
+    return_tokens: bool = False,
+    batch_size: int | None = None,
+    first_index: int = 0,
+) -> Array | SampleResult:
+    r"""Draw rewards under any policy ``π = p·g(R)`` of :mod:`jaxalign.policies`.
+
+    .. math::
+        y \sim \pi(y) = p(y)\, g(R(y)).
+
+    ``level="token"`` draws every token: with the policy's own sampler where it
+    has one (:func:`rewards`, :func:`tilted`, :func:`best_of_n`,
+    :func:`soft_best_of_n`), otherwise by exact rejection from the base model,
+    accepting a proposal ``y`` with probability ``g(R(y)) / max g`` (``g`` from
+    the policy's exact law; the expected number of proposals is ``max g``, and
+    work above about ``2^33`` tokens is refused up front).  ``level="law"``
+    draws ``R`` from the policy's exact law by inverting its CDF (best-of-N
+    inverts ``F^N``, so ``N`` may be astronomically large).  Proposal ``j`` of
+    sample ``i`` uses ``split(fold_in(fold_in(key, i), j))``.
+
+    Args:
+      key: a typed PRNG key.
+      lm: the base model.
+      reward: per-token rewards ``(K,)``.
+      policy: a :class:`jaxalign.policies.Policy`.
+      num_samples: number of draws (static).
+      level: ``"token"`` or ``"law"``.
+      return_tokens: also return the sequences (token level).
+      batch_size: draws per vectorised step (static; never changes the numbers).
+      first_index: index of the first sample of the run.
+
+    Returns:
+      ``(num_samples,)`` rewards, or a :class:`SampleResult` with the tokens.
+
+    Examples:
+      >>> import jax, jaxalign
+      >>> from jaxalign import policies
+      >>> lm = jaxalign.MemorylessLM.from_probs([0.5, 0.5], length=4)
+      >>> r = jaxalign.LinearReward([0.0, 1.0])
+      >>> policy(jax.random.key(0), lm, r, policies.ChiSquared(0.5), 3).shape
+      (3,)
+    """
+    from jaxalign.policies import Policy
+
+    if not isinstance(policy, Policy):
+        raise ValueError(
+            f"policy must be a jaxalign.policies.Policy, got {type(policy).__name__}")
+    if level not in _LEVELS:
+        raise ValueError(f"level must be one of {_LEVELS}, got {level!r}")
+    if return_tokens and level != "token":
+        raise ValueError(f"return_tokens=True needs level='token', got {level!r}")
+    num_samples, _, first = _validate_sampler(key, lm, reward, num_samples, "token",
+                                              first_index)
+    batch_size = _check_optional_int(batch_size, "batch_size")
+    if level == "token" and policy.has_token_sampler:
+        policy.check_token_sampling()
+        out = policy.sample_tokens(key, lm, reward, num_samples,
+                                   first_index=first_index, batch_size=batch_size,
+                                   return_tokens=return_tokens)
+        if out is not None:
+            return out
+    law = lm.reward_law(reward)
+    if level == "token":
+        values = np.asarray(law.values, np.float64)
+        base = np.asarray(law.log_pmf, np.float64)
+        base = base - np.logaddexp.reduce(base)
+        with np.errstate(invalid="ignore"):
+            log_g = np.where(np.isfinite(base), policy.log_pmf(values, base) - base,
+                             -np.inf)
+        log_max = float(np.max(log_g))
+        expected = num_samples * math.exp(min(log_max, 700.0)) * lm.length
+        if expected > _MAX_PROPOSAL_TOKENS:
+            raise ValueError(
+                f"token-level sampling of {type(policy).__name__} rejects from the "
+                f"base model with acceptance 1/max g = {math.exp(-log_max):.3g}: "
+                f"about {expected:.3g} tokens for {num_samples} samples, more than "
+                f"{_MAX_PROPOSAL_TOKENS:.3g}; sample at the law level (level='law')")
+        return reweighted(key, lm, reward, values, log_g, num_samples,
+                          proposals_per_step=_proposals_per_step(log_max),
+                          return_tokens=return_tokens, batch_size=batch_size,
+                          first_index=first_index)
+    values, log_pmf, log_num = policy.law_sampling(
+        lm, reward, np.asarray(law.values), np.asarray(law.log_pmf))
+    return best_of_n_from_law(key, values, log_pmf, None, num_samples,
+                              log_num_candidates=log_num, batch_size=batch_size,
+                              first_index=first_index)

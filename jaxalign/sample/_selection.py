@@ -1,0 +1,709 @@
+"""Selection among candidates: best-of-N (and its curve), soft best-of-N,
+rejection above a threshold; draws from a given law."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxalign._types import (
+    Array,
+    ArrayLike,
+    PRNGKey,
+    check_key,
+    check_positive_int,
+    check_real,
+    float_dtype,
+    is_concrete,
+    prng_jit,
+)
+from jaxalign.models import LinearReward, MemorylessLM
+from jaxalign.sample._kernels import (
+    _REJECTION_CHUNK,
+    RejectionResult,
+    SelectionDraws,
+    _check_first_index,
+    _check_law,
+    _check_optional_int,
+    _check_samples_range,
+    _chunk,
+    _indices,
+    _law_of,
+    _law_stage,
+    _level,
+    _map_samples,
+    _per_sample,
+    _RawLaw,
+    _sizes,
+    _stream_max,
+    _token_stage,
+)
+from jaxalign.sample._plain import (
+    _law_rewards_impl,
+    _validate_sampler,
+)
+
+# ----------------------------------------------------------------------- best-of-N
+
+
+def _selected_tokens(lm, key, first_index, index):
+    stage = _token_stage(lm, None)
+
+    def one(i, j):
+        key_i = jax.random.fold_in(key, i)
+        return stage.consume(
+            stage.draw(jax.random.fold_in(key_i, j.astype(jnp.uint32)))
+        )
+
+    sample = first_index + jnp.arange(index.shape[0], dtype=jnp.uint32)
+    return jax.vmap(one)(sample, index)
+
+
+@prng_jit("num_candidates", "num_samples", "chunk", "batch_size", "return_tokens")
+def _best_of_n_impl(
+    key,
+    lm,
+    reward,
+    first_index,
+    num_candidates,
+    num_samples,
+    chunk,
+    batch_size,
+    return_tokens,
+):
+    stage = _token_stage(lm, reward)
+    indices = _indices(first_index, num_samples)
+
+    def one(i):
+        return _stream_max(stage, jax.random.fold_in(key, i), num_candidates, chunk)
+
+    reward_out, index = _map_samples(one, indices, batch_size)
+    toks = _selected_tokens(lm, key, first_index, index) if return_tokens else None
+    return SelectionDraws(reward_out, index, toks)
+
+
+def _validate_bon(
+    key,
+    lm,
+    reward,
+    num_candidates,
+    num_samples,
+    method,
+    chunk_size,
+    batch_size,
+    first_index,
+):
+    num_samples, method, first = _validate_sampler(
+        key, lm, reward, num_samples, method, first_index
+    )
+    num_candidates = check_positive_int(num_candidates, "num_candidates")
+    if method == "token" and num_candidates >= 2**32:
+        raise ValueError(
+            f"num_candidates must be < 2**32 at level='token', got {num_candidates}"
+        )
+    chunk_size = _check_optional_int(chunk_size, "chunk_size")
+    batch_size = _check_optional_int(batch_size, "batch_size")
+    return num_candidates, num_samples, method, first, chunk_size, batch_size
+
+
+def best_of_n(
+    key: PRNGKey,
+    lm: MemorylessLM,
+    reward: LinearReward,
+    num_candidates: int,
+    num_samples: int,
+    *,
+    level: str = "token",
+    method: str | None = None,
+    return_tokens: bool = False,
+    chunk_size: int | None = None,
+    batch_size: int | None = None,
+    first_index: int = 0,
+) -> SelectionDraws:
+    r"""Best-of-N: the highest-reward of ``N`` i.i.d. candidates, ties uniform.
+
+    .. math::
+        P(R_{BoN} = v_c) = F_c^N - F_{c-1}^N, \qquad F_c = P(R \le v_c).
+
+    The token level streams over candidates (a scan over chunks of
+    ``chunk_size`` carrying the running maximum), so memory is independent of
+    ``N``; the first index attaining the maximum is selected, which over i.i.d.
+    candidates is uniform tie-breaking (THEORY.md §1.9).  The law level draws
+    the maximum's class directly as the smallest ``c`` with
+    ``N log F_c >= log U``, at a cost independent of ``n`` and ``N``.
+
+    Args:
+      key: a typed PRNG key.
+      lm: the base model.
+      reward: per-token rewards ``(K,)``.
+      num_candidates: ``N >= 1`` (static at the token level; any size, even
+        ``10**100``, at the law level).
+      num_samples: number of best-of-N draws (static).
+      level: ``"token"`` or ``"law"``.
+      method: deprecated name of ``level`` (jaxalign < 0.3).
+      return_tokens: also return the selected sequences (token level; they are
+        regenerated from their keys, never stored during the scan).
+      chunk_size: candidates per scan step (static; never changes the numbers).
+      batch_size: samples per vectorised step (static; never changes the numbers).
+      first_index: index of the first sample of the run.
+
+    Returns:
+      A :class:`SelectionDraws`.
+
+    Examples:
+      >>> import jax, jaxalign
+      >>> lm = jaxalign.MemorylessLM.from_probs([0.5, 0.5], length=4)
+      >>> r = jaxalign.LinearReward([0.0, 1.0])
+      >>> best_of_n(jax.random.key(0), lm, r, 8, 3).reward.shape
+      (3,)
+    """
+    method = _level(level, method)
+    num_candidates, num_samples, method, first, chunk_size, batch_size = _validate_bon(
+        key,
+        lm,
+        reward,
+        num_candidates,
+        num_samples,
+        method,
+        chunk_size,
+        batch_size,
+        first_index,
+    )
+    if method == "law":
+        if return_tokens:
+            raise ValueError("return_tokens=True needs level='token', got 'law'")
+        law = _law_of(lm, reward)
+        log_num = jnp.asarray(math.log(num_candidates), law.values.dtype)
+        reward_out = _law_rewards_impl(
+            key, law, log_num, first, num_samples, _sizes(num_samples, 1, batch_size)
+        )
+        return SelectionDraws(reward_out, None, None)
+    chunk = _chunk(num_candidates, lm.length, chunk_size)
+    return _best_of_n_impl(
+        key,
+        lm,
+        reward,
+        first,
+        num_candidates,
+        num_samples,
+        chunk,
+        _sizes(num_samples, chunk * lm.length, batch_size),
+        bool(return_tokens),
+    )
+
+
+def best_of_n_from_law(
+    key: PRNGKey,
+    values: ArrayLike,
+    log_pmf: ArrayLike,
+    num_candidates: int | None,
+    num_samples: int,
+    *,
+    log_num_candidates: ArrayLike | None = None,
+    batch_size: int | None = None,
+    first_index: int = 0,
+) -> Array:
+    r"""Best-of-N rewards drawn from a given discrete law by inverting ``F^N``.
+
+    .. math::
+        c = \min\{c : N \log F_c \ge \log U\}, \quad U \sim \mathcal U(0, 1).
+
+    Computed as ``log(-log F_c) <= log E - log N`` with ``E = -log U ~ Exp(1)``
+    and ``-log F_c`` from the survival function near the top, so ``N`` may be
+    huge (only ``log N`` is used) and tail classes keep relative accuracy.
+
+    Args:
+      key: a typed PRNG key.
+      values: ``(M,)`` strictly ascending support.
+      log_pmf: ``(M,)`` log-probabilities (``-inf`` allowed; normalised here).
+      num_candidates: ``N >= 1`` (``N = 1`` samples the law itself), or None
+        with ``log_num_candidates``.
+      num_samples: number of draws (static).
+      log_num_candidates: ``log N >= 0`` instead of ``N`` (may be traced, so a
+        jitted sweep can vmap over N without recompiling).
+      batch_size: draws per vectorised step (static).
+      first_index: index of the first sample of the run.
+
+    Returns:
+      ``(num_samples,)`` rewards.
+
+    Examples:
+      >>> import jax
+      >>> best_of_n_from_law(jax.random.key(0), [0.0, 1.0], [-0.7, -0.7], 4, 2).shape
+      (2,)
+    """
+    check_key(key)
+    values, log_pmf = _check_law(values, log_pmf)
+    if (num_candidates is None) == (log_num_candidates is None):
+        raise ValueError(
+            "give exactly one of num_candidates and log_num_candidates, got "
+            f"num_candidates={num_candidates!r}, "
+            f"log_num_candidates={log_num_candidates!r}"
+        )
+    if num_candidates is not None:
+        num_candidates = check_positive_int(num_candidates, "num_candidates")
+        log_num = np.asarray(math.log(num_candidates), values.dtype)
+    else:
+        check_real(log_num_candidates, "log_num_candidates", minimum=0.0)
+        xp = np if is_concrete(log_num_candidates) else jnp
+        log_num = xp.asarray(log_num_candidates, values.dtype)
+    num_samples = check_positive_int(num_samples, "num_samples")
+    batch_size = _check_optional_int(batch_size, "batch_size")
+    _check_samples_range(num_samples, first_index)
+    law = _RawLaw(values, log_pmf)
+    return _law_rewards_impl(
+        key,
+        law,
+        log_num,
+        _check_first_index(first_index),
+        num_samples,
+        _sizes(num_samples, 1, batch_size),
+    )
+
+
+def rewards_from_law(
+    key: PRNGKey,
+    values: ArrayLike,
+    log_pmf: ArrayLike,
+    num_samples: int,
+    *,
+    batch_size: int | None = None,
+    first_index: int = 0,
+) -> Array:
+    r"""Draws from a discrete law ``P(R = values[c]) ∝ exp(log_pmf[c])``.
+
+    .. math::
+        c = \min\{c : F_c \ge U\}.
+
+    Same as :func:`best_of_n_from_law` with ``N = 1``.
+
+    Examples:
+      >>> import jax
+      >>> rewards_from_law(jax.random.key(0), [0.0, 1.0], [-0.7, -0.7], 2).shape
+      (2,)
+    """
+    return best_of_n_from_law(
+        key,
+        values,
+        log_pmf,
+        1,
+        num_samples,
+        batch_size=batch_size,
+        first_index=first_index,
+    )
+
+
+@prng_jit("num_candidates", "num_samples", "chunk", "batch_size", "law_level")
+def _curve_impl(
+    key,
+    lm,
+    reward,
+    law,
+    first_index,
+    num_candidates,
+    num_samples,
+    chunk,
+    batch_size,
+    law_level,
+):
+    stage = _law_stage(law) if law_level else _token_stage(lm, reward)
+    indices = _indices(first_index, num_samples)
+
+    def one(i):
+        r = _per_sample(stage, jax.random.fold_in(key, i), 0, num_candidates, chunk)
+        return jax.lax.cummax(r)
+
+    return _map_samples(one, indices, batch_size)
+
+
+def best_of_n_curve(
+    key: PRNGKey,
+    lm: MemorylessLM,
+    reward: LinearReward,
+    num_candidates: int,
+    num_samples: int,
+    *,
+    level: str = "token",
+    method: str | None = None,
+    chunk_size: int | None = None,
+    batch_size: int | None = None,
+    first_index: int = 0,
+) -> Array:
+    r"""Best-of-N' rewards for every ``N' = 1..N`` from one pass (a running max).
+
+    .. math::
+        R^{(N')}_{BoN} = \max_{j < N'} R_j, \qquad N' = 1, \dots, N .
+
+    Candidate ``j`` of sample ``i`` is the same as in :func:`best_of_n` with the
+    same key, so ``best_of_n_curve(...)[:, -1] == best_of_n(...).reward``.
+    At ``level="law"`` the candidates' rewards are drawn from the exact law of
+    ``R`` (cost independent of ``n``).
+
+    Args:
+      key: a typed PRNG key.
+      lm: the base model.
+      reward: per-token rewards ``(K,)``.
+      num_candidates: ``N >= 1`` (static).
+      num_samples: number of draws (static).
+      level: ``"token"`` or ``"law"``.
+      method: deprecated name of ``level`` (jaxalign < 0.3).
+      chunk_size: candidates per scan step (static; never changes the numbers).
+      batch_size: samples per vectorised step (static).
+      first_index: index of the first sample of the run.
+
+    Returns:
+      ``(num_samples, N)`` rewards; column ``N'-1`` is best-of-``N'``.
+
+    Examples:
+      >>> import jax, jaxalign
+      >>> lm = jaxalign.MemorylessLM.from_probs([0.5, 0.5], length=4)
+      >>> r = jaxalign.LinearReward([0.0, 1.0])
+      >>> best_of_n_curve(jax.random.key(0), lm, r, 8, 3).shape
+      (3, 8)
+    """
+    method = _level(level, method)
+    num_candidates, num_samples, method, first, chunk_size, batch_size = _validate_bon(
+        key,
+        lm,
+        reward,
+        num_candidates,
+        num_samples,
+        method,
+        chunk_size,
+        batch_size,
+        first_index,
+    )
+    law = _law_of(lm, reward) if method == "law" else None
+    length = 1 if method == "law" else lm.length
+    chunk = _chunk(num_candidates, length, chunk_size)
+    words = max(num_candidates, chunk * length)
+    return _curve_impl(
+        key,
+        lm,
+        reward,
+        law,
+        first,
+        num_candidates,
+        num_samples,
+        chunk,
+        _sizes(num_samples, words, batch_size),
+        method == "law",
+    )
+
+
+# ----------------------------------------------------------------------- soft BoN
+
+
+@prng_jit(
+    "num_candidates",
+    "num_samples",
+    "chunk",
+    "batch_size",
+    "return_tokens",
+    "law_level",
+)
+def _soft_impl(
+    key,
+    lm,
+    reward,
+    law,
+    temperature,
+    first_index,
+    num_candidates,
+    num_samples,
+    chunk,
+    batch_size,
+    return_tokens,
+    law_level,
+):
+    key_candidates, key_gumbel = jax.random.split(key)
+    stage = _law_stage(law) if law_level else _token_stage(lm, reward)
+    indices = _indices(first_index, num_samples)
+
+    def one(i):
+        key_g = jax.random.fold_in(key_gumbel, i)
+
+        def score(index, r):
+            g = jax.vmap(
+                lambda j: jax.random.gumbel(jax.random.fold_in(key_g, j), (), r.dtype)
+            )(index)
+            return r / temperature.astype(r.dtype) + g
+
+        return _stream_max(
+            stage, jax.random.fold_in(key_candidates, i), num_candidates, chunk, score
+        )
+
+    reward_out, index = _map_samples(one, indices, batch_size)
+    toks = (
+        _selected_tokens(lm, key_candidates, first_index, index)
+        if return_tokens
+        else None
+    )
+    return SelectionDraws(reward_out, index, toks)
+
+
+def soft_best_of_n(
+    key: PRNGKey,
+    lm: MemorylessLM,
+    reward: LinearReward,
+    num_candidates: int,
+    temperature: ArrayLike,
+    num_samples: int,
+    *,
+    level: str = "token",
+    method: str | None = None,
+    return_tokens: bool = False,
+    chunk_size: int | None = None,
+    batch_size: int | None = None,
+    first_index: int = 0,
+) -> SelectionDraws:
+    r"""Soft best-of-N (Verdun et al. 2025): pick candidate ``i`` w.p. ∝ ``e^{R_i/t}``.
+
+    .. math::
+        P(Z = i \mid Y_{1:N}) = \frac{e^{R(Y_i)/t}}{\sum_j e^{R(Y_j)/t}} .
+
+    Implemented exactly and in streaming form by a Gumbel-max over candidates:
+    ``Z = argmax_i R_i/t + G_i`` with i.i.d. standard Gumbels ``G_i``.  ``t -> 0``
+    recovers best-of-N, ``t = inf`` the base policy.  The candidates are those
+    of :func:`best_of_n` with key ``split(key)[0]``.
+
+    Args:
+      key: a typed PRNG key.
+      lm: the base model.
+      reward: per-token rewards ``(K,)``.
+      num_candidates: ``N >= 1`` (static).
+      temperature: ``t > 0`` (``inf`` allowed; traced).
+      num_samples: number of draws (static).
+      level: ``"token"`` or ``"law"`` (candidates' rewards from the exact law).
+      method: deprecated name of ``level`` (jaxalign < 0.3).
+      return_tokens: also return the selected sequences (token level).
+      chunk_size: candidates per scan step (static).
+      batch_size: samples per vectorised step (static).
+      first_index: index of the first sample of the run.
+
+    Returns:
+      A :class:`SelectionDraws`.
+
+    References:
+      Verdun, Oesterling, Lakkaraju, Calmon, `Soft Best-of-n Sampling for Model
+      Alignment <https://arxiv.org/abs/2505.03156>`_, 2025.
+
+    Examples:
+      >>> import jax, jaxalign
+      >>> lm = jaxalign.MemorylessLM.from_probs([0.5, 0.5], length=4)
+      >>> r = jaxalign.LinearReward([0.0, 1.0])
+      >>> soft_best_of_n(jax.random.key(0), lm, r, 8, 0.5, 3).reward.shape
+      (3,)
+    """
+    method = _level(level, method)
+    num_candidates, num_samples, method, first, chunk_size, batch_size = _validate_bon(
+        key,
+        lm,
+        reward,
+        num_candidates,
+        num_samples,
+        method,
+        chunk_size,
+        batch_size,
+        first_index,
+    )
+    check_real(temperature, "temperature", allow_inf=True)
+    if is_concrete(temperature) and not np.all(np.asarray(temperature) > 0):
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if return_tokens and method != "token":
+        raise ValueError(f"return_tokens=True needs level='token', got {method!r}")
+    law = _law_of(lm, reward) if method == "law" else None
+    length = 1 if method == "law" else lm.length
+    chunk = _chunk(num_candidates, length, chunk_size)
+    temperature = jnp.asarray(temperature, float_dtype(reward.token_rewards))
+    return _soft_impl(
+        key,
+        lm,
+        reward,
+        law,
+        temperature,
+        first,
+        num_candidates,
+        num_samples,
+        chunk,
+        _sizes(num_samples, chunk * length, batch_size),
+        bool(return_tokens),
+        method == "law",
+    )
+
+
+# ----------------------------------------------------------------------- rejection
+
+
+@prng_jit("num_samples", "max_proposals", "chunk", "batch_size")
+def _rejection_impl(
+    key,
+    lm,
+    reward,
+    threshold,
+    first_index,
+    num_samples,
+    max_proposals,
+    chunk,
+    batch_size,
+):
+    stage = _token_stage(lm, reward)
+    indices = _indices(first_index, num_samples)
+    dtype = reward.token_rewards.dtype
+
+    def one(i):
+        key_i = jax.random.fold_in(key, i)
+
+        def cond(state):
+            start, found, _, _ = state
+            return (~found) & (start < max_proposals)
+
+        def body(state):
+            start, _, _, _ = state
+            index = start + jnp.arange(chunk, dtype=jnp.uint32)
+            r = jax.vmap(
+                lambda j: stage.consume(stage.draw(jax.random.fold_in(key_i, j)))
+            )(index)
+            ok = (r >= threshold) & (index < max_proposals)
+            arg = jnp.argmax(ok)
+            return start + chunk, ok[arg], r[arg], index[arg]
+
+        init = (jnp.uint32(0), jnp.bool_(False), jnp.zeros((), dtype), jnp.uint32(0))
+        _, found, r, index = jax.lax.while_loop(cond, body, init)
+        count = jnp.where(found, index.astype(jnp.int32) + 1, max_proposals)
+        return jnp.where(found, r, jnp.nan), count, found
+
+    reward_out, count, found = _map_samples(one, indices, batch_size)
+    return RejectionResult(reward_out, count, found)
+
+
+@prng_jit("num_samples", "max_proposals", "batch_size")
+def _rejection_law_impl(key, law, first_index, num_samples, max_proposals, batch_size):
+    dtype = law.values.dtype
+    indices = _indices(first_index, num_samples)
+
+    def one(i):
+        key_reward, key_count = jax.random.split(jax.random.fold_in(key, i))
+        stage = _law_stage(law)
+        reward_out = stage.consume(stage.draw(key_reward))
+        exponential = jax.random.exponential(key_count, (), dtype)
+        # P(accept) = p; proposals ~ Geometric(p): ceil(E / -log(1 - p)).
+        return reward_out, exponential
+
+    # The accepted reward is a draw from the law conditioned on R >= threshold;
+    # ``law`` here is already that conditional law (see ``rejection``).
+    reward_out, exponential = _map_samples(one, indices, batch_size)
+    return reward_out, exponential
+
+
+def rejection(
+    key: PRNGKey,
+    lm: MemorylessLM,
+    reward: LinearReward,
+    threshold: ArrayLike,
+    num_samples: int,
+    *,
+    max_proposals: int = 10_000,
+    level: str = "token",
+    method: str | None = None,
+    chunk_size: int | None = None,
+    batch_size: int | None = None,
+    first_index: int = 0,
+) -> RejectionResult:
+    r"""Rejection sampling ("rewind and repeat"): the first ``y ~ P`` with ``R >= τ``.
+
+    .. math::
+        y \sim P(\,\cdot \mid R \ge \tau), \qquad
+        \#\text{proposals} \sim \mathrm{Geometric}(P(R \ge \tau)).
+
+    The token level draws proposals ``fold_in(fold_in(key, i), j)`` in chunks
+    until one is accepted or ``max_proposals`` were drawn.  The law level draws
+    the accepted reward from the exact law conditioned on ``R >= τ`` and the
+    number of proposals from its geometric law (truncated at ``max_proposals``).
+
+    Args:
+      key: a typed PRNG key.
+      lm: the base model.
+      reward: per-token rewards ``(K,)``.
+      threshold: the finite reward threshold ``τ`` (a scalar).
+      num_samples: number of draws (static).
+      max_proposals: proposals allowed per draw (static).
+      level: ``"token"`` or ``"law"``.
+      method: deprecated name of ``level`` (jaxalign < 0.3).
+      chunk_size: proposals per loop step (static; never changes the numbers).
+      batch_size: samples per vectorised step (static).
+      first_index: index of the first sample of the run.
+
+    Returns:
+      A :class:`RejectionResult`.
+
+    Examples:
+      >>> import jax, jaxalign
+      >>> lm = jaxalign.MemorylessLM.from_probs([0.5, 0.5], length=4)
+      >>> r = jaxalign.LinearReward([0.0, 1.0])
+      >>> rejection(jax.random.key(0), lm, r, 3.0, 2).accepted.shape
+      (2,)
+    """
+    method = _level(level, method)
+    num_samples, method, first = _validate_sampler(
+        key, lm, reward, num_samples, method, first_index
+    )
+    check_real(threshold, "threshold")
+    if jnp.ndim(threshold) != 0:
+        raise ValueError(
+            f"threshold must be a scalar, got shape {jnp.shape(threshold)}"
+        )
+    max_proposals = check_positive_int(max_proposals, "max_proposals")
+    if max_proposals >= 2**31:
+        raise ValueError(f"max_proposals must be < 2**31, got {max_proposals}")
+    chunk_size = _check_optional_int(chunk_size, "chunk_size")
+    batch_size = _check_optional_int(batch_size, "batch_size")
+    dtype = reward.token_rewards.dtype
+    threshold = jnp.asarray(threshold, dtype)
+    if method == "law":
+        from jaxalign import exact
+
+        law = exact.reward_law(lm, reward)
+        values = jnp.asarray(law.values)
+        log_pmf = jnp.asarray(law.log_pmf)
+        log_pmf = log_pmf - jax.nn.logsumexp(log_pmf)
+        tail = jnp.where(values >= threshold.astype(values.dtype), log_pmf, -jnp.inf)
+        log_accept = jax.nn.logsumexp(tail)
+        if not bool(jnp.isfinite(log_accept)):
+            nan = jnp.full(num_samples, jnp.nan, values.dtype)
+            return RejectionResult(
+                nan,
+                jnp.full(num_samples, max_proposals, jnp.int32),
+                jnp.zeros(num_samples, bool),
+            )
+        conditional = _RawLaw(values, tail)
+        reward_out, exponential = _rejection_law_impl(
+            key,
+            conditional,
+            first,
+            num_samples,
+            max_proposals,
+            _sizes(num_samples, 1, batch_size),
+        )
+        rate = -jnp.log1p(-jnp.exp(log_accept))  # -log(1 - p), inf when p = 1
+        count = jnp.maximum(jnp.ceil(exponential / rate), 1)
+        accepted = count <= max_proposals
+        count = jnp.minimum(count, max_proposals).astype(jnp.int32)
+        return RejectionResult(
+            jnp.where(accepted, reward_out, jnp.nan), count, accepted
+        )
+    chunk = min(max_proposals, chunk_size or _REJECTION_CHUNK)
+    return _rejection_impl(
+        key,
+        lm,
+        reward,
+        threshold,
+        first,
+        num_samples,
+        max_proposals,
+        chunk,
+        _sizes(num_samples, chunk * lm.length, batch_size),
+    )
