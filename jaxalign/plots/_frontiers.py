@@ -27,6 +27,34 @@ from jaxalign.plots._common import (
 # ------------------------------------------------------------------- 1. reward-KL
 
 
+def _at_one_length(rows, lm, model, length):
+    """The points of one model and length of a run (or none, for theory only)."""
+    if rows is None:
+        if lm is None or length is None:
+            raise ValueError(
+                "lm and length must be given when rows is None, got "
+                f"lm={lm!r}, length={length!r}"
+            )
+        return [], model, int(length)
+    points = _points(_check_rows(rows))
+    points, model = _pick(points, "model", model, "model")
+    points, length = _pick(points, "length", length, "length")
+    return points, model, int(length)
+
+
+def _by_policy(points, quantity):
+    """``[(policy class, its points with a Monte Carlo quantity)]`` in registry
+    order; each policy draws in its own style."""
+    from jaxalign import policies
+
+    out = [
+        (cls, [p for p in points if p["method"] == cls.name
+               and _val(p, quantity, "mc_mean") is not None])
+        for cls in map(policies.get, policies.names())
+    ]
+    return [(cls, pts) for cls, pts in out if pts]
+
+
 def reward_kl(
     rows,
     lm=None,
@@ -85,29 +113,13 @@ def reward_kl(
       >>> fig = reward_kl(read_results(run_dir), lm, r)  # doctest: +SKIP
       >>> fig.savefig("frontier.pdf")  # doctest: +SKIP
     """
-    if rows is None:
-        if lm is None or length is None:
-            raise ValueError(
-                "lm and length must be given when rows is None, got "
-                f"lm={lm!r}, length={length!r}"
-            )
-        points = []
-    else:
-        points = _points(_check_rows(rows))
-        points, model = _pick(points, "model", model, "model")
-        points, length = _pick(points, "length", length, "length")
-    n = int(length)
-    fig, axes = _figure(width=6.4, height=4.8)
-    ax = axes[0, 0]
     from jaxalign import policies
 
+    points, model, n = _at_one_length(rows, lm, model, length)
+    fig, axes = _figure(width=6.4, height=4.8)
+    ax = axes[0, 0]
     kl_of = lambda p: _val(p, "kl_per_token", "exact")  # noqa: E731
-    # Points by policy, in registry order; each policy draws in its own style.
-    by_policy = [
-        (cls, [p for p in points if p["method"] == cls.name])
-        for cls in map(policies.get, policies.names())
-    ]
-    by_policy = [(cls, pts) for cls, pts in by_policy if pts]
+    by_policy = _by_policy(points, "reward_per_token")
     curve_settings = {cls: [dict(p) for p in pts] for cls, pts in by_policy}
     if best_of_n_max:
         curve_settings.setdefault(policies.BestOfN, []).append(
@@ -233,24 +245,13 @@ def win_rate_kl(rows, lm=None, reward=None, *, model: str | None = None,
     """
     from jaxalign import policies
 
-    if rows is None:
-        if lm is None or reward is None or length is None:
-            raise ValueError("lm, reward and length must be given when rows is None")
-        points = []
-    else:
-        points = _points(_check_rows(rows))
-        points, model = _pick(points, "model", model, "model")
-        points, length = _pick(points, "length", length, "length")
-    n = int(length)
+    if rows is None and reward is None:
+        raise ValueError("reward must be given when rows is None, got None")
+    points, model, n = _at_one_length(rows, lm, model, length)
     fig, axes = _figure(width=6.4, height=4.8)
     ax = axes[0, 0]
     kl_of = lambda p: _val(p, "kl_per_token", "exact")  # noqa: E731
-    by_policy = [
-        (cls, [p for p in points if p["method"] == cls.name
-               and _val(p, "win_rate", "mc_mean") is not None])
-        for cls in map(policies.get, policies.names())
-    ]
-    by_policy = [(cls, pts) for cls, pts in by_policy if pts]
+    by_policy = _by_policy(points, "win_rate")
     xs = [kl_of(p) or 0.0 for _, pts in by_policy for p in pts]
     bon_settings = [dict(p) for cls, pts in by_policy if cls is policies.BestOfN
                     for p in pts]
