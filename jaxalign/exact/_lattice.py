@@ -1,18 +1,5 @@
-r"""Exact finite-n laws: the reward distribution, best-of-N and tilted laws.
-
-For a memoryless model with a linear reward, the sequence reward
-``R = sum_i r(y_i)`` is a sum of ``n`` i.i.d. token rewards, so its law is an
-``n``-fold convolution.  When the token rewards sit on a lattice,
-``r(x) = a + h k_x`` with integers ``k_x``, the law lives on the points
-``n a + h s`` (``s = 0 .. n max k``) and is computed here with *relative*
-accuracy deep into both tails (see :func:`reward_law`).  Everything downstream
-(best-of-N, tilted laws, tails) depends on a sequence only through ``R``, so it
-is computed exactly on this law, for any ``N`` (even ``N = e^{1000}``).
-
-Everything is computed with NumPy/SciPy in float64, whatever the JAX x64 mode:
-the shapes depend on the data (so nothing here is traceable under ``jit``) and
-the accuracy targets need float64.  Results are JAX arrays in the model's dtype.
-"""
+"""The exact law of R on its lattice (tilted FFTs with exact log-space edges),
+the types law, tilted laws, exact tails and the Bahadur–Rao approximation."""
 
 from __future__ import annotations
 
@@ -27,24 +14,9 @@ import scipy.optimize
 import scipy.signal
 import scipy.special
 
-from jaxalign._numerics import compositions, log1mexp_of_exp, log_neg_log1m, lse
+from jaxalign._numerics import compositions, lse
 from jaxalign._types import Array
 from jaxalign.models import LinearReward, MemorylessLM, check_compatible
-
-__all__ = [
-    "RewardLaw",
-    "BestOfNResult",
-    "reward_law",
-    "tilted_law",
-    "best_of_n",
-    "best_of_n_from_law",
-    "log_tail",
-    "bahadur_rao_log_tail",
-    "PolicyLaw",
-    "policy_law",
-    "policy_law_from_law",
-    "best_of_n_report",
-]
 
 # Relative tolerance for lattice detection, by input dtype (module docstring of
 # `reward_law`).
@@ -513,6 +485,7 @@ def reward_law(
       or types; bad ``span``, ``rtol`` or ``method``.
 
     Examples:
+      >>> import jax.numpy as jnp
       >>> import jaxalign
       >>> from jaxalign import exact
       >>> lm = jaxalign.MemorylessLM.bernoulli(0.3, length=3)
@@ -545,6 +518,7 @@ def tilted_law(
       A :class:`RewardLaw` on the same values.
 
     Examples:
+      >>> import jax.numpy as jnp
       >>> import jaxalign
       >>> lm = jaxalign.MemorylessLM.bernoulli(0.5, length=2)
       >>> law = tilted_law(lm, jaxalign.LinearReward([0.0, 1.0]), 0.0)
@@ -566,219 +540,6 @@ def _check_scalar(value, name):
     if arr.shape != () or arr.dtype.kind not in "biuf" or not np.isfinite(arr):
         raise ValueError(f"{name} must be a finite real scalar, got {value!r}")
 
-
-# ---------------------------------------------------------------------- best of N
-
-
-class BestOfNResult(NamedTuple):
-    """Exact best-of-N quantities on the law of ``R``; leading shape ``G`` = grid of N.
-
-    Attributes:
-      log_num_candidates: ``(G,)`` ``log N``.
-      expected_reward: ``(G,)`` ``E_BoN[R]``.
-      kl: ``(G,)`` ``KL(π_BoN ‖ P)`` (policy level = reward level, ties uniform).
-      win_rate: ``(G,)`` ``P(R_BoN > R') + ½ P(R_BoN = R')``, ``R' ~ P`` independent.
-      log_pmf: ``(G, M)`` log-law of the selected reward on ``values``.
-      values: ``(M,)`` the reward values (those of the base law).
-      kl_to_tilted: ``(G,)`` ``KL(π_BoN ‖ Φ_λ)`` when ``lam`` was given, else None.
-    """
-
-    log_num_candidates: Array
-    expected_reward: Array
-    kl: Array
-    win_rate: Array
-    log_pmf: Array
-    values: Array
-    kl_to_tilted: Array | None
-
-
-def _law_prep(log_pmf: np.ndarray):
-    """Per-law float64 arrays for the best-of-N core (independent of N).
-
-    Returns log(-log F_c), log(-log(1 - q_c/F_c)) and F_{c-1}, each (M,).
-    """
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lower = np.logaddexp.accumulate(log_pmf)  # log F_c
-        at_least = np.logaddexp.accumulate(log_pmf[::-1])[::-1]
-        above = np.r_[at_least[1:], -np.inf]  # log P(R > v_c)
-        use_lower = lower < math.log(0.5)
-        log_f = np.where(use_lower, lower, np.log1p(-np.exp(above)))
-        lnl = np.where(use_lower, np.log(-np.where(use_lower, lower, -1.0)),
-                       log_neg_log1m(above))
-        finite = np.isfinite(log_pmf)
-        ratio = np.where(finite, np.minimum(log_pmf - np.where(finite, log_f, 0.0),
-                                            0.0), -np.inf)
-        lnr = log_neg_log1m(ratio)
-        below = np.r_[0.0, np.exp(lower[:-1])]
-    return lnl, lnr, below
-
-
-def _bon_core(values, log_pmf, lnl, lnr, below, log_n, lam, log_mgf_n):
-    """Best-of-N on a prepared float64 law; log_n (G,); lam, log_mgf_n scalars."""
-    finite_q = np.isfinite(log_pmf)
-    with np.errstate(over="ignore", invalid="ignore"):
-        a = -np.exp(log_n[:, None] + lnl[None, :])  # log F_c^N, (G, M)
-        d = log_n[:, None] + lnr[None, :]  # log(A_c - A_{c-1})
-        log_b = np.where(finite_q[None, :], a + log1mexp_of_exp(d), -np.inf)
-        expected = values[0] + np.sum(np.diff(values)[None, :] * -np.expm1(a[:, :-1]),
-                                      axis=1)
-        b = np.exp(log_b)
-        log_ratio = np.where(b > 0, log_b - np.where(finite_q, log_pmf, 0.0)[None, :],
-                             0.0)
-    kl = np.sum(b * log_ratio, axis=1)
-    win = b @ (below + 0.5 * np.exp(log_pmf))
-    kl_tilted = kl - lam * expected + log_mgf_n
-    return expected, kl, win, log_b, kl_tilted
-
-
-def _log_candidates(num_candidates, log_num_candidates) -> np.ndarray:
-    if (num_candidates is None) == (log_num_candidates is None):
-        raise ValueError(
-            "pass exactly one of num_candidates or log_num_candidates, got "
-            f"num_candidates={num_candidates!r}, "
-            f"log_num_candidates={log_num_candidates!r}"
-        )
-    if num_candidates is not None:
-        arr = np.asarray(num_candidates, dtype=object)
-        flat = arr.reshape(-1)
-        logs = np.empty(flat.shape, dtype=np.float64)
-        for i, v in enumerate(flat):
-            try:
-                iv = int(v)
-            except (TypeError, ValueError, OverflowError):
-                iv = None
-            if iv is None or isinstance(v, bool) or iv != v or iv < 1:
-                raise ValueError(
-                    f"num_candidates must be integers >= 1, got {num_candidates!r}"
-                )
-            logs[i] = math.log(iv)
-        return logs.reshape(arr.shape)
-    logs = np.asarray(log_num_candidates, dtype=np.float64)
-    if np.any(np.isnan(logs)) or np.any(logs < 0) or np.any(np.isinf(logs)):
-        raise ValueError(
-            "log_num_candidates must be finite and >= 0 (N >= 1), got "
-            f"{log_num_candidates!r}"
-        )
-    return logs
-
-
-def best_of_n_from_law(
-    law: RewardLaw,
-    *,
-    num_candidates=None,
-    log_num_candidates=None,
-    lam: float | None = None,
-) -> BestOfNResult:
-    r"""Exact best-of-N on a given law of the reward (see :func:`best_of_n`).
-
-    Args:
-      law: a :class:`RewardLaw` (or any ascending ``values``/``log_pmf``).
-      num_candidates: ``N``, an integer or array of integers ``>= 1`` (Python
-        integers may be arbitrarily large).
-      log_num_candidates: ``log N`` instead, floats ``>= 0``, any shape.
-      lam: optional tilt ``λ`` for ``kl_to_tilted``.
-
-    Returns:
-      A :class:`BestOfNResult` with leading shape that of ``N``.
-
-    Examples:
-      >>> import jaxalign
-      >>> lm = jaxalign.MemorylessLM.bernoulli(0.5, length=1)
-      >>> law = reward_law(lm, jaxalign.LinearReward([0.0, 1.0]))
-      >>> float(best_of_n_from_law(law, num_candidates=2).expected_reward)
-      0.75
-    """
-    log_n = _log_candidates(num_candidates, log_num_candidates)
-    return _bon(np.asarray(law.values, dtype=np.float64),
-                np.asarray(law.log_pmf, dtype=np.float64), log_n, lam,
-                law.log_pmf.dtype)
-
-
-def _bon(values, log_pmf, log_n, lam, dtype) -> BestOfNResult:
-    if lam is None:
-        lam64, mgf = 0.0, 0.0
-    else:
-        _check_scalar(lam, "lam")
-        lam64 = float(lam)
-        mgf = float(lse(log_pmf + lam64 * values))
-    shape = log_n.shape
-    expected, kl, win, log_b, kl_tilted = _bon_core(
-        values, log_pmf, *_law_prep(log_pmf), log_n.reshape(-1), lam64, mgf)
-
-    def cast(x, extra=()):
-        return jnp.asarray(x.reshape(shape + extra), dtype=dtype)
-
-    return BestOfNResult(
-        log_num_candidates=cast(log_n),
-        expected_reward=cast(expected),
-        kl=cast(kl),
-        win_rate=cast(win),
-        log_pmf=cast(log_b, values.shape),
-        values=jnp.asarray(values, dtype=dtype),
-        kl_to_tilted=None if lam is None else cast(kl_tilted),
-    )
-
-
-def best_of_n(
-    lm: MemorylessLM,
-    reward: LinearReward,
-    num_candidates=None,
-    log_num_candidates=None,
-    *,
-    lam: float | None = None,
-    **law_kwargs,
-) -> BestOfNResult:
-    r"""Exact best-of-N (uniform tie-breaking) for any N, on the exact law of R.
-
-    With reward classes :math:`v_1 < \dots < v_M`, :math:`q_c = P(R = v_c)`,
-    :math:`F_c = \sum_{j \le c} q_j` (THEORY.md §1.9, B3, B7):
-
-    .. math::
-        b_c = F_c^N - F_{c-1}^N, \quad
-        \mathrm{KL}(\pi_{BoN}\|P) = \sum_c b_c \log\frac{b_c}{q_c}, \quad
-        E_{BoN}[R] = v_1 + \sum_{c\ge 2} (v_c - v_{c-1})(1 - F_{c-1}^N),
-
-    .. math::
-        W = P(R_{BoN} > R') + \tfrac12 P(R_{BoN} = R') = \sum_c b_c (F_{c-1} + q_c/2),
-        \quad
-        \mathrm{KL}(\pi_{BoN}\|\Phi_\lambda) = \mathrm{KL}(\pi_{BoN}\|P)
-            - \lambda E_{BoN}[R] + n\Lambda(\lambda).
-
-    ``R'`` in the win rate is an independent draw from the base model ``P``.
-    Both policies depend on a sequence only through ``R``, so the policy-level
-    KLs equal these reward-level sums.  ``F^N`` is ``exp(N log F)`` evaluated as
-    ``-exp(log N + log(-log F))`` with ``log1p``/``expm1``, so ``N`` is never
-    formed as a float (``log N = 1000`` is fine); ``b_c`` is
-    ``F_c^N (1 - e^{-(A_c - A_{c-1})})`` with the exponent gap computed from
-    ``log(-log(1 - q_c/F_c))``, so it keeps relative accuracy: the error of
-    ``log b_c`` is about the law's ``rel_error`` times ``max(1, |log b_c|)``
-    (``N log F`` scales the relative error of ``log F``).
-
-    Args:
-      lm, reward: model and reward (the law comes from :func:`reward_law`).
-      num_candidates: ``N``, integer(s) ``>= 1``, any shape (the grid).
-      log_num_candidates: ``log N`` instead (exactly one of the two).
-      lam: optional tilt for ``kl_to_tilted``.
-      **law_kwargs: passed to :func:`reward_law` (``span``, ``method`` ...).
-
-    Returns:
-      A :class:`BestOfNResult` (fields shaped like the ``N`` grid, plus ``(M,)``
-      for ``log_pmf``), in the model's dtype, computed in float64.
-
-    Raises:
-      ValueError: both or neither of ``num_candidates``/``log_num_candidates``,
-      ``N < 1``, or a law error from :func:`reward_law`.
-
-    Examples:
-      >>> import jaxalign
-      >>> lm = jaxalign.MemorylessLM.bernoulli(0.5, length=1)
-      >>> res = best_of_n(lm, jaxalign.LinearReward([0.0, 1.0]), num_candidates=[1, 2])
-      >>> [float(v) for v in res.expected_reward]
-      [0.5, 0.75]
-    """
-    log_n = _log_candidates(num_candidates, log_num_candidates)
-    values, log_pmf, *_, dtype = _law_numpy(lm, reward, **_law_options(law_kwargs))
-    return _bon(values, log_pmf, log_n, lam, dtype)
 
 
 def _law_options(kwargs):
@@ -815,6 +576,7 @@ def log_tail(law: RewardLaw, t, upper: bool = True) -> Array:
       An array shaped like ``t`` (``-inf`` for an empty tail).
 
     Examples:
+      >>> import jax.numpy as jnp
       >>> import jaxalign
       >>> lm = jaxalign.MemorylessLM.bernoulli(0.5, length=2)
       >>> law = reward_law(lm, jaxalign.LinearReward([0.0, 1.0]))
@@ -922,212 +684,3 @@ def bahadur_rao_log_tail(
                 sigma * math.sqrt(2 * math.pi * n))
         out[i] = -n * rate + pref
     return jnp.asarray(out, dtype=dtype)
-
-
-# ---------------------------------------------------------------------- policies
-
-
-def _win_between(log_a: np.ndarray, log_b: np.ndarray) -> float:
-    """P(X > Y) + P(X = Y)/2 for independent X ~ a, Y ~ b on one ascending support."""
-    from jaxalign.policies import calibrated_reward
-
-    return float(np.dot(np.exp(log_a), calibrated_reward(log_b)))
-
-
-class PolicyLaw(NamedTuple):
-    r"""The exact law of ``R`` under a policy ``π = p·g(R)``, and what follows from it.
-
-    Attributes (arrays in the base law's dtype; computed in float64):
-      values: ``(M,)`` ascending reward values (the base law's support).
-      log_pmf: ``(M,)`` ``log π(R = s)``.
-      base_log_pmf: ``(M,)`` ``log P(R = s)``.
-      expected_reward: ``E_π[R]``.
-      variance: ``Var_π[R]``.
-      kl: ``KL(π‖P) = Σ_s q(s) log(q(s)/P(s))`` (exact: ``dπ/dP = g(R)``), ``>= 0``.
-      reverse_kl: ``KL(P‖π)`` (``inf`` when ``π`` misses part of the support).
-      win_rate: ``P(R_π > R') + ½ P(R_π = R')`` with ``R' ~ P`` independent.
-
-    Methods: :meth:`renyi` (Rényi divergence ``D_α(π‖P)``) and
-    :meth:`inference_win_rate` (best-of-``k`` from ``π`` against best-of-``k`` from
-    ``P``).
-    """
-
-    values: Array
-    log_pmf: Array
-    base_log_pmf: Array
-    expected_reward: Array
-    variance: Array
-    kl: Array
-    reverse_kl: Array
-    win_rate: Array
-
-    def _log_weight(self):
-        lq = np.asarray(self.log_pmf, np.float64)
-        lp = np.asarray(self.base_log_pmf, np.float64)
-        with np.errstate(invalid="ignore"):
-            return np.where(np.isfinite(lp), lq - lp, -np.inf), lp
-
-    def renyi(self, alpha) -> Array:
-        r"""Rényi divergence of order ``α > 0`` (``inf`` allowed):
-
-        .. math::
-            D_\alpha(\pi\|P) = \frac{1}{\alpha - 1}
-            \log \sum_s P(s)\, g(s)^\alpha, \qquad
-            D_1 = \mathrm{KL}, \quad D_\infty = \log \max_s g(s).
-
-        Examples:
-          >>> import jaxalign
-          >>> from jaxalign import policies
-          >>> lm = jaxalign.MemorylessLM.bernoulli(0.5, length=1)
-          >>> law = policy_law(lm, jaxalign.LinearReward([0.0, 1.0]),
-          ...                  policies.BestOfN(2))
-          >>> round(float(law.renyi(float("inf"))), 6)  # log max g = log(3/2)
-          0.405465
-        """
-        a = np.asarray(alpha, np.float64)
-        if a.shape != () or not a > 0:
-            raise ValueError(f"alpha must be a real scalar > 0, got {alpha!r}")
-        log_g, lp = self._log_weight()
-        on = np.isfinite(lp)
-        if a == 1.0:
-            out = float(self.kl)
-        elif np.isinf(a):
-            out = float(np.max(log_g[on]))
-        else:
-            with np.errstate(invalid="ignore"):
-                terms = np.where(np.isfinite(log_g), lp + a * log_g, -np.inf)[on]
-            out = float(lse(terms)) / (float(a) - 1.0)
-        return jnp.asarray(max(out, 0.0), self.log_pmf.dtype)
-
-    def inference_win_rate(self, num_candidates) -> Array:
-        r"""InfAlign's inference-time win rate (Balashankar et al. 2024):
-        best-of-``k`` drawn from ``π`` against best-of-``k`` drawn from ``P``,
-        ties counting one half.  Both select by ``R``, so the laws are
-        ``F_π^k`` and ``F_P^k``.
-
-        Examples:
-          >>> import jaxalign
-          >>> from jaxalign import policies
-          >>> lm = jaxalign.MemorylessLM.bernoulli(0.5, length=1)
-          >>> law = policy_law(lm, jaxalign.LinearReward([0.0, 1.0]), policies.Base())
-          >>> float(law.inference_win_rate(4))
-          0.5
-        """
-        from jaxalign.policies import BestOfN
-
-        bon = BestOfN(num_candidates)
-        v = np.asarray(self.values, np.float64)
-        lq = np.asarray(self.log_pmf, np.float64)
-        lp = np.asarray(self.base_log_pmf, np.float64)
-        win = _win_between(bon.log_pmf(v, lq), bon.log_pmf(v, lp))
-        return jnp.asarray(win, self.log_pmf.dtype)
-
-
-def policy_law_from_law(law, policy) -> PolicyLaw:
-    r"""The exact law of a policy ``π = p·g(R)`` from the base law of ``R``.
-
-    .. math::
-        q(s) = P(R = s)\, g(s), \quad
-        \mathrm{KL}(\pi\|P) = \sum_s q(s) \log\frac{q(s)}{P(R=s)}, \quad
-        W = \sum_s q(s)\big(F(s^-) + \tfrac12 P(R=s)\big).
-
-    Because ``dπ/dP`` depends on the sequence only through ``R``, the
-    reward-level sums are the policy-level divergences.  Accuracy: that of the
-    base law (relative ~1e-11 per probability, :func:`reward_law`) plus the
-    policy's own (exact for every registered policy but soft best-of-N, ~1e-12).
-
-    Args:
-      law: a :class:`RewardLaw` (or anything with ascending ``values`` and
-        ``log_pmf``).
-      policy: a :class:`jaxalign.policies.Policy`.
-
-    Returns:
-      A :class:`PolicyLaw` in the law's dtype.
-
-    Examples:
-      >>> import jaxalign
-      >>> from jaxalign import policies
-      >>> lm = jaxalign.MemorylessLM.bernoulli(0.5, length=2)
-      >>> law = reward_law(lm, jaxalign.LinearReward([0.0, 1.0]))
-      >>> above = policy_law_from_law(law, policies.Rejection(1.0))  # R >= 1
-      >>> round(float(above.expected_reward), 12)
-      1.333333333333
-    """
-    from jaxalign.policies import Policy, calibrated_reward
-
-    if not isinstance(policy, Policy):
-        raise ValueError(
-            f"policy must be a jaxalign.policies.Policy, got {type(policy).__name__}")
-    v = np.asarray(law.values, np.float64)
-    lp = np.asarray(law.log_pmf, np.float64)
-    if v.ndim != 1 or lp.shape != v.shape or np.any(np.diff(v) <= 0):
-        raise ValueError("law must have ascending values and log_pmf of one shape (M,)")
-    lp = lp - lse(lp)
-    lq = np.asarray(policy.log_pmf(v, lp), np.float64)
-    q = np.exp(lq)
-    on_q = q > 0
-    expected = v[0] + float(np.dot(q, v - v[0]))
-    variance = float(np.dot(q, (v - expected) ** 2))
-    kl = float(np.dot(q[on_q], lq[on_q] - lp[on_q]))
-    on_p = np.isfinite(lp)
-    if np.any(on_p & ~on_q):
-        reverse = math.inf
-    else:
-        reverse = float(np.dot(np.exp(lp[on_p]), lp[on_p] - lq[on_p]))
-    win = float(np.dot(q, calibrated_reward(lp)))
-    dtype = law.log_pmf.dtype
-
-    def cast(x):
-        return jnp.asarray(x, dtype)
-
-    return PolicyLaw(
-        values=cast(v), log_pmf=cast(lq), base_log_pmf=cast(lp),
-        expected_reward=cast(expected), variance=cast(variance),
-        kl=cast(max(kl, 0.0)), reverse_kl=cast(max(reverse, 0.0)),
-        win_rate=cast(win))
-
-
-def policy_law(lm: MemorylessLM, reward: LinearReward, policy,
-               **law_kwargs) -> PolicyLaw:
-    r"""The exact law of ``R`` under ``policy``: :func:`policy_law_from_law` on
-    :func:`reward_law` (``law_kwargs``: ``span``, ``method`` ...).
-
-    Examples:
-      >>> import jaxalign
-      >>> from jaxalign import policies
-      >>> lm = jaxalign.MemorylessLM.bernoulli(0.5, length=1)
-      >>> law = policy_law(lm, jaxalign.LinearReward([0.0, 1.0]), policies.BestOfN(3))
-      >>> float(law.win_rate)  # sum_s q(s) (F(s-) + P(s)/2) = 1/8 * 1/4 + 7/8 * 3/4
-      0.6875
-    """
-    return policy_law_from_law(lm.reward_law(reward, **law_kwargs), policy)
-
-
-def best_of_n_report(lm: MemorylessLM, reward: LinearReward,
-                     log_num_candidates) -> list[dict[str, float]]:
-    """Exact best-of-N rows, each beside the tilted policy with the same KL (what
-    ``jaxalign exact`` prints): ``E[R]``, ``KL``, its bound ``log N - (N-1)/N``,
-    the win rate and the frontier ``optimal_reward`` at that KL.
-
-    Examples:
-      >>> import jaxalign
-      >>> lm = jaxalign.MemorylessLM.bernoulli(0.5, length=1)
-      >>> rows = best_of_n_report(lm, jaxalign.LinearReward([0.0, 1.0]), [0.0])
-      >>> rows[0]["expected_reward"], rows[0]["win_rate"]
-      (0.5, 0.5)
-    """
-    from jaxalign import theory
-
-    bon = best_of_n(lm, reward, log_num_candidates=log_num_candidates)
-    rows = []
-    for i, log_n in enumerate(log_num_candidates):
-        kl = float(bon.kl[i])
-        rows.append({
-            "log_num_candidates": float(log_n),
-            "expected_reward": float(bon.expected_reward[i]),
-            "kl": kl,
-            "kl_bound": float(theory.best_of_n_kl_bound(log_num_candidates=log_n)),
-            "win_rate": float(bon.win_rate[i]),
-            "tilted_reward_at_same_kl": float(theory.optimal_reward(lm, reward, kl)),
-        })
-    return rows
