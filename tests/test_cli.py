@@ -129,3 +129,13 @@ def test_console_script_subprocess():
                         text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["kl"] == pytest.approx(4.0, rel=1e-12)
+
+
+def test_exact_with_n_equal_one_in_the_list(capsys):
+    # KL(BoN_1 || P) rounded to -3.6e-17 at n = 100 and optimal_reward rejected it.
+    argv = ["exact", "--probs", "0.7,0.3", "--rewards", "0,1", "--length", "100",
+            "--num-candidates", "1,2,4,1000", "--json"]
+    assert cli.main(argv) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["kl"] for r in rows][0] == 0.0
+    assert all(r["kl"] >= 0 for r in rows)

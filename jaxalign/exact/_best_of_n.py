@@ -76,7 +76,8 @@ def _bon_core(values, log_pmf, lnl, lnr, below, log_n, lam, log_mgf_n):
         b = np.exp(log_b)
         log_ratio = np.where(b > 0, log_b - np.where(finite_q, log_pmf, 0.0)[None, :],
                              0.0)
-    kl = np.sum(b * log_ratio, axis=1)
+    # KL >= 0: rounding must never make it negative (N = 1 gives -4e-17 otherwise).
+    kl = np.maximum(np.sum(b * log_ratio, axis=1), 0.0)
     win = b @ (below + 0.5 * np.exp(log_pmf))
     kl_tilted = kl - lam * expected + log_mgf_n
     return expected, kl, win, log_b, kl_tilted
