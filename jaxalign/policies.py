@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import operator
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, NamedTuple
 
@@ -124,27 +123,16 @@ def _real(value, name: str, *, minimum: float | None = None, strict=False,
 
 
 def _log_candidates(num_candidates, log_num_candidates):
-    """``(N or None, log N)`` from exactly one of the two."""
-    if (num_candidates is None) == (log_num_candidates is None):
+    """``(N or None, log N)`` from exactly one of the two (checked by the exact
+    best-of-N layer's own validation)."""
+    from jaxalign.exact._best_of_n import _log_candidates as log_candidates
+
+    log_n = log_candidates(num_candidates, log_num_candidates)
+    if np.ndim(log_n) != 0:
         raise ValueError(
-            "give exactly one of num_candidates and log_num_candidates, got "
-            f"num_candidates={num_candidates!r}, "
+            f"a policy takes one N, got num_candidates={num_candidates!r}, "
             f"log_num_candidates={log_num_candidates!r}")
-    if num_candidates is not None:
-        try:
-            if isinstance(num_candidates, bool):
-                raise TypeError
-            n = operator.index(num_candidates)
-        except TypeError:
-            if isinstance(num_candidates, float) and num_candidates.is_integer():
-                n = int(num_candidates)
-            else:
-                raise ValueError(f"num_candidates must be an integer >= 1, got "
-                                 f"{num_candidates!r}") from None
-        if n < 1:
-            raise ValueError(f"num_candidates must be an integer >= 1, got {n!r}")
-        return n, math.log(n)
-    return None, _real(log_num_candidates, "log_num_candidates", minimum=0.0)
+    return (None if num_candidates is None else int(num_candidates)), float(log_n)
 
 
 # ------------------------------------------------------------------ law helpers
@@ -205,6 +193,7 @@ class Policy:
     required_keys: ClassVar[tuple[GridKey, ...]] = ()
     compare_with_base: ClassVar[bool] = True
     traced_fields: ClassVar[tuple[str, ...]] = ()
+    derived_settings: ClassVar[tuple[str, ...]] = ()
 
     def unchecked_replace(self, **changes) -> Policy:
         """A copy with some fields replaced *without* validation: the constructor
@@ -251,6 +240,12 @@ class Policy:
     def grid_keys(cls) -> tuple[GridKey, ...]:
         """Every ``[grid]`` key this policy reads."""
         return cls.strength_keys + cls.required_keys
+
+    @classmethod
+    def settings(cls) -> tuple[str, ...]:
+        """The settings a point of this policy records: its grid keys, plus those
+        :meth:`expand` derives (``log_num_candidates``)."""
+        return tuple(key.name for key in cls.grid_keys()) + cls.derived_settings
 
     @classmethod
     def expand(cls, grid: Mapping[str, tuple], length: int) -> list[dict]:
@@ -347,14 +342,11 @@ def names() -> tuple[str, ...]:
 
 
 def setting_names() -> tuple[str, ...]:
-    """Every setting a registered policy records per point, in a fixed order (the
-    ``results.csv`` columns between ``sampling`` and ``quantity``)."""
-    out = ["lam", "kl_budget", "delta", "num_candidates", "log_num_candidates",
-           "temperature"]
+    """Every setting a registered policy records per point, in registration order
+    (the ``results.csv`` columns between ``sampling`` and ``quantity``)."""
+    out: dict[str, None] = {}
     for cls in _REGISTRY.values():
-        for key in cls.grid_keys():
-            if key.name not in out:
-                out.append(key.name)
+        out.update(dict.fromkeys(cls.settings()))
     return tuple(out)
 
 
@@ -396,11 +388,9 @@ class Base(Policy):
                              return_tokens)
 
     def sweep_values(self, lm, reward, settings, law):
-        n = lm.length
-        closed = lm.tilt_summary(reward, 0.0)
-        mean, var = float(closed.mean) / n, float(closed.variance) / n
-        return {"reward_per_token": (mean, mean), "variance_per_token": (var, var),
-                "kl_per_token": (0.0, None)}
+        # The tilt at lam = 0, whose KL is exactly 0 (no limit to compare with).
+        return dict(Tilted(0.0).sweep_values(lm, reward, {}, law),
+                    kl_per_token=(0.0, None))
 
 
 @register
@@ -465,6 +455,8 @@ class Tilted(Policy):
 
 class _Candidates:
     """Shared by the policies that draw N candidates."""
+
+    derived_settings: ClassVar[tuple[str, ...]] = ("log_num_candidates",)
 
     def check_token_sampling(self) -> None:
         if self.num_candidates is None:
@@ -741,9 +733,6 @@ class Rejection(Policy):
                 f"threshold {self.threshold!r} is above every reward the base model "
                 f"can reach (max {float(values[np.isfinite(log_pmf)].max())!r})")
         return _normalise(log_q)
-
-    def sweep_values(self, lm, reward, settings, law):
-        return {}
 
 
 @register

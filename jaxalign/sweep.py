@@ -264,34 +264,16 @@ def _prepare(config: SweepConfig, spec, point: Point) -> _Prepared:
                 raise ValueError(f"point {point.tag}: {e}") from None
             block_fn = _Block("token", n, static, win=win)
         else:
-            log_g = _log_weight(policy_law)
-            log_max = float(np.max(log_g))
-            _check_proposals(point, log_max, config.replicates)
-            params.update(values=np.asarray(policy_law.values, dtype),
-                          log_weight=np.asarray(log_g - log_max, dtype))
-            block_fn = _Block("reweight", n, None,
-                              sample._proposals_per_step(log_max), win=win)
+            try:
+                plan = sample._reweighting(policy_law, config.replicates, n)
+            except ValueError as e:
+                raise ValueError(f"point {point.tag}: {e}") from None
+            params.update(values=np.asarray(plan.values, dtype),
+                          log_weight=np.asarray(plan.log_accept, dtype))
+            block_fn = _Block("reweight", n, None, plan.proposals_per_step, win=win)
     rows = functools.partial(_rows, point=point, lm=lm, reward=reward, policy=policy,
                              law=policy_law)
     return _Prepared(point, block_fn, params, rows)
-
-
-def _check_proposals(point: Point, log_max: float, replicates: int) -> None:
-    tokens = replicates * math.exp(min(log_max, 700.0)) * point.length
-    if tokens > sample._MAX_PROPOSAL_TOKENS:
-        raise ValueError(
-            f"point {point.tag}: token-level rejection from the base model would draw "
-            f"about {tokens:.3g} tokens (acceptance {math.exp(-log_max):.3g}); use "
-            'sampling = "law"'
-        )
-
-
-def _log_weight(law) -> np.ndarray:
-    """log g = log q - log P on the law's support (-inf where P = 0 or q = 0)."""
-    lq = np.asarray(law.log_pmf, np.float64)
-    lp = np.asarray(law.base_log_pmf, np.float64)
-    with np.errstate(invalid="ignore"):
-        return np.where(np.isfinite(lp) & np.isfinite(lq), lq - lp, -np.inf)
 
 
 def _row(quantity, estimate=None, exact_value=None, asymptotic=None):
@@ -342,7 +324,7 @@ def _rows(draws, *, point: Point, lm, reward, policy, law):
             values = np.asarray(law.values, np.float64)
             cls = np.searchsorted(0.5 * (values[1:] + values[:-1]), r * n)
             # E_pi[log g(R)] = KL(pi || P): an unbiased Monte Carlo KL.
-            log_g = _log_weight(law)[cls]
+            log_g = law.log_weight()[cls]
             # (A constant log g -- the base policy, rejection -- needs no estimate:
             # its spread is rounding.)
             spread = np.ptp(log_g) if np.all(np.isfinite(log_g)) else 0.0

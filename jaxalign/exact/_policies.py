@@ -10,6 +10,7 @@ import numpy as np
 
 from jaxalign._numerics import lse
 from jaxalign._types import Array
+from jaxalign.exact._lattice import _law_options
 from jaxalign.models import LinearReward, MemorylessLM
 
 # ---------------------------------------------------------------------- policies
@@ -49,11 +50,13 @@ class PolicyLaw(NamedTuple):
     reverse_kl: Array
     win_rate: Array
 
-    def _log_weight(self):
+    def log_weight(self) -> np.ndarray:
+        """``log g = log(π(R = s) / P(R = s))`` on ``values`` in float64 (``-inf``
+        where ``P(R = s) = 0`` or ``π`` gives ``s`` no mass)."""
         lq = np.asarray(self.log_pmf, np.float64)
         lp = np.asarray(self.base_log_pmf, np.float64)
         with np.errstate(invalid="ignore"):
-            return np.where(np.isfinite(lp), lq - lp, -np.inf), lp
+            return np.where(np.isfinite(lp), lq - lp, -np.inf)
 
     def renyi(self, alpha) -> Array:
         r"""Rényi divergence of order ``α > 0`` (``inf`` allowed):
@@ -75,7 +78,8 @@ class PolicyLaw(NamedTuple):
         a = np.asarray(alpha, np.float64)
         if a.shape != () or not a > 0:
             raise ValueError(f"alpha must be a real scalar > 0, got {alpha!r}")
-        log_g, lp = self._log_weight()
+        log_g = self.log_weight()
+        lp = np.asarray(self.base_log_pmf, np.float64)
         on = np.isfinite(lp)
         if a == 1.0:
             out = float(self.kl)
@@ -188,4 +192,6 @@ def policy_law(lm: MemorylessLM, reward: LinearReward, policy,
       >>> float(law.win_rate)  # sum_s q(s) (F(s-) + P(s)/2) = 1/8 * 1/4 + 7/8 * 3/4
       0.6875
     """
-    return policy_law_from_law(lm.reward_law(reward, **law_kwargs), policy)
+    # Unknown options raise ValueError here, not TypeError from the model.
+    options = _law_options(law_kwargs)
+    return policy_law_from_law(lm.reward_law(reward, **options), policy)

@@ -38,7 +38,7 @@ from jaxalign.sample._kernels import _token_stage as _token_stage
 from jaxalign.sample._plain import rewards as rewards
 from jaxalign.sample._plain import tilted as tilted
 from jaxalign.sample._plain import tokens as tokens
-from jaxalign.sample._policy import _proposals_per_step as _proposals_per_step
+from jaxalign.sample._policy import _reweighting as _reweighting
 from jaxalign.sample._policy import policy as policy
 from jaxalign.sample._policy import reweighted as reweighted
 from jaxalign.sample._selection import _best_of_n_impl as _best_of_n_impl

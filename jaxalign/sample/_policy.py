@@ -4,6 +4,7 @@ sampler and the dispatch between a policy's own samplers and the law level."""
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -149,9 +150,31 @@ def reweighted(
     return SampleResult(r, toks) if return_tokens else r
 
 
-def _proposals_per_step(log_max: float) -> int:
-    """A power of two near the expected proposals per draw, at most 256."""
-    return 1 << min(8, max(0, math.ceil(log_max / math.log(2))))
+class _Reweighting(NamedTuple):
+    """How :func:`reweighted` draws a policy: its support, its acceptance
+    ``log(g / max g)`` and the proposals per loop step."""
+
+    values: np.ndarray
+    log_accept: np.ndarray
+    proposals_per_step: int
+
+
+def _reweighting(law, num_samples: int, length: int) -> _Reweighting:
+    """The rejection plan for a :class:`jaxalign.exact.PolicyLaw`; raises
+    ``ValueError`` up front when the expected number of proposal tokens exceeds
+    the budget (acceptance is ``1 / max g``)."""
+    log_g = law.log_weight()
+    log_max = float(np.max(log_g))
+    expected = num_samples * math.exp(min(log_max, 700.0)) * length
+    if expected > _MAX_PROPOSAL_TOKENS:
+        raise ValueError(
+            f"token-level rejection from the base model accepts with probability "
+            f"1/max g = {math.exp(-log_max):.3g}: about {expected:.3g} tokens for "
+            f"{num_samples} samples, more than {_MAX_PROPOSAL_TOKENS:.3g}; sample at "
+            'the law level (level=\'law\', or sampling = "law" in a sweep)')
+    # A power of two near the expected proposals per draw, at most 256.
+    step = 1 << min(8, max(0, math.ceil(log_max / math.log(2))))
+    return _Reweighting(np.asarray(law.values, np.float64), log_g - log_max, step)
 
 
 def policy(
@@ -217,29 +240,17 @@ def policy(
     batch_size = _check_optional_int(batch_size, "batch_size")
     if level == "token" and policy.has_token_sampler:
         policy.check_token_sampling()
-        out = policy.sample_tokens(key, lm, reward, num_samples,
-                                   first_index=first_index, batch_size=batch_size,
-                                   return_tokens=return_tokens)
-        if out is not None:
-            return out
+        return policy.sample_tokens(key, lm, reward, num_samples,
+                                    first_index=first_index, batch_size=batch_size,
+                                    return_tokens=return_tokens)
     law = lm.reward_law(reward)
     if level == "token":
-        values = np.asarray(law.values, np.float64)
-        base = np.asarray(law.log_pmf, np.float64)
-        base = base - np.logaddexp.reduce(base)
-        with np.errstate(invalid="ignore"):
-            log_g = np.where(np.isfinite(base), policy.log_pmf(values, base) - base,
-                             -np.inf)
-        log_max = float(np.max(log_g))
-        expected = num_samples * math.exp(min(log_max, 700.0)) * lm.length
-        if expected > _MAX_PROPOSAL_TOKENS:
-            raise ValueError(
-                f"token-level sampling of {type(policy).__name__} rejects from the "
-                f"base model with acceptance 1/max g = {math.exp(-log_max):.3g}: "
-                f"about {expected:.3g} tokens for {num_samples} samples, more than "
-                f"{_MAX_PROPOSAL_TOKENS:.3g}; sample at the law level (level='law')")
-        return reweighted(key, lm, reward, values, log_g, num_samples,
-                          proposals_per_step=_proposals_per_step(log_max),
+        from jaxalign import exact
+
+        plan = _reweighting(exact.policy_law_from_law(law, policy), num_samples,
+                            lm.length)
+        return reweighted(key, lm, reward, plan.values, plan.log_accept, num_samples,
+                          proposals_per_step=plan.proposals_per_step,
                           return_tokens=return_tokens, batch_size=batch_size,
                           first_index=first_index)
     values, log_pmf, log_num = policy.law_sampling(
