@@ -77,6 +77,9 @@ def test_huge_n_keeps_log_n():
         (("bernoulli = 0.3", "colour = 1"), "model[0].colour"),
         (("seed = 3", 'seed = 3\nsampling = "mcmc"'), "sampling"),
         (("seed = 3", 'seed = 3\nprng = "mt19937"'), "prng"),
+        (("delta = [0.1, 0.2]", "delta = [0.1, 0.2]\nbeta = [-1.0]"), "beta"),
+        (("delta = [0.1, 0.2]", "delta = [0.1, 0.2]\nthreshold = [nan]"), "threshold"),
+        (("delta = [0.1, 0.2]", "delta = [0.1, 0.2]\nstrength = [inf]"), "strength"),
     ],
 )
 def test_bad_config_names_the_key(change, key):

@@ -315,3 +315,9 @@ def test_win_rate_kl_draws_best_of_n_under_the_frontier():
     assert fx[0] == pytest.approx(0.0, abs=1e-12) and fy[0] == pytest.approx(0.5)
     assert by[0] == pytest.approx(0.5) and np.all(np.diff(fy) > 0)
     assert fx.max() >= bx.max() and np.all(by < 1)
+
+
+def test_win_rate_kl_needs_the_reward_without_rows():
+    lm = jaxalign.MemorylessLM.bernoulli(Q, length=4)
+    with pytest.raises(ValueError, match="reward"):
+        plots.win_rate_kl(None, lm, None, length=4)
