@@ -65,7 +65,15 @@ def child(replicates: int, sampling: str) -> dict:
         return wrapper
 
     store.RunStore.append = timed(store.RunStore.append, "store")
-    sweep._Progress.update = timed(sweep._Progress.update, "progress")
+    make_bar = sweep._progress
+
+    def timed_bar(*args, **kwargs):  # the tqdm bar's updates, in-process
+        bar = make_bar(*args, **kwargs)
+        bar.update = timed(bar.update, "progress")
+        bar.set_postfix_str = timed(bar.set_postfix_str, "progress")
+        return bar
+
+    sweep._progress = timed_bar
     with tempfile.TemporaryDirectory() as tmp:
         sweep.run_sweep(config, f"{tmp}/warm")  # compile
         spent.update(store=0.0, progress=0.0)
