@@ -42,10 +42,10 @@ def main() -> None:
     reward = jaxalign.LinearReward(jnp.linspace(0.0, 1.0, num_tokens))
     rows = []
 
-    for method in rl.METHODS:
+    for algorithm in rl.ALGORITHMS:
         for num_betas, num_seeds in ((1, 1), (4, 4)):
             betas = jnp.linspace(0.1, 1.0, num_betas)
-            kw = dict(num_seeds=num_seeds, method=method, num_steps=num_steps,
+            kw = dict(num_seeds=num_seeds, algorithm=algorithm, num_steps=num_steps,
                       batch_size=batch, group_size=8, learning_rate=0.05)
             t0 = time.perf_counter()
             jax.block_until_ready(rl.train_sweep(key, lm, reward, betas, **kw))
@@ -54,15 +54,15 @@ def main() -> None:
                 lambda b=betas, kw=kw: rl.train_sweep(key, lm, reward, b, **kw))
             runs = num_betas * num_seeds
             rows.append(dict(
-                what=f"train {method}", runs=runs, batch=batch, length=length,
+                what=f"train {algorithm}", runs=runs, batch=batch, length=length,
                 K=num_tokens, num_steps=num_steps,
-                epochs=1 if method in ("exact", "reinforce") else 4,
+                epochs=1 if algorithm in ("exact", "reinforce") else 4,
                 steps_per_s=num_steps * runs / run_s,
-                tokens_per_s=(0 if method == "exact"
+                tokens_per_s=(0 if algorithm == "exact"
                               else num_steps * runs * batch * length / run_s),
                 first_call_s=compile_s, run_s=run_s))
 
-    # Frontier figure data: 3 methods x 4 betas x 2 seeds, tilt curve, exact BoN.
+    # Frontier figure data: 3 algorithms x 4 betas x 2 seeds, tilt curve, exact BoN.
     fk, fn_len = (6, 8) if args.quick else (8, 16)
     flm = jaxalign.MemorylessLM.zipf(fk, 1.0, length=fn_len)
     frew = jaxalign.LinearReward(jnp.linspace(0.0, 1.0, fk))
@@ -74,9 +74,9 @@ def main() -> None:
         return rl.frontier_data(key, flm, frew, fbetas, **fkw)
 
     t0 = time.perf_counter()
-    jax.block_until_ready(frontier().method_kl)
+    jax.block_until_ready(frontier().algorithm_kl)
     cold = time.perf_counter() - t0
-    warm = _time(lambda: frontier().method_kl, repeats=2)
+    warm = _time(lambda: frontier().algorithm_kl, repeats=2)
     rows.append(dict(what="frontier_data cold (compile included)", K=fk,
                      length=fn_len, run_s=cold))
     rows.append(dict(what="frontier_data warm", K=fk, length=fn_len, run_s=warm))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import operator
+import warnings
 from typing import Any
 
 import jax
@@ -113,3 +115,37 @@ def float_dtype(*xs: Any):
 def log_tolerance(dtype) -> float:
     """Tolerance on |sum(p) - 1| at model construction: sqrt(eps) of the dtype."""
     return math.sqrt(float(jnp.finfo(dtype).eps))
+
+
+def adopt_public_names(namespace: dict) -> None:
+    """Make a package's ``__all__`` names members of the package itself.
+
+    Sets ``__module__`` to the package on each public object (and on a class's own
+    methods), so ``help``, ``repr`` and ``doctest.testmod(package)`` treat names
+    defined in private submodules as the package's own.
+    """
+    package = namespace["__name__"]
+    for name in namespace["__all__"]:
+        obj = namespace[name]
+        if not hasattr(obj, "__module__"):
+            continue
+        obj.__module__ = package
+        if isinstance(obj, type):
+            for member in vars(obj).values():
+                if inspect.isfunction(member):
+                    member.__module__ = package
+
+
+def renamed_keyword(value: Any, old_value: Any, *, old: str, new: str,
+                    default: Any = None, stacklevel: int = 3) -> Any:
+    """The value of keyword ``new``, or of its deprecated former name ``old``.
+
+    A value given under ``old`` wins (with a ``DeprecationWarning`` naming both);
+    giving both raises ``ValueError``; neither gives ``default``.
+    """
+    if old_value is None:
+        return default if value is None else value
+    if value is not None:
+        raise ValueError(f"give {new}= only ({old}= is its deprecated name), got both")
+    warnings.warn(f"{old}= is now {new}=", DeprecationWarning, stacklevel=stacklevel)
+    return old_value

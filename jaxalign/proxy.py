@@ -42,6 +42,8 @@ from jaxalign._types import (
     is_concrete,
 )
 from jaxalign.models import LinearReward, MemorylessLM, check_compatible
+from jaxalign.theory._renyi import _categorical_kl
+from jaxalign.theory._tilt import _kl_token, _tilted
 
 __all__ = [
     "AGGREGATIONS",
@@ -203,11 +205,6 @@ class ProxyTiltResult(NamedTuple):
     gap_bound: Array  # (R_max − R_min) sqrt(n osc(e) / (4β)) >= |G|
 
 
-def _kl_vec(log_a: Array, log_b: Array) -> Array:
-    a = jnp.exp(log_a)
-    return jnp.sum(jnp.where(a > 0, a * (log_a - log_b), 0.0))
-
-
 def proxy_tilt(lm: MemorylessLM, gold: LinearReward, proxy: LinearReward,
                beta: ArrayLike) -> ProxyTiltResult:
     r"""Exact reward-hacking quantities of the proxy tilt ``π̂_β ∝ P e^{R̂/β}`` (A3).
@@ -248,15 +245,13 @@ def proxy_tilt(lm: MemorylessLM, gold: LinearReward, proxy: LinearReward,
 @jax.jit(static_argnames="n")
 def _proxy_tilt_core(log_p, r, rh, beta, n):
 
-    def tilt(v):
-        return jax.nn.log_softmax(
-            jnp.where(jnp.isneginf(log_p), -jnp.inf, log_p + v / beta))
-
-    log_hat, log_opt = tilt(rh), tilt(r)
-    hat, opt = jnp.exp(log_hat), jnp.exp(log_opt)
-    kl_hat, kl_opt = n * _kl_vec(log_hat, log_p), n * _kl_vec(log_opt, log_p)
+    t_hat, t_opt = _tilted(log_p, rh, 1 / beta), _tilted(log_p, r, 1 / beta)
+    log_hat, log_opt = t_hat.log_phi, t_opt.log_phi
+    hat, opt = t_hat.phi, t_opt.phi
+    kl_hat, kl_opt = n * _kl_token(t_hat), n * _kl_token(t_opt)
     gold_hat, gold_opt = n * jnp.sum(hat * r), n * jnp.sum(opt * r)
-    kl_ho, kl_oh = n * _kl_vec(log_hat, log_opt), n * _kl_vec(log_opt, log_hat)
+    kl_ho = n * _categorical_kl(log_hat, log_opt)
+    kl_oh = n * _categorical_kl(log_opt, log_hat)
     support = ~jnp.isneginf(log_p)
     err = rh - r
     osc_e = jnp.max(jnp.where(support, err, -jnp.inf)) - jnp.min(

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxalign import estimators
+from jaxalign import estimators, theory
 from jaxalign._types import (
     Array,
     ArrayLike,
@@ -48,11 +48,14 @@ from jaxalign._types import (
     check_real,
     is_concrete,
     prng_jit,
+    renamed_keyword,
 )
 from jaxalign.models import LinearReward, MemorylessLM, check_compatible
+from jaxalign.sample._kernels import _alias_table, _alias_tokens
+from jaxalign.theory._renyi import _categorical_kl
 
 __all__ = [
-    "METHODS",
+    "ALGORITHMS",
     "KL_ESTIMATORS",
     "KL_MODES",
     "TrainResult",
@@ -66,7 +69,7 @@ __all__ = [
     "frontier_data",
 ]
 
-METHODS = ("exact", "reinforce", "ppo", "grpo")
+ALGORITHMS = ("exact", "reinforce", "ppo", "grpo")
 KL_ESTIMATORS = ("k1", "k2", "k3")
 KL_MODES = ("reward", "loss")
 
@@ -98,9 +101,8 @@ class PolicyValue(NamedTuple):
 def _policy_value(logits: Array, base_log_probs: Array, token_rewards: Array,
                   length: int) -> PolicyValue:
     log_pi = jax.nn.log_softmax(logits)
-    pi = jnp.exp(log_pi)
-    kl = length * jnp.sum(jnp.where(pi > 0, pi * (log_pi - base_log_probs), 0.0))
-    return PolicyValue(kl, length * jnp.sum(pi * token_rewards))
+    kl = length * _categorical_kl(log_pi, base_log_probs)
+    return PolicyValue(kl, length * jnp.sum(jnp.exp(log_pi) * token_rewards))
 
 
 def _check_base(lm: MemorylessLM) -> None:
@@ -230,7 +232,7 @@ def kl_estimator_gradient(logits: ArrayLike, lm: MemorylessLM, estimator: str = 
 
 
 class _Config(NamedTuple):
-    method: str
+    algorithm: str
     length: int
     num_steps: int
     batch_size: int
@@ -243,15 +245,14 @@ class _Config(NamedTuple):
 
 
 def _sample_tokens(key: PRNGKey, logits: Array, shape: tuple) -> Array:
-    # Inverse CDF: fast on CPU and exact up to the float rounding of the cdf.
-    cdf = jnp.cumsum(jax.nn.softmax(logits))
-    u = jax.random.uniform(key, shape + (1,), dtype=logits.dtype)
-    edges = jnp.reshape(cdf[:-1], (1,) * len(shape) + (cdf.shape[0] - 1,))
-    return jnp.sum(u > edges, axis=-1)
+    # The token sampler of jaxalign.sample: an alias table built from the current
+    # policy, one 32-bit word per token.
+    words = jax.random.bits(key, shape, jnp.uint32)
+    return _alias_tokens(_alias_table(jax.nn.softmax(logits)), words)
 
 
 def _group_advantages(scores: Array, cfg: _Config) -> Array:
-    if cfg.method == "grpo":
+    if cfg.algorithm == "grpo":
         groups = scores.reshape(-1, cfg.group_size)
         centred = groups - jnp.mean(groups, axis=1, keepdims=True)
         if cfg.scale_rewards:
@@ -291,7 +292,7 @@ def _train_one(key, base_log_probs, token_rewards, beta, learning_rate, clip_eps
     def step(carry, t):
         theta, opt_state = carry
         value = _policy_value(theta, base_log_probs, token_rewards, n)
-        if cfg.method == "exact":
+        if cfg.algorithm == "exact":
             loss_fn = exact_loss
             kl_hat, reward_hat = value.kl, value.reward
             grads = jax.grad(loss_fn)(theta)
@@ -308,7 +309,7 @@ def _train_one(key, base_log_probs, token_rewards, beta, learning_rate, clip_eps
         def sampled_loss(th):
             log_pi_tok, k_tok = token_terms(th, tokens)
             pen = beta * jnp.mean(jnp.sum(k_tok, -1)) if mode == "loss" else 0.0
-            if cfg.method == "reinforce":
+            if cfg.algorithm == "reinforce":
                 surr = adv * jnp.sum(log_pi_tok, axis=-1)
             else:
                 ratio = jnp.exp(log_pi_tok - old_log_pi_tok)
@@ -359,12 +360,12 @@ def _sweep_impl(key, base_log_probs, token_rewards, betas, learning_rate, clip_e
 _sweep_jit = prng_jit("cfg", "num_seeds")(_sweep_impl)
 
 
-def _validate(lm, reward, method, learning_rate, num_steps, batch_size, group_size,
+def _validate(lm, reward, algorithm, learning_rate, num_steps, batch_size, group_size,
               num_epochs, kl_mode, kl_estimator, clip_eps, optimizer_fn, init_logits,
               scale_rewards):
     check_compatible(lm, reward)
     _check_base(lm)
-    _check_choice(method, "method", METHODS)
+    _check_choice(algorithm, "algorithm", ALGORITHMS)
     _check_choice(kl_mode, "kl_mode", KL_MODES)
     _check_choice(kl_estimator, "kl_estimator", KL_ESTIMATORS)
     if is_concrete(learning_rate):
@@ -380,7 +381,7 @@ def _validate(lm, reward, method, learning_rate, num_steps, batch_size, group_si
     num_steps = check_positive_int(num_steps, "num_steps")
     num_epochs = check_positive_int(num_epochs, "num_epochs")
     batch_size = check_positive_int(batch_size, "batch_size", minimum=2)
-    if method == "grpo":
+    if algorithm == "grpo":
         group_size = check_positive_int(group_size, "group_size", minimum=2)
         if batch_size % group_size:
             raise ValueError(
@@ -389,7 +390,7 @@ def _validate(lm, reward, method, learning_rate, num_steps, batch_size, group_si
             )
     else:
         group_size = batch_size
-    if method in ("exact", "reinforce"):
+    if algorithm in ("exact", "reinforce"):
         num_epochs = 1
     if not callable(optimizer_fn):
         raise ValueError(
@@ -404,29 +405,29 @@ def _validate(lm, reward, method, learning_rate, num_steps, batch_size, group_si
             f"lm and reward must share a float dtype, got {dtype} and "
             f"{reward.token_rewards.dtype}"
         )
-    cfg = _Config(method, lm.length, num_steps, batch_size, group_size, num_epochs,
+    cfg = _Config(algorithm, lm.length, num_steps, batch_size, group_size, num_epochs,
                   kl_mode, kl_estimator, optimizer_fn, bool(scale_rewards))
     lr = jnp.asarray(learning_rate, dtype=dtype)
     ce = jnp.asarray(clip_eps, dtype=dtype)
     return cfg, lr, ce, init
 
 
-def _default_kl(method, kl_mode, kl_estimator):
+def _default_kl(algorithm, kl_mode, kl_estimator):
     if kl_mode is None:
-        kl_mode = "loss" if method == "grpo" else "reward"
+        kl_mode = "loss" if algorithm == "grpo" else "reward"
     if kl_estimator is None:
-        kl_estimator = "k3" if method == "grpo" else "k1"
+        kl_estimator = "k3" if algorithm == "grpo" else "k1"
     return kl_mode, kl_estimator
 
 
 def train_sweep(key: PRNGKey, lm: MemorylessLM, reward: LinearReward,
-                betas: ArrayLike, *, num_seeds: int = 1, method: str = "reinforce",
+                betas: ArrayLike, *, num_seeds: int = 1, algorithm: str | None = None,
                 learning_rate: float = 0.05, num_steps: int = 200,
                 batch_size: int = 32, group_size: int = 8, num_epochs: int = 4,
                 kl_mode: str | None = None, kl_estimator: str | None = None,
                 clip_eps: float = 0.2, optimizer_fn: Callable = optax.adam,
                 init_logits: ArrayLike | None = None,
-                scale_rewards: bool = True) -> TrainResult:
+                scale_rewards: bool = True, method: str | None = None) -> TrainResult:
     r"""Train memoryless policies for every ``beta`` and seed, in one compiled call.
 
     Maximises ``E_π R − β KL(π^{⊗n}‖P)`` (see the module docstring) with:
@@ -451,7 +452,8 @@ def train_sweep(key: PRNGKey, lm: MemorylessLM, reward: LinearReward,
       reward: the training reward (gold, or a proxy).
       betas: ``(num_betas,)`` KL coefficients ``β ≥ 0`` (``β = 1/λ``).
       num_seeds: independent runs per ``beta``.
-      method: one of :data:`METHODS`.
+      algorithm: one of :data:`ALGORITHMS` (default ``"reinforce"``; the former
+        name ``method=`` still works, with a ``DeprecationWarning``).
       learning_rate: step size ``> 0`` passed to ``optimizer_fn``.
       num_steps: number of sampled batches (outer steps) ``>= 1``.
       batch_size: sequences per batch ``>= 2``.
@@ -479,9 +481,11 @@ def train_sweep(key: PRNGKey, lm: MemorylessLM, reward: LinearReward,
       (2, 2, 11)
     """
     check_key(key)
-    kl_mode, kl_estimator = _default_kl(method, kl_mode, kl_estimator)
+    algorithm = renamed_keyword(algorithm, method, old="method", new="algorithm",
+                                default="reinforce")
+    kl_mode, kl_estimator = _default_kl(algorithm, kl_mode, kl_estimator)
     cfg, lr, ce, init = _validate(
-        lm, reward, method, learning_rate, num_steps, batch_size, group_size,
+        lm, reward, algorithm, learning_rate, num_steps, batch_size, group_size,
         num_epochs, kl_mode, kl_estimator, clip_eps, optimizer_fn, init_logits,
         scale_rewards)
     num_seeds = check_positive_int(num_seeds, "num_seeds")
@@ -506,7 +510,7 @@ def train(key: PRNGKey, lm: MemorylessLM, reward: LinearReward, beta: float,
       >>> import jax, optax, jaxalign
       >>> lm = jaxalign.MemorylessLM.uniform(2, length=2)
       >>> r = jaxalign.LinearReward([0.0, 1.0])
-      >>> res = train(jax.random.key(0), lm, r, 1.0, method="exact",
+      >>> res = train(jax.random.key(0), lm, r, 1.0, algorithm="exact",
       ...             optimizer_fn=optax.sgd, learning_rate=0.5, num_steps=500)
       >>> round(float(jax.nn.softmax(res.logits)[1]), 4)  # e/(1+e)
       0.7311
@@ -527,7 +531,7 @@ def train(key: PRNGKey, lm: MemorylessLM, reward: LinearReward, beta: float,
 class FrontierData(NamedTuple):
     """KL-reward frontier with best-of-N and trained-policy points (plot data).
 
-    ``methods`` holds static string labels; every other field is an array.
+    ``algorithms`` holds static string labels; every other field is an array.
     """
 
     lams: Array  # (L,) tilt grid λ
@@ -537,34 +541,37 @@ class FrontierData(NamedTuple):
     bon_kl: Array  # (C,) exact KL(π_BoN ‖ P)
     bon_reward: Array  # (C,) exact E_BoN R
     betas: Array  # (B,) KL coefficients used for training
-    method_kl: Array  # (num_methods, B, num_seeds) exact KL of the trained policies
-    method_reward: Array  # (num_methods, B, num_seeds) exact E R of trained policies
-    methods: tuple  # (num_methods,) method names
+    algorithm_kl: Array  # (A, B, num_seeds) exact KL of the trained policies
+    algorithm_reward: Array  # (A, B, num_seeds) exact E R of the trained policies
+    algorithms: tuple  # (A,) RL algorithm names
 
 
 def frontier_data(key: PRNGKey, lm: MemorylessLM, reward: LinearReward,
                   betas: ArrayLike, *,
-                  methods: tuple = ("reinforce", "ppo", "grpo"),
+                  algorithms: tuple = ("reinforce", "ppo", "grpo"),
                   num_candidates: ArrayLike = (1, 2, 4, 8, 16, 32, 64, 128),
-                  num_points: int = 64, method_kwargs: dict | None = None,
+                  num_points: int = 64, algorithm_kwargs: dict | None = None,
+                  methods: tuple | None = None, method_kwargs: dict | None = None,
                   **train_kwargs) -> FrontierData:
     r"""Everything needed for the KL-reward frontier figure, exactly evaluated.
 
     - the frontier ``(n(λΛ'(λ) − Λ(λ)), nΛ'(λ))`` on ``λ ∈ [0, 2/min β]``
       (``num_points`` values), from the closed form of the tilt;
     - best-of-N points (``jaxalign.exact.best_of_n``, uniform ties);
-    - the final exact ``(KL, reward)`` of policies trained by each method for each
+    - the final exact ``(KL, reward)`` of policies trained by each algorithm for each
       ``β`` and seed (:func:`train_sweep`).
 
     Args:
-      key: typed PRNG key (method ``i`` uses ``fold_in(key, i)``).
+      key: typed PRNG key (algorithm ``i`` uses ``fold_in(key, i)``).
       lm, reward: base model and reward.
       betas: ``(B,)`` KL coefficients ``β > 0``.
-      methods: names from :data:`METHODS`.
+      algorithms: names from :data:`ALGORITHMS`.
       num_candidates: best-of-N sizes ``N >= 1``.
       num_points: size of the tilt grid.
-      method_kwargs: per-method overrides of ``train_kwargs``, e.g.
+      algorithm_kwargs: per-algorithm overrides of ``train_kwargs``, e.g.
         ``{"ppo": {"learning_rate": 0.02}}``.
+      methods, method_kwargs: deprecated names of ``algorithms`` and
+        ``algorithm_kwargs``.
       **train_kwargs: passed to :func:`train_sweep` (``num_seeds``, ``num_steps`` …).
 
     Returns:
@@ -575,47 +582,51 @@ def frontier_data(key: PRNGKey, lm: MemorylessLM, reward: LinearReward,
       >>> lm = jaxalign.MemorylessLM.uniform(3, length=4)
       >>> r = jaxalign.LinearReward([0.0, 0.5, 1.0])
       >>> d = frontier_data(jax.random.key(0), lm, r, jnp.array([1.0]),
-      ...                   methods=("reinforce",), num_steps=5, batch_size=4)
-      >>> d.method_kl.shape
+      ...                   algorithms=("reinforce",), num_steps=5, batch_size=4)
+      >>> d.algorithm_kl.shape
       (1, 1, 1)
     """
     from jaxalign import exact  # exact imports theory; keep rl import-light
 
     check_key(key)
     check_compatible(lm, reward)
+    if methods is not None:
+        algorithms = renamed_keyword(None, methods, old="methods", new="algorithms")
+    algorithm_kwargs = renamed_keyword(algorithm_kwargs, method_kwargs,
+                                       old="method_kwargs", new="algorithm_kwargs")
     betas = jnp.asarray(betas, dtype=lm.log_probs.dtype)
     if betas.ndim != 1 or betas.shape[0] < 1:
         raise ValueError(f"betas must have shape (B,), B >= 1, got {betas.shape}")
     check_real(betas, "betas", minimum=0.0)
     if is_concrete(betas) and np.any(np.asarray(betas) <= 0):
         raise ValueError(f"betas must be > 0, got {np.asarray(betas)}")
-    for m in methods:
-        _check_choice(m, "methods entry", METHODS)
+    for a in algorithms:
+        _check_choice(a, "algorithms entry", ALGORITHMS)
     num_points = check_positive_int(num_points, "num_points", minimum=2)
-    method_kwargs = dict(method_kwargs or {})
-    unknown = set(method_kwargs) - set(methods)
+    algorithm_kwargs = dict(algorithm_kwargs or {})
+    unknown = set(algorithm_kwargs) - set(algorithms)
     if unknown:
         raise ValueError(
-            f"method_kwargs names methods {sorted(unknown)} not in methods {methods}")
+            f"algorithm_kwargs names algorithms {sorted(unknown)} not in algorithms "
+            f"{algorithms}")
 
     dtype = lm.log_probs.dtype
     lams = jnp.linspace(0.0, 2.0 / jnp.min(betas), num_points, dtype=dtype)
-    tilt_logits = lm.log_probs[None, :] + lams[:, None] * reward.token_rewards[None, :]
-    tilt = jax.vmap(
-        lambda lg: _policy_value(lg, lm.log_probs, reward.token_rewards, lm.length)
-    )(tilt_logits)
+    tilt_kl = jax.vmap(theory.kl, in_axes=(None, None, 0))(lm, reward, lams)
+    tilt_reward = jax.vmap(theory.expected_reward, in_axes=(None, None, 0))(
+        lm, reward, lams)
 
     nc = np.asarray(num_candidates)
     bon = exact.best_of_n(lm, reward, num_candidates=nc)
 
     kls, rewards = [], []
-    for i, method in enumerate(methods):
-        kwargs = {**train_kwargs, **method_kwargs.get(method, {})}
+    for i, algorithm in enumerate(algorithms):
+        kwargs = {**train_kwargs, **algorithm_kwargs.get(algorithm, {})}
         res = train_sweep(jax.random.fold_in(key, i), lm, reward, betas,
-                          method=method, **kwargs)
+                          algorithm=algorithm, **kwargs)
         kls.append(res.kl[..., -1])
         rewards.append(res.reward[..., -1])
     return FrontierData(
-        lams, tilt.kl, tilt.reward, jnp.asarray(nc, dtype=dtype),
+        lams, tilt_kl, tilt_reward, jnp.asarray(nc, dtype=dtype),
         jnp.asarray(bon.kl, dtype=dtype), jnp.asarray(bon.expected_reward, dtype=dtype),
-        betas, jnp.stack(kls), jnp.stack(rewards), tuple(methods))
+        betas, jnp.stack(kls), jnp.stack(rewards), tuple(algorithms))

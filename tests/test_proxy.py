@@ -163,7 +163,7 @@ def test_rl_by_proxy_scored_by_gold(x64, key):
     lm, gold = _models()
     prox = proxy.biased_proxy(gold, [1], 0.5)
     beta = 0.5
-    res = rl.train(key, lm, prox, beta, method="exact", optimizer_fn=optax.sgd,
+    res = rl.train(key, lm, prox, beta, algorithm="exact", optimizer_fn=optax.sgd,
                    learning_rate=0.1, num_steps=4000)  # as in test_rl: one compile
     scored = rl.evaluate(res.logits, lm, gold)
     ref = proxy.proxy_tilt(lm, gold, prox, beta)
@@ -267,7 +267,7 @@ def test_plots_smoke(x64, key):
     fd = rl.FrontierData(
         lams=np.zeros(3), tilt_kl=np.arange(3.0), tilt_reward=np.arange(3.0),
         num_candidates=np.ones(2), bon_kl=np.ones(2), bon_reward=np.ones(2),
-        betas=np.ones(2), method_kl=np.ones((2, 2, 1)),
-        method_reward=np.ones((2, 2, 1)), methods=("ppo", "grpo"))
+        betas=np.ones(2), algorithm_kl=np.ones((2, 2, 1)),
+        algorithm_reward=np.ones((2, 2, 1)), algorithms=("ppo", "grpo"))
     fig2 = plots.plot_frontier(fd)
     assert len(fig2.axes[0].collections) == 2

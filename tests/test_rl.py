@@ -66,14 +66,14 @@ def _softmax(x):
 
 @pytest.fixture(scope="module")
 def sampled_runs():
-    """One float64 sweep per sampled method (2 betas x 2 seeds), compiled once."""
+    """One float64 sweep per sampled algorithm (2 betas x 2 seeds), compiled once."""
     out = {}
     with jax.enable_x64(True):
         lm, reward = _models()
-        for i, method in enumerate(("reinforce", "ppo", "grpo")):
-            out[method] = rl.train_sweep(
+        for i, algorithm in enumerate(("reinforce", "ppo", "grpo")):
+            out[algorithm] = rl.train_sweep(
                 jax.random.key(100 + i), lm, reward, jnp.asarray(BETAS),
-                num_seeds=2, method=method, num_steps=150, batch_size=16,
+                num_seeds=2, algorithm=algorithm, num_steps=150, batch_size=16,
                 group_size=4, learning_rate=0.05,
             )
     return out
@@ -82,7 +82,7 @@ def sampled_runs():
 def test_exact_gradient_reaches_tilt(x64, key):
     lm, reward = _models()
     for beta in BETAS:
-        res = rl.train(key, lm, reward, float(beta), method="exact",
+        res = rl.train(key, lm, reward, float(beta), algorithm="exact",
                        optimizer_fn=optax.sgd, learning_rate=0.1, num_steps=4000)
         kl, rew = _np_value(_np_tilt(beta))
         np.testing.assert_allclose(res.kl[-1], kl, rtol=1e-6)
@@ -104,12 +104,12 @@ def test_evaluate_and_objective_closed_form(x64):
 
 
 def test_trained_policies_on_or_below_frontier(sampled_runs):
-    for method, res in sampled_runs.items():
+    for algorithm, res in sampled_runs.items():
         kl = np.asarray(res.kl)
         rew = np.asarray(res.reward)
-        assert np.all(np.isfinite(kl)) and np.all(kl >= -1e-12), method
+        assert np.all(np.isfinite(kl)) and np.all(kl >= -1e-12), algorithm
         for k, r in zip(kl[..., ::10].ravel(), rew[..., ::10].ravel(), strict=True):
-            assert r <= _np_frontier(max(k, 0.0)) + 1e-9, (method, k, r)
+            assert r <= _np_frontier(max(k, 0.0)) + 1e-9, (algorithm, k, r)
         # final exact values recomputed in NumPy from the returned logits
         logits = np.asarray(res.logits).reshape(-1, 4)
         vals = np.array([_np_value(_softmax(lg)) for lg in logits])
@@ -132,13 +132,13 @@ def test_estimated_trajectories_match_exact(sampled_runs):
     # reward_estimate[t] - reward[t] is a martingale difference (batch mean of R under
     # π_t minus its exact mean) with conditional variance <= n (r_max - r_min)^2 / 4 / B
     # (Popoviciu), so the mean over T steps has sd <= sqrt(bound / T).
-    for method, res in sampled_runs.items():
+    for algorithm, res in sampled_runs.items():
         est = np.asarray(res.reward_estimate)
         exact = np.asarray(res.reward[..., :-1])
         bound = N * (R.max() - R.min()) ** 2 / 4 / 16
         resid = (est - exact).reshape(-1, est.shape[-1])
         z = resid.mean(-1) / np.sqrt(bound / est.shape[-1])
-        assert np.all(np.abs(z) < 5), (method, z)
+        assert np.all(np.abs(z) < 5), (algorithm, z)
 
 
 def test_reinforce_estimates_z_scores(x64, key):
@@ -146,7 +146,7 @@ def test_reinforce_estimates_z_scores(x64, key):
     # with exact NumPy mean and variance.
     lm, reward = _models()
     init = jnp.asarray(np.log(_np_tilt(0.5)) + np.array([0.2, -0.1, 0.0, 0.1]))
-    res = rl.train(key, lm, reward, 0.5, method="reinforce", num_steps=200,
+    res = rl.train(key, lm, reward, 0.5, algorithm="reinforce", num_steps=200,
                    batch_size=16, learning_rate=1e-12, optimizer_fn=optax.sgd,
                    init_logits=init)
     pi = _softmax(init)
@@ -185,7 +185,7 @@ def test_k3_in_loss_converges_to_reverse_kl_optimum(x64, key):
     # Stationarity of n Σ π r - β n KL(p||π) in logits: π_j (r_j - r̄) = β (π_j - p_j).
     lm, reward = _models()
     beta = 0.5
-    res = rl.train(key, lm, reward, beta, method="exact", kl_mode="loss",
+    res = rl.train(key, lm, reward, beta, algorithm="exact", kl_mode="loss",
                    kl_estimator="k3", optimizer_fn=optax.sgd, learning_rate=0.1,
                    num_steps=4000)
     pi = _softmax(res.logits)
@@ -199,7 +199,7 @@ def test_reinforce_stays_at_optimum(x64, key):
     lm, reward = _models()
     init = jnp.asarray(np.log(_np_tilt(0.5)))
     # same static configuration as test_reinforce_estimates_z_scores: one compile
-    res = rl.train(key, lm, reward, 0.5, method="reinforce", num_steps=200,
+    res = rl.train(key, lm, reward, 0.5, algorithm="reinforce", num_steps=200,
                    batch_size=16, learning_rate=0.1, optimizer_fn=optax.sgd,
                    init_logits=init)
     np.testing.assert_allclose(_softmax(res.logits), _np_tilt(0.5), atol=1e-12)
@@ -208,7 +208,7 @@ def test_reinforce_stays_at_optimum(x64, key):
 def test_deterministic_per_seed(sampled_runs, key):
     with jax.enable_x64(True):
         lm, reward = _models()
-        kw = dict(num_seeds=2, method="grpo", num_steps=150, batch_size=16,
+        kw = dict(num_seeds=2, algorithm="grpo", num_steps=150, batch_size=16,
                   group_size=4, learning_rate=0.05)
         betas = jnp.asarray(BETAS)
         again = rl.train_sweep(jax.random.key(102), lm, reward, betas, **kw)
@@ -221,7 +221,7 @@ def test_deterministic_per_seed(sampled_runs, key):
 
 def test_float32_dtype(key):
     lm, reward = _models(np.float32)
-    res = rl.train(key, lm, reward, 0.5, method="ppo", num_steps=5, batch_size=4)
+    res = rl.train(key, lm, reward, 0.5, algorithm="ppo", num_steps=5, batch_size=4)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(res))
     assert res.kl.shape == (6,) and res.kl_estimate.shape == (5,)
 
@@ -232,11 +232,11 @@ def test_float32_dtype(key):
         (dict(beta=-0.5), "beta"),
         (dict(learning_rate=0.0), "learning_rate"),
         (dict(learning_rate=-1e-3), "learning_rate"),
-        (dict(method="grpo", group_size=1), "group_size"),
-        (dict(method="grpo", group_size=3, batch_size=8), "multiple"),
+        (dict(algorithm="grpo", group_size=1), "group_size"),
+        (dict(algorithm="grpo", group_size=3, batch_size=8), "multiple"),
         (dict(num_steps=0), "num_steps"),
         (dict(batch_size=1), "batch_size"),
-        (dict(method="a2c"), "method"),
+        (dict(algorithm="a2c"), "algorithm"),
         (dict(kl_estimator="k4"), "kl_estimator"),
         (dict(kl_mode="both"), "kl_mode"),
         (dict(clip_eps=0.0), "clip_eps"),
@@ -272,15 +272,16 @@ def test_frontier_data(sampled_runs, x64, key):
                          learning_rate=0.05, num_candidates=[1, 3, 20], num_points=9)
     bon = [proxy.sequence_best_of_n(lm, reward, reward.token_rewards, m)
            for m in (1, 3, 20)]
-    assert d.methods == ("reinforce", "ppo", "grpo")
-    assert d.method_kl.shape == (3, 2, 2) and d.tilt_kl.shape == (9,)
+    assert d.algorithms == ("reinforce", "ppo", "grpo")
+    assert d.algorithm_kl.shape == (3, 2, 2) and d.tilt_kl.shape == (9,)
     np.testing.assert_allclose(d.lams[-1], 2 / BETAS.min(), rtol=1e-12)
     for lam, kl, rew in zip(d.lams, d.tilt_kl, d.tilt_reward, strict=True):
         phi = _np_tilt(1 / lam) if lam > 0 else P
         np.testing.assert_allclose(_np_value(phi), (kl, rew), rtol=1e-10, atol=1e-14)
     np.testing.assert_allclose(d.bon_kl, [b.kl for b in bon], rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(d.bon_reward, [b.gold_reward for b in bon], rtol=1e-9)
-    for k, r in zip(np.ravel(d.method_kl), np.ravel(d.method_reward), strict=True):
+    trained = zip(np.ravel(d.algorithm_kl), np.ravel(d.algorithm_reward), strict=True)
+    for k, r in trained:
         assert r <= _np_frontier(k) + 1e-9
     for k, r in zip(d.bon_kl, d.bon_reward, strict=True):
         assert r <= _np_frontier(float(k)) + 1e-9
@@ -295,7 +296,24 @@ def test_no_retrace_for_new_values(sampled_runs):
     with jax.enable_x64(True):
         lm, reward = _models()
         rl.train_sweep(jax.random.key(7), lm, reward, jnp.array([0.6, 2.0]),
-                       num_seeds=2, method="ppo", num_steps=150, batch_size=16,
+                       num_seeds=2, algorithm="ppo", num_steps=150, batch_size=16,
                        group_size=4, learning_rate=0.01, clip_eps=0.1,
                        init_logits=jnp.zeros(4))
     assert size() == before
+
+
+def test_method_keyword_is_the_deprecated_name_of_algorithm():
+    """``method=`` (the 0.2 name) still trains the same policy, with a warning."""
+    lm, reward = _models(np.float32)
+    kw = dict(num_steps=4, batch_size=4)
+    new = rl.train(jax.random.key(3), lm, reward, 0.5, algorithm="ppo", **kw)
+    with pytest.warns(DeprecationWarning, match="method= is now algorithm="):
+        old = rl.train(jax.random.key(3), lm, reward, 0.5, method="ppo", **kw)
+    np.testing.assert_array_equal(new.logits, old.logits)
+    with pytest.raises(ValueError, match="algorithm="):
+        rl.train(jax.random.key(3), lm, reward, 0.5, algorithm="ppo", method="ppo")
+    with pytest.warns(DeprecationWarning, match="methods= is now algorithms="):
+        d = rl.frontier_data(jax.random.key(4), lm, reward, jnp.array([1.0]),
+                             methods=("reinforce",), num_candidates=(2,),
+                             num_points=2, **kw)
+    assert d.algorithms == ("reinforce",)

@@ -14,8 +14,7 @@ the shapes depend on the data (so nothing here is traceable under ``jit``) and
 the accuracy targets need float64.  Results are JAX arrays in the model's dtype.
 """
 
-import inspect as _inspect
-
+from jaxalign._types import adopt_public_names
 from jaxalign.exact._best_of_n import BestOfNResult as BestOfNResult
 from jaxalign.exact._best_of_n import _bon_core as _bon_core
 from jaxalign.exact._best_of_n import _law_prep as _law_prep
@@ -47,11 +46,4 @@ __all__ = [
 ]
 
 # The public names are documented (and doctested) as members of this package.
-for _name in __all__:
-    _obj = globals()[_name]
-    _obj.__module__ = __name__
-    if _inspect.isclass(_obj):
-        for _member in vars(_obj).values():
-            if _inspect.isfunction(_member):
-                _member.__module__ = __name__
-del _name, _obj
+adopt_public_names(globals())

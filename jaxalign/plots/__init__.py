@@ -33,6 +33,7 @@ Figures (numbers refer to the issue / THEORY.md):
 :func:`plot_run` writes the figures that apply to a sweep run directory.
 """
 
+from jaxalign._types import adopt_public_names
 from jaxalign.plots._asymptotics import bon_vs_rl as bon_vs_rl
 from jaxalign.plots._asymptotics import large_deviations as large_deviations
 from jaxalign.plots._asymptotics import scaled_cumulants as scaled_cumulants
@@ -66,7 +67,4 @@ __all__ = [
 ]
 
 # The public names are documented (and doctested) as members of this package.
-for _name in __all__:
-    if hasattr(globals()[_name], "__module__"):
-        globals()[_name].__module__ = __name__
-del _name
+adopt_public_names(globals())

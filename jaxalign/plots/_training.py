@@ -38,7 +38,7 @@ def plot_frontier(data, ax=None):
       >>> lm = jaxalign.MemorylessLM.uniform(3, length=4)
       >>> r = jaxalign.LinearReward([0.0, 0.5, 1.0])
       >>> d = rl.frontier_data(jax.random.key(0), lm, r, jnp.array([1.0]),
-      ...                      methods=("reinforce",), num_steps=5, batch_size=4)
+      ...                      algorithms=("reinforce",), num_steps=5, batch_size=4)
       >>> fig = plot_frontier(d)
     """
     fig, ax = _single_axes(ax)
@@ -56,14 +56,14 @@ def plot_frontier(data, ax=None):
         color=_colour(0),
         label="best-of-N (exact)",
     )
-    for i, method in enumerate(data.methods):
+    for i, algorithm in enumerate(data.algorithms):
         ax.scatter(
-            np.ravel(data.method_kl[i]),
-            np.ravel(data.method_reward[i]),
-            marker=_RL_MARKERS.get(method, "x"),
+            np.ravel(data.algorithm_kl[i]),
+            np.ravel(data.algorithm_reward[i]),
+            marker=_RL_MARKERS.get(algorithm, "x"),
             color=_colour(i + 1),
             alpha=0.8,
-            label=method,
+            label=algorithm,
         )
     ax.set_xlabel("KL(π ‖ P)  [nats, sequence]")
     ax.set_ylabel("E_π[R]")

@@ -28,6 +28,7 @@ attaining the maximum, which over i.i.d. candidates is exactly uniform
 tie-breaking (THEORY.md §1.9).
 """
 
+from jaxalign._types import adopt_public_names
 from jaxalign.sample._kernels import _MAX_PROPOSAL_TOKENS as _MAX_PROPOSAL_TOKENS
 from jaxalign.sample._kernels import RejectionResult as RejectionResult
 from jaxalign.sample._kernels import SampleResult as SampleResult
@@ -67,6 +68,4 @@ __all__ = [
 ]
 
 # The public names are documented (and doctested) as members of this package.
-for _name in __all__:
-    globals()[_name].__module__ = __name__
-del _name
+adopt_public_names(globals())

@@ -17,6 +17,7 @@ from jaxalign._types import (
     check_positive_int,
     float_dtype,
     is_concrete,
+    renamed_keyword,
 )
 from jaxalign.models import LinearReward, MemorylessLM, check_compatible
 
@@ -85,13 +86,8 @@ class RejectionResult(NamedTuple):
 
 def _level(level: Any, method: Any) -> str:
     """The sampling level, from ``level`` or the deprecated ``method`` keyword."""
-    if method is not None:
-        import warnings
-
-        warnings.warn("method= is now level= (the sampling level, 'token' or 'law')",
-                      DeprecationWarning, stacklevel=3)
-        level = method
-    return level
+    return renamed_keyword(None, method, old="method", new="level", default=level,
+                           stacklevel=4)
 
 
 def _check_method(method: Any) -> str:
@@ -211,6 +207,12 @@ def _split_words(table: _Alias, words: Array) -> tuple[Array, Array]:
     return column, low < table.threshold[column]
 
 
+def _alias_tokens(table: _Alias, words: Array) -> Array:
+    """Tokens from uniform 32-bit words through an alias table."""
+    column, keep = _split_words(table, words)
+    return jnp.where(keep, column, table.alias[column])
+
+
 def _fixed_order_sum(x: Array) -> Array:
     """Sum over the last axis in a fixed pairwise order.
 
@@ -247,12 +249,7 @@ def _token_stage(lm: MemorylessLM, reward: LinearReward | None) -> _Stage:
         return jax.random.bits(key, (length,), jnp.uint32)
 
     if reward is None:
-
-        def consume(words):
-            column, keep = _split_words(table, words)
-            return jnp.where(keep, column, table.alias[column])
-
-        return _Stage(draw, consume)
+        return _Stage(draw, lambda words: _alias_tokens(table, words))
     r = reward.token_rewards
     reward_keep = jnp.zeros(table.alias.shape[0], r.dtype).at[: r.shape[0]].set(r)
     reward_alias = reward_keep[table.alias]
