@@ -133,14 +133,14 @@ est, est_se, est_kl = map(np.array, (est, est_se, est_kl))
 # may lie above the frontier.
 
 # %%
-methods = ("reinforce",) if SMALL else ("reinforce", "ppo", "grpo")
+algorithms = ("reinforce",) if SMALL else ("reinforce", "ppo", "grpo")
 front = rl.frontier_data(jax.random.fold_in(key, 1), lm, gold, jnp.asarray(betas),
-                         methods=methods, num_candidates=(2, 4, 8, 16, 32, 64),
+                         algorithms=algorithms, num_candidates=(2, 4, 8, 16, 32, 64),
                          num_seeds=1 if SMALL else 3, num_steps=30 if SMALL else 400,
                          batch_size=16 if SMALL else 64)
-method_kl = np.asarray(front.method_kl)
-method_reward = np.asarray(front.method_reward)
-for kl_, rew in zip(method_kl.ravel(), method_reward.ravel(), strict=True):
+trained_kl = np.asarray(front.algorithm_kl)
+trained_reward = np.asarray(front.algorithm_reward)
+for kl_, rew in zip(trained_kl.ravel(), trained_reward.ravel(), strict=True):
     assert rew <= float(theory.optimal_reward(lm, gold, kl_)) + 1e-8
 for kl_, rew in zip(np.asarray(front.bon_kl), np.asarray(front.bon_reward),
                     strict=True):
@@ -149,9 +149,9 @@ extra = {
     "covariance estimator (base samples)":
         plots.Points(est_kl / n, (base_reward + est) / n, est_se / n),
 }
-for i, name in enumerate(front.methods):
-    extra[f"{name} (trained)"] = plots.Points(method_kl[i].ravel() / n,
-                                              method_reward[i].ravel() / n)
+for i, name in enumerate(front.algorithms):
+    extra[f"{name} (trained)"] = plots.Points(trained_kl[i].ravel() / n,
+                                              trained_reward[i].ravel() / n)
 fig = plots.reward_kl(None, lm, gold, length=n, best_of_n_max=64,
                       extra_points=extra)
 show(fig, "frontier")
