@@ -18,23 +18,36 @@ Modules (each with its own ``__all__``):
   ``Estimate(value, stderr, num_samples)``.
 - :mod:`jaxalign.config`, :mod:`jaxalign.sweep`, :mod:`jaxalign.store`: TOML sweep
   specifications, sharded multi-host sweeps, resumable run directories.
-- :mod:`jaxalign.plots` (imported on use): figures from results.
+- :mod:`jaxalign.plots`: figures from results.
+
+Every submodule is imported on first use (``jaxalign.exact`` or ``from jaxalign import
+exact``), so ``import jaxalign`` costs little more than ``import jax``.
 """
 
 __version__ = "0.3.0"
 
-from jaxalign import config as config
-from jaxalign import estimators as estimators
-from jaxalign import exact as exact
-from jaxalign import policies as policies
-from jaxalign import proxy as proxy
-from jaxalign import rl as rl
-from jaxalign import sample as sample
-from jaxalign import store as store
-from jaxalign import sweep as sweep
-from jaxalign import theory as theory
+import importlib as _importlib
+
 from jaxalign.models import LinearReward as LinearReward
 from jaxalign.models import MemorylessLM as MemorylessLM
+
+# Submodules are imported on first use (PEP 562), so ``jaxalign theory`` and other
+# light entry points never pay for SciPy or the samplers they do not touch.
+_SUBMODULES = ("config", "estimators", "exact", "policies", "proxy", "rl", "sample",
+               "store", "sweep", "theory")
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:
+        module = _importlib.import_module(f"{__name__}.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_SUBMODULES))
+
 
 __all__ = [
     "LinearReward",

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
+import jax
+import jax.numpy as jnp
+
+from jaxalign._types import check_positive_int
 from jaxalign.models import LinearReward, MemorylessLM
 from jaxalign.theory._bounds import (
     best_of_n_kl_bound,
@@ -27,6 +32,40 @@ from jaxalign.theory._large_deviations import (
     best_of_n_asymptotic_reward,
     rate_function,
 )
+from jaxalign.theory._tilt import _lam, _prepare, _scalar
+
+
+@functools.partial(jax.jit, static_argnames=("order", "by_budget"))
+def _report_values(lm: MemorylessLM, reward: LinearReward, x, order: int,
+                   by_budget: bool) -> dict:
+    # One compiled program for the whole report: the public functions validate
+    # concrete arguments only, so under this jit they trace into one computation
+    # (a cold `jaxalign theory` compiles once instead of ~230 small programs).
+    n = lm.length
+    lam = lam_for_kl(lm, reward, x) if by_budget else x
+    kl_seq = kl(lm, reward, lam)
+    aligned_reward = expected_reward(lm, reward, lam)
+    hoeffding = hoeffding_variance(reward, lm)
+    return {
+        "lam": lam,
+        "log_mgf": log_mgf(lm, reward, lam),
+        "cumulants": cumulants(lm, reward, order, lam),
+        "kl": kl_seq,
+        "max_kl": max_kl(lm, reward),
+        "reverse_kl": reverse_kl(lm, reward, lam),
+        "jeffreys": jeffreys(lm, reward, lam),
+        "expected_reward": aligned_reward,
+        "base_expected_reward": expected_reward(lm, reward, jnp.zeros_like(lam)),
+        "reward_gain": covariance_gain(lm, reward, lam),
+        "optimal_reward": optimal_reward(lm, reward, kl_seq),
+        "rate_at_aligned_mean": rate_function(lm, reward, aligned_reward / n),
+        "best_of_n_kl_bound": best_of_n_kl_bound(log_num_candidates=kl_seq),
+        "best_of_n_asymptotic_reward": n * best_of_n_asymptotic_reward(
+            lm, reward, kl_seq / n),
+        "hoeffding_variance": hoeffding,
+        "subgaussian_bound": subgaussian_reward_bound(n * hoeffding, kl_seq),
+        "jeffreys_gain": jeffreys_gain(lm, reward, lam),
+    }
 
 
 def report(lm: MemorylessLM, reward: LinearReward, *, lam: float | None = None,
@@ -55,42 +94,38 @@ def report(lm: MemorylessLM, reward: LinearReward, *, lam: float | None = None,
     """
     if (lam is None) == (kl_budget is None):
         raise ValueError("give exactly one of lam and kl_budget")
-    n = lm.length
+    order = check_positive_int(order, "order")
+    _, _, dtype = _prepare(lm, reward)
     if kl_budget is not None:
-        lam = float(lam_for_kl(lm, reward, kl_budget))
-    kl_seq = float(kl(lm, reward, lam))
-    per_token_kl = kl_seq / n
-    base_reward = float(expected_reward(lm, reward, 0.0))
-    aligned_reward = float(expected_reward(lm, reward, lam))
-    hoeffding = float(hoeffding_variance(reward, lm))
+        x = _scalar(kl_budget, "kl_budget", dtype, minimum=0.0,
+                    allowed="a real number >= 0 (inf allowed)")
+    else:
+        x = _lam(lam, dtype)
+    values = jax.device_get(_report_values(lm, reward, x, order=order,
+                                           by_budget=kl_budget is not None))
+    lam = float(values["lam"])
+    kl_seq = float(values["kl"])
     out: dict = {
         "num_tokens": lm.num_tokens,
-        "length": n,
+        "length": lm.length,
         "probs": [float(p) for p in lm.probs],
         "rewards": [float(r) for r in reward.token_rewards],
         "kl_budget": kl_budget,
         "lam": lam,
         "beta": math.inf if lam == 0 else 1.0 / lam,
-        "log_mgf": float(log_mgf(lm, reward, lam)),
-        "cumulants": [float(c) for c in cumulants(lm, reward, order, lam)],
+        "log_mgf": float(values["log_mgf"]),
+        "cumulants": [float(c) for c in values["cumulants"]],
         "kl": kl_seq,
-        "kl_per_token": per_token_kl,
-        "max_kl": float(max_kl(lm, reward)),
-        "reverse_kl": float(reverse_kl(lm, reward, lam)),
-        "jeffreys": float(jeffreys(lm, reward, lam)),
-        "expected_reward": aligned_reward,
-        "base_expected_reward": base_reward,
-        "reward_gain": float(covariance_gain(lm, reward, lam)),
-        "optimal_reward": float(optimal_reward(lm, reward, kl_seq)),
-        "rate_at_aligned_mean": float(rate_function(lm, reward,
-                                                           aligned_reward / n)),
-        "best_of_n_log_num_candidates": kl_seq,
-        "best_of_n_kl_bound": float(best_of_n_kl_bound(log_num_candidates=kl_seq)),
-        "best_of_n_asymptotic_reward": n * float(
-            best_of_n_asymptotic_reward(lm, reward, per_token_kl)),
-        "hoeffding_variance": hoeffding,
-        "subgaussian_bound": float(subgaussian_reward_bound(n * hoeffding, kl_seq)),
+        "kl_per_token": kl_seq / lm.length,
     }
+    for name in ("max_kl", "reverse_kl", "jeffreys", "expected_reward",
+                 "base_expected_reward", "reward_gain", "optimal_reward",
+                 "rate_at_aligned_mean"):
+        out[name] = float(values[name])
+    out["best_of_n_log_num_candidates"] = kl_seq
+    for name in ("best_of_n_kl_bound", "best_of_n_asymptotic_reward",
+                 "hoeffding_variance", "subgaussian_bound"):
+        out[name] = float(values[name])
     if math.isfinite(lam) and lam != 0:
-        out["jeffreys_gain"] = float(jeffreys_gain(lm, reward, lam))
+        out["jeffreys_gain"] = float(values["jeffreys_gain"])
     return out
