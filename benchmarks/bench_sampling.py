@@ -10,21 +10,27 @@ threefry2x32 and philox4x32 PRNGs, prints tokens/s of
     searchsorted, or an alias table; np.random.default_rng, cache-sized chunks),
   * (b) a naive jax.random.categorical version (Gumbel-max over K per token;
     timed on a slice of the samples at K=1024 and scaled),
-  * (c) raw jax.random.uniform producing the same number of uniforms, in the
-    classic (non-partitionable) threefry layout the samplers pin (the default
-    partitionable layout is printed too, for reference),
+  * (c) the sampler's own PRNG work alone (``sample._best_of_n_draws_only``: the
+    same compiled pipeline, keys and 32-bit words, one per token, with the
+    alias-table consumer replaced by one XOR per candidate), so "/ draws" is the
+    share of the time spent drawing random bits and cannot exceed about 1;
+  * (d) for reference, raw jax.random.uniform of the same count in one flat call
+    (classic threefry layout, and the partitionable layout): float conversion
+    and a different key layout make it a different workload,
 and the ratios; then reward-law best-of-N against token level at n = 1024.
-With --breakdown it also times the two halves of the fused sampler in place
-(same program, the other half replaced by a trivial stand-in): the PRNG draws
-alone and the alias-table consumer alone.  Their harmonic sum is the fused
-rate, which shows where the time goes.
+With --breakdown it also times the alias-table consumer alone in place (same
+program, the PRNG replaced by a multiplicative hash) beside the PRNG alone; when
+the two halves do not overlap, their times add up to the fused time.
 Timings exclude compilation (warm-up call first), use block_until_ready and take
-the best of a few repeats.  The machine is shared: re-run to gauge noise.
+the best of a few repeats.  The machine is shared: re-run to gauge noise.  On a
+GPU or TPU the number of samples is scaled up (``--scale``, default 64 there) so
+the device is busy; the device kind is printed first.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import jax
@@ -76,6 +82,8 @@ def bench_k(num_tokens, impl, repeats, quick):
     tokens_total = S * N * LENGTH
 
     t_fused = best_time(lambda: sample.best_of_n(key, lm, reward, N, S).reward, repeats)
+    t_draws = best_time(
+        lambda: sample._best_of_n_draws_only(key, lm, reward, N, S), repeats)
 
     def uniform(k):
         return jax.random.uniform(k, (S, N, LENGTH))
@@ -119,10 +127,14 @@ def bench_k(num_tokens, impl, repeats, quick):
     print(
         f"{impl:13s} K={num_tokens:5d} | fused {rate(t_fused):6.1f} | numpy "
         f"searchsorted {rate(t_np_ss):5.1f}, alias {rate(t_np_alias):5.1f} | "
-        f"categorical {rate(t_cat):6.2f} | raw uniform {rate(t_raw):6.1f}"
-        f"{partitionable}\n{'':13s} {'':7s} | x best numpy {t_np / t_fused:4.1f} | "
-        f"x categorical {t_cat / t_fused:7.1f} | / raw uniform {t_raw / t_fused:4.2f}"
+        f"categorical {rate(t_cat):6.2f} | draws only {rate(t_draws):6.1f} | raw "
+        f"uniform {rate(t_raw):6.1f}{partitionable}\n{'':13s} {'':7s} | x best numpy "
+        f"{t_np / t_fused:4.1f} | x categorical {t_cat / t_fused:7.1f} | / draws "
+        f"{t_draws / t_fused:4.2f}"
     )
+    if t_draws / t_fused > 1.05:
+        print(f"{'':13s} note: faster than its own draws alone; timing noise or a "
+              "partly overlapped PRNG (re-run with more --repeats)")
 
 
 def breakdown(num_tokens, impl, repeats):
@@ -130,11 +142,8 @@ def breakdown(num_tokens, impl, repeats):
     lm = jaxalign.MemorylessLM.dirichlet(jax.random.key(1), num_tokens, length=LENGTH)
     rng = np.random.default_rng(0)
     reward = jaxalign.LinearReward(rng.normal(size=num_tokens).astype(np.float32))
-    real_stage = sample._token_stage
-
-    def draws_only(lm, reward):  # consumer replaced by one XOR per candidate
-        stage = real_stage(lm, reward)
-        return sample._Stage(stage.draw, lambda w: (w[0] ^ w[-1]).astype(np.float32))
+    selection = sys.modules["jaxalign.sample._selection"]
+    real_stage = selection._token_stage  # the name best_of_n resolves
 
     def consumer_only(lm, reward):  # PRNG replaced by a multiplicative hash
         stage = real_stage(lm, reward)
@@ -145,21 +154,21 @@ def breakdown(num_tokens, impl, repeats):
 
         return sample._Stage(draw, stage.consume)
 
-    rates = {}
-    for name, stage_fn in (("fused", real_stage), ("draws only", draws_only),
-                           ("consumer only", consumer_only)):
-        sample._token_stage = stage_fn
-        jax.clear_caches()
-        try:
-            t = best_time(
-                lambda: sample.best_of_n(key, lm, reward, N, S).reward, repeats
-            )
-        finally:
-            sample._token_stage = real_stage
-        rates[name] = S * N * LENGTH / t / 1e6
+    def fused():
+        return sample.best_of_n(key, lm, reward, N, S).reward
+
+    rates = {"fused": best_time(fused, repeats), "draws only": best_time(
+        lambda: sample._best_of_n_draws_only(key, lm, reward, N, S), repeats)}
+    selection._token_stage = consumer_only
     jax.clear_caches()
+    try:
+        rates["consumer only"] = best_time(fused, repeats)
+    finally:
+        selection._token_stage = real_stage
+        jax.clear_caches()
     print(f"{impl:13s} K={num_tokens:5d} | " + " | ".join(
-        f"{name} {rate:6.1f}" for name, rate in rates.items()) + " M tokens/s")
+        f"{name} {S * N * LENGTH / t / 1e6:6.1f}" for name, t in rates.items())
+        + " M tokens/s")
 
 
 def bench_table(repeats):
@@ -203,7 +212,13 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--breakdown", action="store_true")
+    parser.add_argument("--scale", type=int, default=None,
+                        help="multiply the number of samples (default: 1 on CPU, "
+                        "64 on GPU/TPU)")
     args = parser.parse_args()
+    global S
+    platform = jax.devices()[0].platform
+    S *= args.scale if args.scale is not None else (1 if platform == "cpu" else 64)
     print(
         f"jax {jax.__version__}, device {jax.devices()[0].device_kind} "
         f"({jax.default_backend()}, {jax.device_count()} device(s)), "

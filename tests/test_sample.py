@@ -572,3 +572,30 @@ def test_method_keyword_still_works_with_a_deprecation_warning(key):
         old = sample.rewards(jax.random.clone(key), lm, reward, 8, method="law")
     new = sample.rewards(jax.random.clone(key), lm, reward, 8, level="law")
     np.testing.assert_array_equal(np.asarray(old), np.asarray(new))
+
+
+def test_draws_only_baseline_draws_the_samplers_words():
+    """The throughput baseline (`jaxalign bench`, bench_sampling) draws the very
+    words best-of-N draws: per sample i and candidate j, the n words of
+    fold_in(fold_in(key, i), j) in the classic threefry layout, rebuilt here
+    with the raw PRNG; its output is the max over j of words[0] ^ words[-1]."""
+    from jaxalign._types import classic_threefry
+
+    lm = MemorylessLM.uniform(4, length=5)
+    reward = LinearReward(jnp.arange(4.0))
+    out = sample._best_of_n_draws_only(jax.random.key(11), lm, reward, 6, 3)
+
+    @classic_threefry
+    def expected():
+        rows = []
+        for i in range(3):
+            key_i = jax.random.fold_in(jax.random.key(11), i)
+            xor = [
+                (lambda w: w[0] ^ w[-1])(
+                    jax.random.bits(jax.random.fold_in(key_i, j), (5,), jnp.uint32))
+                for j in range(6)
+            ]
+            rows.append(max(int(x) for x in xor))
+        return rows
+
+    np.testing.assert_array_equal(np.asarray(out), np.float32(expected()))

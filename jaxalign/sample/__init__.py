@@ -42,6 +42,7 @@ from jaxalign.sample._plain import tokens as tokens
 from jaxalign.sample._policy import _reweighting as _reweighting
 from jaxalign.sample._policy import policy as policy
 from jaxalign.sample._policy import reweighted as reweighted
+from jaxalign.sample._selection import _best_of_n_draws_only as _best_of_n_draws_only
 from jaxalign.sample._selection import _best_of_n_impl as _best_of_n_impl
 from jaxalign.sample._selection import best_of_n as best_of_n
 from jaxalign.sample._selection import best_of_n_curve as best_of_n_curve

@@ -38,6 +38,7 @@ from jaxalign.sample._kernels import (
     _per_sample,
     _RawLaw,
     _sizes,
+    _Stage,
     _stream_max,
     _token_stage,
 )
@@ -62,7 +63,8 @@ def _selected_tokens(lm, key, first_index, index):
     return jax.vmap(one)(sample, index)
 
 
-@prng_jit("num_candidates", "num_samples", "chunk", "batch_size", "return_tokens")
+@prng_jit("num_candidates", "num_samples", "chunk", "batch_size", "return_tokens",
+          "draws_only")
 def _best_of_n_impl(
     key,
     lm,
@@ -73,8 +75,12 @@ def _best_of_n_impl(
     chunk,
     batch_size,
     return_tokens,
+    draws_only=False,
 ):
     stage = _token_stage(lm, reward)
+    if draws_only:  # the PRNG baseline of _best_of_n_draws_only
+        stage = _Stage(stage.draw, lambda words: (words[0] ^ words[-1]).astype(
+            reward.token_rewards.dtype))
     indices = _indices(first_index, num_samples)
 
     def one(i):
@@ -193,6 +199,24 @@ def best_of_n(
         _sizes(num_samples, chunk * lm.length, batch_size),
         bool(return_tokens),
     )
+
+
+def _best_of_n_draws_only(key: PRNGKey, lm: MemorylessLM, reward: LinearReward,
+                          num_candidates: int, num_samples: int) -> Array:
+    """Token-level best-of-N's PRNG work alone, the baseline of its throughput.
+
+    The same compiled pipeline as :func:`best_of_n` (same per-sample and
+    per-candidate keys, same chunks, the same 32-bit words, one per token), with the
+    alias-table consumer replaced by one XOR per candidate.  ``jaxalign bench`` and
+    ``benchmarks/bench_sampling.py`` divide by it, so their ratio is the share of the
+    time the sampler spends drawing random bits (at most about 1).
+    """
+    num_candidates, num_samples, _, first, _, _ = _validate_bon(
+        key, lm, reward, num_candidates, num_samples, "token", None, None, 0)
+    chunk = _chunk(num_candidates, lm.length, None)
+    return _best_of_n_impl(
+        key, lm, reward, first, num_candidates, num_samples, chunk,
+        _sizes(num_samples, chunk * lm.length, None), False, True).reward
 
 
 def best_of_n_from_law(
