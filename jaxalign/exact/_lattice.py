@@ -161,14 +161,68 @@ def _support(present: np.ndarray, n: int) -> np.ndarray | None:
     return full
 
 
-def _expm1i_minus_linear(x: np.ndarray):
-    """(Re, Im) of e^{ix} - 1 - ix, accurate in relative terms for small |x|."""
+def _expm1i(x: np.ndarray) -> np.ndarray:
+    """e^{ix} - 1 - ix, accurate in relative terms for small |x|."""
     half = np.sin(0.5 * x)
-    real = -2.0 * half * half
     x2 = x * x
     series = -x * x2 / 6.0 * (1.0 - x2 / 20.0 * (1.0 - x2 / 42.0 * (1.0 - x2 / 72.0)))
-    imag = np.where(np.abs(x) < 0.1, series, np.sin(x) - x)
-    return real, imag
+    return -2.0 * half * half + 1j * np.where(np.abs(x) < 0.1, series, np.sin(x) - x)
+
+
+def _tail_sums(c: np.ndarray) -> np.ndarray:
+    """T_l = sum_{v >= l+2} c_v (v-1-l), l = 0 .. len(c)-2 (c_v at v = 1, 2 ...)."""
+    tail = np.cumsum(c[::-1])[::-1]  # sum_{v >= k} c_v, k = 1, 2, ...
+    return np.cumsum(tail[::-1])[::-1][1:]
+
+
+def _centred_cf(w: np.ndarray, length: int):
+    r"""(mu, z): the centred characteristic function of a pmf ``w`` on ``0..d``
+    (``d < length``) at ``ω_k = 2π k / length``, ``k = 0 .. length // 2``.
+
+    .. math::
+        z_k = \sum_j w_j e^{iω_k (j - μ)} - 1, \qquad μ = \sum_j j w_j.
+
+    ``n log|1 + z|`` must keep relative accuracy where ``|z| ~ ω² σ²`` is tiny, so
+    with ``m = round(μ)``, ``v = j - m``, ``δ = μ - m``, ``q = e^{iω} - 1`` and two
+    summations by parts, ``e^{iωv} = 1 + v q + q² Σ_{l=0}^{v-2} (v-1-l) e^{iωl}``
+    (``v ≥ 0``; mirrored for ``v < 0``), so that
+
+    .. math::
+        z = G(-ωδ) + e^{-iωδ}\big(P E(ω) + N E(-ω) + q² A_+(ω) + \bar q² A_-(ω)\big),
+
+    with ``E(x) = e^{ix} - 1 - ix``, ``G(x) = x² + E(x)(1 - ix)``,
+    ``P = Σ_{v>0} v w``, ``N = Σ_{v<0} |v| w`` and ``A_±`` FFTs of the positive
+    double tail sums of ``w`` on either side of ``m``.  Every term is
+    ``O(ω² E v²)`` and computed in relative terms, so the error is
+    ``~ε ω² E v²`` like a direct sum of ``w_j E(ω(j - μ))``, at ``O(length log length)``
+    cost.  Where ``ω² E v² > 1`` the plain FFT ``e^{-iωδ} Σ_j w_j e^{iωv} - 1``
+    (error ``~ε``) is as accurate and is used instead.
+    """
+    d = len(w) - 1
+    m = int(round(float(np.dot(w, np.arange(d + 1.0)))))
+    plus, minus = w[m + 1 :], w[:m][::-1]
+    v_plus, v_minus = np.arange(1.0, len(plus) + 1), np.arange(1.0, len(minus) + 1)
+    p1, n1 = float(np.dot(plus, v_plus)), float(np.dot(minus, v_minus))
+    delta = p1 - n1
+    second = float(np.dot(plus, v_plus**2) + np.dot(minus, v_minus**2))
+    omega = 2.0 * np.pi * np.arange(length // 2 + 1) / length
+    shift = np.exp(-1j * omega * delta)
+    rolled = np.zeros(length)
+    rolled[: d + 1] = w
+    z = shift * np.conj(scipy.fft.rfft(np.roll(rolled, -m))) - 1.0
+    small = omega * omega * second <= 1.0
+    if small.any():
+        cut = int(np.flatnonzero(small)[-1]) + 1
+        om = omega[:cut]
+        e_plus = _expm1i(om)
+        q = e_plus + 1j * om
+        a_plus = np.conj(scipy.fft.rfft(_tail_sums(plus), length)[:cut])
+        a_minus = scipy.fft.rfft(_tail_sums(minus), length)[:cut]
+        x = -om * delta
+        g = x * x + _expm1i(x) * (1.0 - 1j * x)
+        z[:cut] = g + shift[:cut] * (p1 * e_plus + n1 * np.conj(e_plus)
+                                     + q * q * a_plus + np.conj(q) ** 2 * a_minus)
+    return m + delta, z
 
 
 class _Tilter:
@@ -205,9 +259,11 @@ class _Tilter:
         """(first s, log P(S = s) for s in the window, log height relative to peak)."""
         n, size = self.n, self.size
         lam = self.log_mgf(theta)
-        wt = np.exp(self.lw + theta * self.jf - lam)
-        mu = float(np.dot(wt, self.jf) / wt.sum())
-        var = float(np.dot(wt, (self.jf - mu) ** 2) / wt.sum())
+        tilted = np.zeros(self.d + 1)
+        tilted[self.steps] = np.exp(self.lw + theta * self.jf - lam)
+        tilted /= tilted.sum()
+        mu = float(np.dot(tilted[self.steps], self.jf))
+        var = float(np.dot(tilted[self.steps], (self.jf - mu) ** 2))
         # Bernstein: P(|S - n mu| >= t) <= 2 exp(-t^2 / (2 (n var + d t / 3))).
         c = 2.0 * _ALIAS_CONST
         half = c * self.d / 3.0 + math.sqrt(c * n * var + (c * self.d / 3.0) ** 2)
@@ -219,14 +275,12 @@ class _Tilter:
             length = scipy.fft.next_fast_len(2 * half + 1)
             center = int(round(n * mu)) - length // 2
             center = min(max(center, 0), size - length)
-        omega = 2.0 * np.pi * np.fft.fftfreq(length)
-        re_part, im_part = _expm1i_minus_linear(np.outer(omega, self.jf - mu))
-        zr, zi = re_part @ wt, im_part @ wt
-        log_abs = 0.5 * np.log1p(2.0 * zr + (zr * zr + zi * zi))
-        arg = np.arctan2(zi, 1.0 + zr)
-        phase = n * arg + (n * mu - center) * omega
-        h = np.exp(n * log_abs) * np.exp(1j * phase)
-        b = scipy.fft.fft(h).real / length
+        mu, z = _centred_cf(tilted, length)
+        omega = 2.0 * np.pi * np.arange(len(z)) / length
+        log_abs = 0.5 * np.log1p(2.0 * z.real + (z.real**2 + z.imag**2))
+        phase = n * np.arctan2(z.imag, 1.0 + z.real) + (n * mu - center) * omega
+        # P(S = center + s) = (1/L) sum_k E[e^{iw_k (S - center)}] e^{-iw_k s}.
+        b = scipy.fft.irfft(np.exp(n * log_abs - 1j * phase), length)
         count = min(length, size - center)
         b = b[:count]
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -240,25 +294,69 @@ class _Tilter:
 _MAX_EDGE = 1500
 
 
-def _log_convolve_truncated(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """log of the first len(a) coefficients of the product of two log-polynomials."""
-    width = len(a)
-    idx = np.arange(width)
-    diff = idx[:, None] - idx[None, :]
-    terms = np.where(diff >= 0, a[None, :] + b[np.clip(diff, 0, width - 1)], -np.inf)
+# Blocks of the exact edge convolutions; a block pair is convolved directly in
+# linear space after a common tilt e^{θ i} when the log-ranges of its two tilted
+# blocks sum to at most _LOG_RANGE (products then stay normal floats, >= 1e-282).
+_BLOCK = 512
+_LOG_RANGE = 650.0
+
+
+def _log_convolve_block(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """log of the full convolution of exp(a) and exp(b) (short blocks, log space).
+
+    Positive terms only, so a direct sum has relative error ``<= len ε``.  The
+    tilt that equalises the end points of ``a`` or of ``b`` usually brings both
+    into range; otherwise (locally deep points) the sum is taken in log space.
+    """
+    size = len(a) + len(b) - 1
+    fa, fb = np.flatnonzero(np.isfinite(a)), np.flatnonzero(np.isfinite(b))
+    if fa.size == 0 or fb.size == 0:
+        return np.full(size, -np.inf)
+
+    def spread(theta):
+        ta, tb = a[fa] + theta * fa, b[fb] + theta * fb
+        return float(np.ptp(ta) + np.ptp(tb))
+
+    chords = [(x[f[0]] - x[f[-1]]) / (f[-1] - f[0])
+              for x, f in ((a, fa), (b, fb)) if f.size > 1]
+    theta = min([0.0, *chords], key=spread)
+    if spread(theta) <= _LOG_RANGE:
+        ta = a + theta * np.arange(len(a))
+        tb = b + theta * np.arange(len(b))
+        peak_a, peak_b = np.max(ta), np.max(tb)
+        conv = np.convolve(np.exp(ta - peak_a), np.exp(tb - peak_b))
+        with np.errstate(divide="ignore"):
+            return np.log(conv) + (peak_a + peak_b) - theta * np.arange(size)
+    i = np.arange(len(a))
+    diff = np.arange(size)[:, None] - i[None, :]
+    inside = (diff >= 0) & (diff < len(b))
+    terms = np.where(inside, a[None, :] + b[np.clip(diff, 0, len(b) - 1)], -np.inf)
     return lse(terms, axis=1)
+
+
+def _log_convolve_truncated(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """log of the first len(a) coefficients of the product of two log-polynomials,
+    by blocks of ``_BLOCK`` (memory ``O(_BLOCK²)``, time ``O(len(a)²)``)."""
+    width = len(a)
+    out = np.full(width, -np.inf)
+    for i in range(0, width, _BLOCK):
+        for j in range(0, width - i, _BLOCK):
+            part = _log_convolve_block(a[i : i + _BLOCK], b[j : j + _BLOCK])
+            part = part[: width - i - j]
+            out[i + j : i + j + len(part)] = np.logaddexp(
+                out[i + j : i + j + len(part)], part)
+    return out
 
 
 def _log_power_truncated(log_w: np.ndarray, n: int, width: int) -> np.ndarray:
     """log [z^s] (sum_j w_j z^j)^n for s < width, in log space (all terms positive)."""
-    result = np.full(width, -np.inf)
-    result[0] = 0.0
     base = np.full(width, -np.inf)
     base[: min(width, len(log_w))] = log_w[:width]
+    result = None
     m = n
     while m:
         if m & 1:
-            result = _log_convolve_truncated(result, base)
+            result = base if result is None else _log_convolve_truncated(result, base)
         m >>= 1
         if m:
             base = _log_convolve_truncated(base, base)
