@@ -14,7 +14,7 @@ import scipy.optimize
 import scipy.signal
 import scipy.special
 
-from jaxalign._numerics import compositions, lse
+from jaxalign._numerics import compositions, lse, lse_by_group
 from jaxalign._types import Array
 from jaxalign.models import LinearReward, MemorylessLM, check_compatible
 
@@ -29,6 +29,8 @@ _LOG_MIN_HEIGHT = math.log(1e-5)
 # 2 exp(-72) ~ 1e-31, far below 1e-5 of a peak >= 1 / (d n + 1).
 _ALIAS_CONST = 72.0
 _MAX_POINTS = 20_000_000
+# Spectrum entries below e^-750 of the peak do not change any float64 sum.
+_LOG_TINY = -750.0
 
 
 class RewardLaw(NamedTuple):
@@ -79,16 +81,20 @@ def _detect_lattice(r: np.ndarray, rtol: float, max_steps: int):
     # Any real is within 1/q^2 of a fraction p/q, so only denominators with
     # 1/q^2 >> rtol are evidence of a lattice.
     max_den = max(1, min(max_steps, int(0.1 / math.sqrt(rtol))))
-    denominators = []
-    for d in positive:
+    # Integer multiples of the smallest step need no rational search.
+    whole = np.abs(positive - base * np.rint(positive / base)) <= rtol * scale
+    denominators = [1]
+    for d in positive[~whole]:
         frac = Fraction(float(d / base)).limit_denominator(max_den)
         if abs(d - base * float(frac)) > rtol * scale:
+            distinct = np.unique(r)
             raise ValueError(
                 "token_rewards do not lie on a lattice a + h*k with integer k "
                 f"(relative tolerance rtol={rtol:g}, step ratios with denominators "
-                f"<= {max_den}): "
-                f"rewards {np.unique(r).tolist()}; pass span=h to snap them to a "
-                "grid of span h, or use method='types' for small K and n"
+                f"<= {max_den}): {len(distinct)} distinct rewards "
+                f"{distinct[:8].tolist()}{' ...' if len(distinct) > 8 else ''}; "
+                "pass span=h to snap them to a grid of span h, or use "
+                "method='types' for small K and n"
             )
         denominators.append(frac.denominator)
     lcm = math.lcm(*denominators)
@@ -120,44 +126,68 @@ def _snap(r: np.ndarray, span: float):
     return a, float(span), k, float(np.max(np.abs(r - a - span * k)))
 
 
+def _bool_convolve(x: np.ndarray, y: np.ndarray, width: int) -> np.ndarray:
+    """The first ``width`` entries of the sumset indicator of ``x`` and ``y`` (0/1)."""
+    conv = scipy.signal.fftconvolve(x[:width].astype(np.float64),
+                                    y[:width].astype(np.float64))[:width]
+    return (conv > 0.5).astype(np.float64)
+
+
+def _bool_power(present: np.ndarray, n: int, width: int) -> np.ndarray:
+    """Indicator of the n-fold sumset of {j : present[j]}, truncated to ``width``
+    (truncation commutes with sums of non-negative sets)."""
+    result, base, m = None, present[:width], n
+    while m:
+        if m & 1:
+            result = base if result is None else _bool_convolve(result, base, width)
+        m >>= 1
+        if m:
+            base = _bool_convolve(base, base, width)
+    out = np.zeros(width, dtype=bool)
+    out[: len(result)] = result > 0.5
+    return out
+
+
+def _full_from(present: np.ndarray, n: int):
+    """``(s0, j)`` with ``[s0, s0 + d) ⊂ jA`` for ``A = {j : present[j]}`` and a power
+    of two ``j <= n``, or ``None``.  Then, as ``0, d ∈ A``, every ``n ≥ j`` has
+    ``nA ⊇ [s0, s0 + (n - j + 1) d)``."""
+    d = len(present) - 1
+    cur, j = present.copy(), 1
+    while True:
+        padded = np.r_[False, cur, False].astype(np.int8)
+        starts = np.flatnonzero(np.diff(padded) == 1)
+        ends = np.flatnonzero(np.diff(padded) == -1)
+        long = np.flatnonzero(ends - starts >= d)
+        if long.size:
+            return int(starts[long[0]]), j
+        if 2 * j > n:
+            return None
+        cur = _bool_convolve(cur, cur, 2 * len(cur) - 1) > 0.5
+        j *= 2
+
+
 def _support(present: np.ndarray, n: int) -> np.ndarray | None:
     """Exact support of the n-fold sum of {j : present[j]} (None = everything).
 
-    Truncated Minkowski doubling on the two edges: with 0, d in the set and gcd 1,
-    every s in [d(d-1), n d - d(d-1)] is reachable (residues mod d need at most
-    d-1 parts), so only edges of width d^2 need the exact computation, and
-    truncation commutes with Minkowski sums of non-negative sets.
+    With ``0, d`` in the set ``A``, a run ``[s0, s0 + d) ⊂ jA`` grows by ``d`` with
+    each further summand, so ``nA`` is full between the first such run from the
+    bottom and its mirror from the top (``O(s0)`` work found by doubling ``j``);
+    only the two ends below them need the truncated n-fold sumset.
     """
     d = len(present) - 1
     if present.all():
         return None
     size = n * d + 1
-
-    def npower(indicator, width):
-        result = np.zeros(width)
-        result[0] = 1.0
-        base = np.zeros(width)
-        base[: min(width, len(indicator))] = indicator[:width]
-        m = n
-        while m:
-            if m & 1:
-                result = scipy.signal.fftconvolve(result, base)[:width] > 0.5
-                result = result.astype(np.float64)
-            m >>= 1
-            if m:
-                base = scipy.signal.fftconvolve(base, base)[:width] > 0.5
-                base = base.astype(np.float64)
-        return result > 0.5
-
-    ind = present.astype(np.float64)
-    edge = d * d + 2
-    if 2 * edge >= size:
-        return npower(ind, size)
-    low = npower(ind, edge)
-    high = npower(ind[::-1], edge)[::-1]
+    low, high = _full_from(present, n), _full_from(present[::-1], n)
+    if low is None or high is None or low[1] + high[1] > n + 1:
+        return _bool_power(present, n, size)
+    (s_low, _), (s_high, _) = low, high
     full = np.ones(size, dtype=bool)
-    full[:edge] = low
-    full[size - edge :] = high
+    if s_low:
+        full[:s_low] = _bool_power(present, n, s_low)
+    if s_high:
+        full[size - s_high :] = _bool_power(present[::-1], n, s_high)[::-1]
     return full
 
 
@@ -175,12 +205,13 @@ def _tail_sums(c: np.ndarray) -> np.ndarray:
     return np.cumsum(tail[::-1])[::-1][1:]
 
 
-def _centred_cf(w: np.ndarray, length: int):
-    r"""(mu, z): the centred characteristic function of a pmf ``w`` on ``0..d``
-    (``d < length``) at ``ω_k = 2π k / length``, ``k = 0 .. length // 2``.
+def _centred_cf(w: np.ndarray, length: int, floor: float):
+    r"""(μ, log(1 + z)): the log of the centred characteristic function of a pmf
+    ``w`` on ``0..d`` (``d < length``) at ``ω_k = 2π k / length``,
+    ``k = 0 .. length // 2``; ``-inf`` where ``log|1 + z| < floor``.
 
     .. math::
-        z_k = \sum_j w_j e^{iω_k (j - μ)} - 1, \qquad μ = \sum_j j w_j.
+        1 + z_k = \sum_j w_j e^{iω_k (j - μ)}, \qquad μ = \sum_j j w_j.
 
     ``n log|1 + z|`` must keep relative accuracy where ``|z| ~ ω² σ²`` is tiny, so
     with ``m = round(μ)``, ``v = j - m``, ``δ = μ - m``, ``q = e^{iω} - 1`` and two
@@ -199,30 +230,35 @@ def _centred_cf(w: np.ndarray, length: int):
     (error ``~ε``) is as accurate and is used instead.
     """
     d = len(w) - 1
-    m = int(round(float(np.dot(w, np.arange(d + 1.0)))))
+    m = int(round(float(np.sum(w * np.arange(d + 1.0)))))
     plus, minus = w[m + 1 :], w[:m][::-1]
     v_plus, v_minus = np.arange(1.0, len(plus) + 1), np.arange(1.0, len(minus) + 1)
-    p1, n1 = float(np.dot(plus, v_plus)), float(np.dot(minus, v_minus))
+    p1, n1 = float(np.sum(plus * v_plus)), float(np.sum(minus * v_minus))
     delta = p1 - n1
-    second = float(np.dot(plus, v_plus**2) + np.dot(minus, v_minus**2))
+    second = float(np.sum(plus * v_plus**2) + np.sum(minus * v_minus**2))
     omega = 2.0 * np.pi * np.arange(length // 2 + 1) / length
-    shift = np.exp(-1j * omega * delta)
     rolled = np.zeros(length)
     rolled[: d + 1] = w
-    z = shift * np.conj(scipy.fft.rfft(np.roll(rolled, -m))) - 1.0
-    small = omega * omega * second <= 1.0
-    if small.any():
-        cut = int(np.flatnonzero(small)[-1]) + 1
+    phi = np.conj(scipy.fft.rfft(np.roll(rolled, -m)))  # sum_j w_j e^{iωv}
+    with np.errstate(divide="ignore"):
+        log_abs = 0.5 * np.log(phi.real**2 + phi.imag**2)
+    out = np.full(len(omega), -np.inf + 0j)
+    keep = np.flatnonzero(log_abs >= floor)
+    out[keep] = log_abs[keep] + 1j * (np.angle(phi[keep]) - omega[keep] * delta)
+    cut = int(np.searchsorted(omega * omega * second, 1.0, side="right"))
+    if cut:
         om = omega[:cut]
         e_plus = _expm1i(om)
         q = e_plus + 1j * om
         a_plus = np.conj(scipy.fft.rfft(_tail_sums(plus), length)[:cut])
         a_minus = scipy.fft.rfft(_tail_sums(minus), length)[:cut]
         x = -om * delta
-        g = x * x + _expm1i(x) * (1.0 - 1j * x)
-        z[:cut] = g + shift[:cut] * (p1 * e_plus + n1 * np.conj(e_plus)
-                                     + q * q * a_plus + np.conj(q) ** 2 * a_minus)
-    return m + delta, z
+        z = x * x + _expm1i(x) * (1.0 - 1j * x) + np.exp(1j * x) * (
+            p1 * e_plus + n1 * np.conj(e_plus) + q * q * a_plus
+            + np.conj(q) ** 2 * a_minus)
+        out[:cut] = 0.5 * np.log1p(2.0 * z.real + (z.real**2 + z.imag**2)) + 1j * (
+            np.arctan2(z.imag, 1.0 + z.real))
+    return m + delta, out
 
 
 class _Tilter:
@@ -243,7 +279,7 @@ class _Tilter:
     def mean(self, theta: float) -> float:
         t = self.lw + theta * self.jf
         w = np.exp(t - t.max())
-        return float(np.dot(w, self.jf) / w.sum())
+        return float(np.sum(w * self.jf) / w.sum())
 
     def solve(self, target_mean: float) -> float:
         lo, hi = -1.0, 1.0
@@ -262,8 +298,8 @@ class _Tilter:
         tilted = np.zeros(self.d + 1)
         tilted[self.steps] = np.exp(self.lw + theta * self.jf - lam)
         tilted /= tilted.sum()
-        mu = float(np.dot(tilted[self.steps], self.jf))
-        var = float(np.dot(tilted[self.steps], (self.jf - mu) ** 2))
+        mu = float(np.sum(tilted[self.steps] * self.jf))
+        var = float(np.sum(tilted[self.steps] * (self.jf - mu) ** 2))
         # Bernstein: P(|S - n mu| >= t) <= 2 exp(-t^2 / (2 (n var + d t / 3))).
         c = 2.0 * _ALIAS_CONST
         half = c * self.d / 3.0 + math.sqrt(c * n * var + (c * self.d / 3.0) ** 2)
@@ -275,12 +311,14 @@ class _Tilter:
             length = scipy.fft.next_fast_len(2 * half + 1)
             center = int(round(n * mu)) - length // 2
             center = min(max(center, 0), size - length)
-        mu, z = _centred_cf(tilted, length)
-        omega = 2.0 * np.pi * np.arange(len(z)) / length
-        log_abs = 0.5 * np.log1p(2.0 * z.real + (z.real**2 + z.imag**2))
-        phase = n * np.arctan2(z.imag, 1.0 + z.real) + (n * mu - center) * omega
-        # P(S = center + s) = (1/L) sum_k E[e^{iw_k (S - center)}] e^{-iw_k s}.
-        b = scipy.fft.irfft(np.exp(n * log_abs - 1j * phase), length)
+        mu, log_cf = _centred_cf(tilted, length, _LOG_TINY / n)
+        # P(S = center + s) = (1/L) sum_k E[e^{iw_k (S - center)}] e^{-iw_k s},
+        # E[e^{iw (S - center)}] = exp(n log_cf(w) + i (n mu - center) w).
+        keep = np.flatnonzero(np.isfinite(log_cf.real))
+        spectrum = np.zeros(len(log_cf), dtype=complex)
+        spectrum[keep] = np.exp(np.conj(n * log_cf[keep])
+                                - 2j * np.pi * (n * mu - center) / length * keep)
+        b = scipy.fft.irfft(spectrum, length)
         count = min(length, size - center)
         b = b[:count]
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -442,9 +480,7 @@ _MAX_TYPES_DEFAULT = 2_000_000
 def _types_law(log_p: np.ndarray, r: np.ndarray, n: int, max_types: int):
     """Exact law of R by enumerating types (counts per distinct reward value)."""
     distinct, inverse = np.unique(r, return_inverse=True)
-    log_w = np.array(
-        [lse(log_p[inverse == i]) for i in range(len(distinct))]
-    )
+    log_w = lse_by_group(inverse, log_p, len(distinct))
     k = len(distinct)
     count = math.comb(n + k - 1, k - 1)
     if count > max_types:
@@ -499,9 +535,7 @@ def _law_numpy(lm, reward, span, rtol, max_steps, method, max_types):
             f"the lattice law has n * max_k + 1 = {n * d + 1} points, more than "
             f"{_MAX_POINTS}; pass a coarser span=h"
         )
-    log_w = np.full(d + 1, -np.inf)
-    for j in np.unique(k):
-        log_w[j] = lse(log_p[k == j])
+    log_w = lse_by_group(k, log_p, d + 1)
     log_pmf, rel_error = _lattice_log_pmf(log_w, n)
     values = n * a + h * np.arange(n * d + 1, dtype=np.float64)
     return values, log_pmf, float(n * a), float(h), err, float(rel_error), dtype
