@@ -4,6 +4,7 @@ the types law, tilted laws, exact tails and the Bahadur–Rao approximation."""
 from __future__ import annotations
 
 import math
+import os
 from fractions import Fraction
 from typing import NamedTuple
 
@@ -21,14 +22,18 @@ from jaxalign.models import LinearReward, MemorylessLM, check_compatible
 # Relative tolerance for lattice detection, by input dtype (module docstring of
 # `reward_law`).
 _LATTICE_RTOL = {np.dtype(np.float32): 1e-6, np.dtype(np.float64): 1e-9}
-# A tilted FFT value is kept only where it is at least this fraction of the
-# tilted law's peak; FFT round-off is ~1e-16 of the peak, so this keeps the
-# relative error near 1e-11.
-_LOG_MIN_HEIGHT = math.log(1e-5)
+# A tilted FFT value is final once its estimated relative error (the window's
+# round-off bound over the value; ~1e-15 of the tilted peak for smooth laws) is
+# below 1e-10; otherwise further tilts are tried.
+_LOG_MIN_SNR = math.log(1e10)
 # Bernstein bound on the aliased mass of a tilted law outside its FFT window:
-# 2 exp(-72) ~ 1e-31, far below 1e-5 of a peak >= 1 / (d n + 1).
+# 2 exp(-72) ~ 1e-31 (counted in each window's error bound).
 _ALIAS_CONST = 72.0
-_MAX_POINTS = 20_000_000
+_ALIAS_MASS = 2.0 * math.exp(-_ALIAS_CONST)
+# Peak memory of the lattice route, measured: ~50-180 bytes per lattice point
+# (the window buffers, the law, its support) and a few float64 copies per token.
+_BYTES_PER_POINT = 256
+_BYTES_PER_TOKEN = 64
 # Spectrum entries below e^-750 of the peak do not change any float64 sum.
 _LOG_TINY = -750.0
 
@@ -205,6 +210,23 @@ def _tail_sums(c: np.ndarray) -> np.ndarray:
     return np.cumsum(tail[::-1])[::-1][1:]
 
 
+def _low_frequencies(x: np.ndarray, length: int, cut: int) -> np.ndarray:
+    """``sum_l x_l e^{iω_k l}`` at ``ω_k = 2π k / length``, ``k < cut``: directly
+    (``e^{iωl}`` as products of two accurate exponentials, over blocks of about
+    ``sqrt(len(x))``) when that is cheaper than a length-``length`` FFT."""
+    if cut * len(x) > length or len(x) == 0:
+        return np.conj(scipy.fft.rfft(x, length)[:cut])
+    block = max(1, math.isqrt(len(x)))
+    count = -(-len(x) // block)
+    padded = np.zeros(block * count)
+    padded[: len(x)] = x
+    omega = 2.0 * np.pi * np.arange(cut) / length
+    inner = np.exp(1j * omega[:, None] * np.arange(float(block))[None, :])
+    outer = np.exp(1j * omega[:, None] * (block * np.arange(float(count)))[None, :])
+    partial = np.einsum("kj,bj->kb", inner, padded.reshape(count, block))
+    return np.einsum("kb,kb->k", partial, outer)
+
+
 def _centred_cf(w: np.ndarray, length: int, floor: float):
     r"""(μ, log(1 + z)): the log of the centred characteristic function of a pmf
     ``w`` on ``0..d`` (``d < length``) at ``ω_k = 2π k / length``,
@@ -245,20 +267,25 @@ def _centred_cf(w: np.ndarray, length: int, floor: float):
     out = np.full(len(omega), -np.inf + 0j)
     keep = np.flatnonzero(log_abs >= floor)
     out[keep] = log_abs[keep] + 1j * (np.angle(phi[keep]) - omega[keep] * delta)
+    # Round-off bounds on log(1 + z): FFT error ~ε log2(L) ||w||_2 on φ.
+    eps, digits = np.finfo(np.float64).eps, math.log2(length)
+    err = np.zeros(len(omega))
+    err[keep] = eps * (digits * math.sqrt(np.sum(w * w)) * np.exp(-log_abs[keep]) + 2.0)
     cut = int(np.searchsorted(omega * omega * second, 1.0, side="right"))
     if cut:
         om = omega[:cut]
         e_plus = _expm1i(om)
         q = e_plus + 1j * om
-        a_plus = np.conj(scipy.fft.rfft(_tail_sums(plus), length)[:cut])
-        a_minus = scipy.fft.rfft(_tail_sums(minus), length)[:cut]
+        a_plus = _low_frequencies(_tail_sums(plus), length, cut)
+        a_minus = np.conj(_low_frequencies(_tail_sums(minus), length, cut))
         x = -om * delta
         z = x * x + _expm1i(x) * (1.0 - 1j * x) + np.exp(1j * x) * (
             p1 * e_plus + n1 * np.conj(e_plus) + q * q * a_plus
             + np.conj(q) ** 2 * a_minus)
         out[:cut] = 0.5 * np.log1p(2.0 * z.real + (z.real**2 + z.imag**2)) + 1j * (
             np.arctan2(z.imag, 1.0 + z.real))
-    return m + delta, out
+        err[:cut] = eps * (1.0 + (2.0 + digits) * om * om * second)
+    return m + delta, out, err
 
 
 class _Tilter:
@@ -292,7 +319,8 @@ class _Tilter:
         )
 
     def window(self, theta: float):
-        """(first s, log P(S = s) for s in the window, log height relative to peak)."""
+        """(first s, log P(S = s) for s in the window, log of its signal-to-noise
+        ratio: the inverse of the estimated relative error of P(S = s))."""
         n, size = self.n, self.size
         lam = self.log_mgf(theta)
         tilted = np.zeros(self.d + 1)
@@ -311,7 +339,7 @@ class _Tilter:
             length = scipy.fft.next_fast_len(2 * half + 1)
             center = int(round(n * mu)) - length // 2
             center = min(max(center, 0), size - length)
-        mu, log_cf = _centred_cf(tilted, length, _LOG_TINY / n)
+        mu, log_cf, err = _centred_cf(tilted, length, _LOG_TINY / n)
         # P(S = center + s) = (1/L) sum_k E[e^{iw_k (S - center)}] e^{-iw_k s},
         # E[e^{iw (S - center)}] = exp(n log_cf(w) + i (n mu - center) w).
         keep = np.flatnonzero(np.isfinite(log_cf.real))
@@ -319,14 +347,19 @@ class _Tilter:
         spectrum[keep] = np.exp(np.conj(n * log_cf[keep])
                                 - 2j * np.pi * (n * mu - center) / length * keep)
         b = scipy.fft.irfft(spectrum, length)
+        # Error of every b_s: the errors n err_k of the exponents, the inverse FFT's
+        # round-off, and the aliased mass.
+        size_h = np.abs(spectrum[keep])
+        noise = (2.0 * n * np.sum(size_h * err[keep])
+                 + np.finfo(np.float64).eps * math.log2(length)
+                 * math.sqrt(2.0 * np.sum(size_h**2))) / length + _ALIAS_MASS
         count = min(length, size - center)
         b = b[:count]
         with np.errstate(divide="ignore", invalid="ignore"):
             log_b = np.where(b > 0, np.log(np.where(b > 0, b, 1.0)), -np.inf)
-        rel = log_b - np.max(log_b)
         s = center + np.arange(count)
         log_p = log_b + n * lam - theta * s
-        return center, log_p, rel
+        return center, log_p, log_b - math.log(noise)
 
 
 _MAX_EDGE = 1500
@@ -405,26 +438,34 @@ def _lattice_log_pmf(log_w: np.ndarray, n: int):
     """log P(S = s), s = 0..n d, for S a sum of n i.i.d. steps with log weights log_w.
 
     Edges of width ~d^2 (where gaps and locally deep points live) are computed
-    exactly by log-space convolution powers; the rest by tilted FFTs.
+    exactly by log-space convolution powers; the rest by tilted FFTs, each point
+    from the tilt with the smallest error bound.
     Returns (log_pmf, rel_error_estimate).
     """
     d = len(log_w) - 1
     size = n * d + 1
-    if d == 0:
-        return np.zeros(1), 0.0
-    support = _support(np.isfinite(log_w), n)
+    finite = np.isfinite(log_w)
+    if d == 0 or n == 1:
+        return log_w.copy(), 4e-16 * (float(np.max(np.abs(log_w[finite]))) + 1.0)
+
+    def exact_snr(width):
+        # Direct sums of positive terms: ~ε sqrt(width) per convolution.
+        return -math.log(1e-16 * math.sqrt(width) * (1.0 + math.log2(n)))
+
+    support = _support(finite, n)
     out = np.full(size, -np.inf)
     best = np.full(size, -np.inf)
     need = np.ones(size, dtype=bool) if support is None else support.copy()
     edge = min(max(d * d + 2, 32), _MAX_EDGE)
     if 2 * edge >= size:
-        exact_edge = _log_power_truncated(log_w, n, size)
-        return exact_edge, 1e-15 * math.log2(n + 1) * size
+        out = _log_power_truncated(log_w, n, size)
+        return out, math.exp(-exact_snr(size)) + 4e-16 * (
+            float(np.max(np.abs(out[np.isfinite(out)]))) + n)
     out[:edge] = _log_power_truncated(log_w, n, edge)
     out[size - edge :] = _log_power_truncated(log_w[::-1], n, edge)[::-1]
     need[:edge] = False
     need[size - edge :] = False
-    best[:edge] = best[size - edge :] = 0.0
+    best[:edge] = best[size - edge :] = exact_snr(edge)
     tilter = _Tilter(log_w, n)
     cur = 0
     step = 1.0
@@ -435,14 +476,14 @@ def _lattice_log_pmf(log_w: np.ndarray, n: int):
         cur += int(remaining[0])
         target = min(max(cur + step, 0.5), size - 1.5)
         theta = tilter.solve(target / n)
-        start, log_p, rel = tilter.window(theta)
+        start, log_p, snr = tilter.window(theta)
         sl = slice(start, start + len(log_p))
-        better = (rel > best[sl]) & (need[sl] | np.isneginf(out[sl]))
+        better = (snr > best[sl]) & (need[sl] | np.isneginf(out[sl]))
         if support is not None:
             better &= support[sl]
         out[sl] = np.where(better, log_p, out[sl])
-        best[sl] = np.where(better, rel, best[sl])
-        need[sl] &= best[sl] < _LOG_MIN_HEIGHT
+        best[sl] = np.where(better, snr, best[sl])
+        need[sl] &= best[sl] < _LOG_MIN_SNR
         if not need[cur]:
             covered = np.flatnonzero(need[cur:])
             hi = cur + (int(covered[0]) if covered.size else size - cur) - 1
@@ -454,24 +495,20 @@ def _lattice_log_pmf(log_w: np.ndarray, n: int):
             need[cur] = False
     # Locally deep points (e.g. residues reachable only through a rare step) can
     # sit farther from the edges than d^2: widen the exact edges to cover them.
-    deep = np.flatnonzero(np.isfinite(out) & (best < _LOG_MIN_HEIGHT))
-    low = deep[deep < size // 2]
-    if low.size and low[-1] < _MAX_EDGE:
-        width = min(int(low[-1]) + 17, _MAX_EDGE)
-        out[:width] = _log_power_truncated(log_w, n, width)
-        best[:width] = 0.0
-    high = size - 1 - deep[deep >= size // 2]
-    if high.size and high[0] < _MAX_EDGE:
-        width = min(int(high[0]) + 17, _MAX_EDGE)
-        out[size - width :] = _log_power_truncated(log_w[::-1], n, width)[::-1]
-        best[size - width :] = 0.0
+    deep = np.flatnonzero(np.isfinite(out) & (best < _LOG_MIN_SNR))
+    for far, flip in ((deep, False), (size - 1 - deep, True)):
+        near = far[far < _MAX_EDGE - 16]
+        if near.size:
+            width = int(near.max()) + 17
+            part = _log_power_truncated(log_w[::-1] if flip else log_w, n, width)
+            sl = slice(size - width, size) if flip else slice(0, width)
+            out[sl] = part[::-1] if flip else part
+            best[sl] = exact_snr(width)
     in_support = np.isfinite(out)
-    worst = float(np.min(best[in_support])) if in_support.any() else 0.0
-    # FFT round-off (~1e-15 of a tilted peak) over the worst kept height, plus
-    # float64 rounding of log P itself.
-    scale = float(np.max(np.abs(out[in_support]))) if in_support.any() else 0.0
-    rel_error = 1e-15 * math.exp(-worst) + 4e-16 * (scale + n)
-    return out, rel_error
+    # The worst point's estimated error, plus float64 rounding of log P itself.
+    worst = float(np.min(best[in_support]))
+    scale = float(np.max(np.abs(out[in_support])))
+    return out, math.exp(-worst) + 4e-16 * (scale + n)
 
 
 _MAX_TYPES_DEFAULT = 2_000_000
@@ -507,6 +544,31 @@ def _types_law(log_p: np.ndarray, r: np.ndarray, n: int, max_types: int):
     return values[new_group], merged
 
 
+def _available_memory() -> int:
+    """Bytes of memory available now (Linux ``MemAvailable``), else physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _check_memory(points: int, tokens: int) -> None:
+    """Refuse, before any work, a lattice law that would not fit in memory."""
+    need = _BYTES_PER_POINT * points + _BYTES_PER_TOKEN * tokens
+    have = _available_memory()
+    if need > have:
+        raise ValueError(
+            f"the lattice law has n * max_k + 1 = {points} points: estimated peak "
+            f"memory {need / 2**30:.3g} GiB ({_BYTES_PER_POINT} bytes a point), more "
+            f"than the {have / 2**30:.3g} GiB available; pass a coarser span=h or a "
+            "shorter length, or use bahadur_rao_log_tail or token-level sampling"
+        )
+
+
 def _law_numpy(lm, reward, span, rtol, max_steps, method, max_types):
     """Float64 NumPy core of `reward_law`: (values, log_pmf, offset, h, err, rel)."""
     if method not in ("lattice", "types"):
@@ -530,11 +592,7 @@ def _law_numpy(lm, reward, span, rtol, max_steps, method, max_types):
             raise ValueError(f"rtol must be in (0, 1), got {rtol!r}")
         a, h, k, err = _detect_lattice(r, float(rtol), int(max_steps))
     d = int(k.max())
-    if n * d + 1 > _MAX_POINTS:
-        raise ValueError(
-            f"the lattice law has n * max_k + 1 = {n * d + 1} points, more than "
-            f"{_MAX_POINTS}; pass a coarser span=h"
-        )
+    _check_memory(n * d + 1, len(r))
     log_w = lse_by_group(k, log_p, d + 1)
     log_pmf, rel_error = _lattice_log_pmf(log_w, n)
     values = n * a + h * np.arange(n * d + 1, dtype=np.float64)
