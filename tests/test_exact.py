@@ -250,6 +250,37 @@ def test_reward_law_too_large_is_refused_before_any_work(x64):
         exact.reward_law(lm, _reward([0.0, 1.0e4]))
 
 
+def _log_space_power(weights, n):
+    """log of (sum_j w_j z^j)^n by n log-space steps, O(n * size * #steps): exact up
+    to rounding wherever the terms underflow in linear space."""
+    steps = {j: math.log(w) for j, w in weights.items()}
+    d, cur = max(steps), np.zeros(1)
+    for _ in range(n):
+        new = np.full(len(cur) + d, -np.inf)
+        for j, log_w in steps.items():
+            new[j : j + len(cur)] = np.logaddexp(new[j : j + len(cur)], cur + log_w)
+        cur = new
+    return cur
+
+
+@pytest.mark.parametrize(
+    "weights, n",
+    [({0: 0.3, 13: 0.2, 40: 0.4999, 45: 1e-4}, 100), ({0: 0.2, 37: 0.7, 40: 0.1}, 120)],
+)
+def test_reward_law_locally_deep_points_vs_log_space(x64, weights, n):
+    """Near-periodic steps put points far below their neighbours away from the ends,
+    where no tilted FFT resolves them: every point to 1e-9, and reported so."""
+    steps = np.array(sorted(weights))
+    probs = np.array([weights[j] for j in steps])
+    law = exact.reward_law(_model(probs, n), _reward(steps.astype(np.float64)))
+    ref = _log_space_power(weights, n)
+    got = np.asarray(law.log_pmf)
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(ref))
+    finite = np.isfinite(ref)
+    np.testing.assert_allclose(got[finite], ref[finite], rtol=0, atol=1e-9)
+    assert law.rel_error < 1e-9
+
+
 def test_lattice_detection_and_snapping(x64):
     lm = _model([0.2, 0.3, 0.5], 3)
     law = exact.reward_law(lm, _reward([0.1, 0.3, 0.7]))  # 0.1 + 0.2 * (0, 1, 3)

@@ -363,6 +363,8 @@ class _Tilter:
 
 
 _MAX_EDGE = 1500
+# Locally deep points up to this far from an end are recomputed exactly.
+_MAX_WIDEN = 6000
 
 
 # Blocks of the exact edge convolutions; a block pair is convolved directly in
@@ -497,7 +499,7 @@ def _lattice_log_pmf(log_w: np.ndarray, n: int):
     # sit farther from the edges than d^2: widen the exact edges to cover them.
     deep = np.flatnonzero(np.isfinite(out) & (best < _LOG_MIN_SNR))
     for far, flip in ((deep, False), (size - 1 - deep, True)):
-        near = far[far < _MAX_EDGE - 16]
+        near = far[far < _MAX_WIDEN - 16]
         if near.size:
             width = int(near.max()) + 17
             part = _log_power_truncated(log_w[::-1] if flip else log_w, n, width)
