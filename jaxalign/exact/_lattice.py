@@ -266,11 +266,15 @@ def _centred_cf(w: np.ndarray, length: int, floor: float):
         log_abs = 0.5 * np.log(phi.real**2 + phi.imag**2)
     out = np.full(len(omega), -np.inf + 0j)
     keep = np.flatnonzero(log_abs >= floor)
-    out[keep] = log_abs[keep] + 1j * (np.angle(phi[keep]) - omega[keep] * delta)
-    # Round-off bounds on log(1 + z): FFT error ~ε log2(L) ||w||_2 on φ.
+    angle = np.angle(phi[keep]) - omega[keep] * delta
+    out[keep] = log_abs[keep] + 1j * angle
+    # Round-off bounds on log(1 + z): the FFT's ~ε log2(L) ||w||_2 on φ, and ε
+    # relative on the log and the angle.
     eps, digits = np.finfo(np.float64).eps, math.log2(length)
     err = np.zeros(len(omega))
-    err[keep] = eps * (digits * math.sqrt(np.sum(w * w)) * np.exp(-log_abs[keep]) + 2.0)
+    err[keep] = eps * (digits * math.sqrt(np.sum(w * w)) * np.exp(-log_abs[keep])
+                       + np.abs(log_abs[keep]) + np.abs(angle) + 2.0 * np.abs(
+                           omega[keep] * delta))
     cut = int(np.searchsorted(omega * omega * second, 1.0, side="right"))
     if cut:
         om = omega[:cut]
@@ -284,7 +288,7 @@ def _centred_cf(w: np.ndarray, length: int, floor: float):
             + np.conj(q) ** 2 * a_minus)
         out[:cut] = 0.5 * np.log1p(2.0 * z.real + (z.real**2 + z.imag**2)) + 1j * (
             np.arctan2(z.imag, 1.0 + z.real))
-        err[:cut] = eps * (1.0 + (2.0 + digits) * om * om * second)
+        err[:cut] = eps * (4.0 + digits) * om * om * second
     return m + delta, out, err
 
 
