@@ -443,9 +443,10 @@ def _log_power_truncated(log_w: np.ndarray, n: int, width: int) -> np.ndarray:
 def _lattice_log_pmf(log_w: np.ndarray, n: int):
     """log P(S = s), s = 0..n d, for S a sum of n i.i.d. steps with log weights log_w.
 
-    Edges of width ~d^2 (where gaps and locally deep points live) are computed
-    exactly by log-space convolution powers; the rest by tilted FFTs, each point
-    from the tilt with the smallest error bound.
+    n = 1 is the step pmf itself.  Edges of width ~d^2 (where gaps and locally
+    deep points live) are computed exactly by convolution powers (direct sums);
+    the rest by tilted FFTs, each point from the tilt with the smallest error
+    bound.
     Returns (log_pmf, rel_error_estimate).
     """
     d = len(log_w) - 1
@@ -644,19 +645,38 @@ def reward_law(
     reported as ``lattice_error`` (the law is then exact for the snapped
     rewards; ``|R - R_snapped| <= n * lattice_error``).
 
-    Method: near the two ends of the support (widths ``~(max k)^2``, where gaps
-    and locally deep points live) the pmf is an exact log-space convolution
-    power.  Elsewhere the law of ``S = sum k`` is evaluated under exponential
-    tilts ``P_θ(s) ∝ P(s) e^{θ s}``, each by an FFT over a window around its mode
-    (an accurately centred characteristic function raised to the ``n``-th
-    power in log space); each point takes the tilt under which it is highest
-    relative to that tilt's peak, and only values above ``1e-5`` of the peak
-    are used.  **Accuracy: relative error of every probability below 1e-9**
-    (tested against mpmath to ``1e-9`` in log space for ``n`` up to ``10^5``,
-    including ``P = 0.3^{1000}``, and against direct convolution on whole
-    supports with gaps; ``rel_error`` reports the method's own estimate,
-    typically ``1e-10``).  Unreachable lattice points are found
-    exactly and get ``-inf``.  Cost ``O(M log n)`` for ``M = n max k + 1``.
+    Method: the token probabilities are first summed per lattice step
+    (``w_j = Σ_{k_x = j} p(x)``, ``O(K)``), so everything after depends on ``K``
+    only through ``max k``.  Near the two ends of the support (widths
+    ``~(max k)^2`` up to 1500, where gaps and locally deep points live) the pmf
+    is an exact convolution power (direct sums of positive terms, tilted by
+    blocks so that nothing underflows).  Elsewhere the law of ``S = sum k`` is
+    evaluated under exponential tilts ``P_θ(s) ∝ P(s) e^{θ s}``, each by an FFT
+    over a window around its mode: the tilted step pmf's characteristic
+    function, centred at its mean, is itself an FFT of ``w_θ``, computed near
+    ``ω = 0`` by summation by parts so that ``n log φ`` keeps relative accuracy
+    (error ``~ε ω² E(k - μ)²``), and raised to the ``n``-th power in log space.
+    Every window carries a round-off bound (the exponents' errors weighted by
+    the spectrum, the inverse FFT's round-off, the aliased mass ``2e^{-72}``);
+    each point takes the tilt with the smallest relative bound, further tilts
+    are tried until it is below ``1e-10``, and points no tilt resolves
+    (locally deep points) within 6000 of an end are recomputed exactly.
+    **Accuracy: relative error of every probability below 1e-9** where
+    ``rel_error`` (the largest of these bounds, plus float64 rounding of
+    ``log P``) says so; it is ``~1e-10`` for the laws tested (against mpmath to
+    ``1e-9`` in log space for ``n`` up to ``10^5``, including ``P = 0.3^{1000}``;
+    against direct sums and log-space powers on whole supports with gaps and
+    locally deep points; K = 20 000 and 131 072 against direct sums and plain
+    FFT powers of tilted step pmfs).  Rough step pmfs can leave locally deep
+    points far from the ends that no tilt resolves; ``rel_error`` then reports
+    their larger error.  Unreachable lattice points are found exactly and get
+    ``-inf``.  Cost ``O(M log M)`` time for ``M = n max k + 1`` lattice points
+    (``O(M)`` per tilt window, ``O(1500²)`` for the ends) and ``O(K + M)``
+    memory (about 50-250 bytes a point); a law whose estimated memory exceeds
+    the memory available is refused with a ``ValueError`` before any work.
+    Measured on a 2-core CPU: K = 1000, ``n = 256``, ``M = 5·10^4``: 0.3 s;
+    a Zipf vocabulary of 131 072 tokens, ``n = 1024``, ``M = 10^6``: 3-4 s and
+    50 MB.
 
     **Types** (``method="types"``), for non-lattice rewards with small ``K``:
     enumerates the ``C(n+K-1, K-1)`` types (counts of each distinct reward),
@@ -677,8 +697,9 @@ def reward_law(
       float64).  Not traceable under ``jit`` (its size depends on the values).
 
     Raises:
-      ValueError: non-lattice rewards without ``span``; too many lattice points
-      or types; bad ``span``, ``rtol`` or ``method``.
+      ValueError: non-lattice rewards without ``span``; a lattice law larger
+      than the available memory (the message gives the estimate) or too many
+      types; bad ``span``, ``rtol`` or ``method``.
 
     Examples:
       >>> import jax.numpy as jnp
