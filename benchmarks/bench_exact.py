@@ -147,10 +147,10 @@ def main():
             "machine": platform.processor() or platform.machine(),
             "baseline": args.baseline if baseline is not None else None}
     print(json.dumps(info))
-    print(f"{'':74s} {'time':>10s} {'peak MB':>8s} {'baseline':>10s} {'ratio':>6s}")
+    print(f"{'':74s} {'time':>10s} {'peak MB':>8s} {'baseline':>10s} {'ratio':>7s}")
     for name, seconds, peak, old in rows:
         peak_text = f"{peak / 1e6:8.1f}" if peak is not None else f"{'':8s}"
-        old_text = (f"{old * 1e3:8.0f}ms {old / seconds:5.0f}x" if old is not None
+        old_text = (f"{old * 1e3:8.0f}ms {old / seconds:6.2f}x" if old is not None
                     else "")
         print(f"{name:74s} {seconds * 1e3:8.1f}ms {peak_text} {old_text}")
 
