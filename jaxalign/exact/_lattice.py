@@ -228,9 +228,10 @@ def _low_frequencies(x: np.ndarray, length: int, cut: int) -> np.ndarray:
 
 
 def _centred_cf(w: np.ndarray, length: int, floor: float):
-    r"""(μ, log(1 + z)): the log of the centred characteristic function of a pmf
-    ``w`` on ``0..d`` (``d < length``) at ``ω_k = 2π k / length``,
-    ``k = 0 .. length // 2``; ``-inf`` where ``log|1 + z| < floor``.
+    r"""(m, δ, log(1 + z), error bound): the log of the centred characteristic
+    function of a pmf ``w`` on ``0..d`` (``d < length``) at
+    ``ω_k = 2π k / length``, ``k = 0 .. length // 2``, with its round-off bound;
+    ``-inf`` where ``log|1 + z| < floor``.
 
     .. math::
         1 + z_k = \sum_j w_j e^{iω_k (j - μ)}, \qquad μ = \sum_j j w_j.
@@ -249,7 +250,8 @@ def _centred_cf(w: np.ndarray, length: int, floor: float):
     ``O(ω² E v²)`` and computed in relative terms, so the error is
     ``~ε ω² E v²`` like a direct sum of ``w_j E(ω(j - μ))``, at ``O(length log length)``
     cost.  Where ``ω² E v² > 1`` the plain FFT ``e^{-iωδ} Σ_j w_j e^{iωv} - 1``
-    (error ``~ε``) is as accurate and is used instead.
+    (error ``~ε``) is as accurate and is used instead.  With few steps the low
+    frequencies are the direct sum ``Σ_j w_j E(ω(j - μ))`` (same error).
     """
     d = len(w) - 1
     m = int(round(float(np.sum(w * np.arange(d + 1.0)))))
@@ -276,8 +278,13 @@ def _centred_cf(w: np.ndarray, length: int, floor: float):
                        + np.abs(log_abs[keep]) + np.abs(angle) + 2.0 * np.abs(
                            omega[keep] * delta))
     cut = int(np.searchsorted(omega * omega * second, 1.0, side="right"))
-    if cut:
-        om = omega[:cut]
+    steps = np.flatnonzero(w)
+    om = omega[:cut]
+    if cut and cut * len(steps) <= length:
+        # Few steps: the direct sum of w_j E(ω(j - μ)) costs less than an FFT.
+        z = np.sum(_expm1i(om[:, None] * ((steps - m) - delta)[None, :])
+                   * w[steps][None, :], axis=1)
+    elif cut:
         e_plus = _expm1i(om)
         q = e_plus + 1j * om
         a_plus = _low_frequencies(_tail_sums(plus), length, cut)
@@ -286,10 +293,11 @@ def _centred_cf(w: np.ndarray, length: int, floor: float):
         z = x * x + _expm1i(x) * (1.0 - 1j * x) + np.exp(1j * x) * (
             p1 * e_plus + n1 * np.conj(e_plus) + q * q * a_plus
             + np.conj(q) ** 2 * a_minus)
+    if cut:
         out[:cut] = 0.5 * np.log1p(2.0 * z.real + (z.real**2 + z.imag**2)) + 1j * (
             np.arctan2(z.imag, 1.0 + z.real))
         err[:cut] = eps * (4.0 + digits) * om * om * second
-    return m + delta, out, err
+    return m, delta, out, err
 
 
 class _Tilter:
@@ -343,13 +351,15 @@ class _Tilter:
             length = scipy.fft.next_fast_len(2 * half + 1)
             center = int(round(n * mu)) - length // 2
             center = min(max(center, 0), size - length)
-        mu, log_cf, err = _centred_cf(tilted, length, _LOG_TINY / n)
+        m, delta, log_cf, err = _centred_cf(tilted, length, _LOG_TINY / n)
         # P(S = center + s) = (1/L) sum_k E[e^{iw_k (S - center)}] e^{-iw_k s},
-        # E[e^{iw (S - center)}] = exp(n log_cf(w) + i (n mu - center) w).
+        # E[e^{iw (S - center)}] = exp(n log_cf(w) + i (n m - center + n δ) w),
+        # the integer part of the shift reduced mod L exactly.
         keep = np.flatnonzero(np.isfinite(log_cf.real))
+        turns = (keep * ((n * m - center) % length)) % length + n * delta * keep
         spectrum = np.zeros(len(log_cf), dtype=complex)
         spectrum[keep] = np.exp(np.conj(n * log_cf[keep])
-                                - 2j * np.pi * (n * mu - center) / length * keep)
+                                - 2j * np.pi / length * turns)
         b = scipy.fft.irfft(spectrum, length)
         # Error of every b_s: the errors n err_k of the exponents, the inverse FFT's
         # round-off, and the aliased mass.
