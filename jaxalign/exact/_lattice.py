@@ -684,9 +684,9 @@ def reward_law(
     (``O(M)`` per tilt window, ``O(1500²)`` for the ends) and ``O(K + M)``
     memory (about 50-250 bytes a point); a law whose estimated memory exceeds
     the memory available is refused with a ``ValueError`` before any work.
-    Measured on a 2-core CPU: K = 1000, ``n = 256``, ``M = 5·10^4``: 0.3 s;
-    a Zipf vocabulary of 131 072 tokens, ``n = 1024``, ``M = 10^6``: 3-4 s and
-    50 MB.
+    Measured on a 2-core CPU (``benchmarks/bench_exact.py``): K = 1000,
+    ``n = 256``, ``M = 5·10^4``: 0.3 s (15 s before); a Zipf vocabulary of
+    131 072 tokens, ``n = 1024``, ``M = 9.4·10^5``: 1.4-1.9 s and 51 MB.
 
     **Types** (``method="types"``), for non-lattice rewards with small ``K``:
     enumerates the ``C(n+K-1, K-1)`` types (counts of each distinct reward),
