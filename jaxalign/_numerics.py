@@ -11,7 +11,14 @@ import math
 
 import numpy as np
 
-__all__ = ["compositions", "lse", "log1mexp_of_exp", "log_neg_log1m", "log_cdf_sf"]
+__all__ = [
+    "compositions",
+    "lse",
+    "lse_by_group",
+    "log1mexp_of_exp",
+    "log_neg_log1m",
+    "log_cdf_sf",
+]
 
 
 def lse(x, axis=None):
@@ -22,6 +29,19 @@ def lse(x, axis=None):
     with np.errstate(divide="ignore"):
         out = np.log(np.sum(np.exp(x - peak), axis=axis, keepdims=True)) + peak
     return out.reshape(()) if axis is None else np.squeeze(out, axis=axis)
+
+
+def lse_by_group(labels: np.ndarray, x: np.ndarray, size: int) -> np.ndarray:
+    """``log sum_{i: labels_i = g} exp(x_i)`` for ``g = 0 .. size - 1`` (``-inf`` for
+    an empty group), in ``O(len(x) + size)``: each group is scaled by its own maximum,
+    so every group sum keeps relative accuracy."""
+    x = np.asarray(x, dtype=np.float64)
+    peak = np.full(size, -np.inf)
+    np.maximum.at(peak, labels, x)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    total = np.bincount(labels, weights=np.exp(x - peak[labels]), minlength=size)
+    with np.errstate(divide="ignore"):
+        return np.log(total) + peak
 
 
 def log_neg_log1m(log_u: np.ndarray) -> np.ndarray:

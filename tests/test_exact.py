@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import brentq
+from scipy.signal import fftconvolve
 from scipy.stats import binom
 
 import jaxalign
@@ -167,6 +168,117 @@ def test_reward_law_whole_support_vs_direct_convolution(x64, weights, n):
     np.testing.assert_array_equal(np.isneginf(got), np.isneginf(ref))
     finite = np.isfinite(ref)
     np.testing.assert_allclose(got[finite], ref[finite], rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_reward_law_20000_distinct_rewards(x64, n):
+    """K = 20 000 tokens with distinct rewards: P(R = r_k) = p_k at n = 1, and the
+    direct float64 sums P(R = s) = sum_i p_i p_{s-i} (positive terms) at n = 2, at
+    both ends and 400 random points."""
+    rng = np.random.default_rng(20_000)
+    k = 20_000
+    probs = rng.dirichlet(np.ones(k))
+    steps = rng.permutation(k)
+    law = exact.reward_law(_model(probs, n), _reward(1.0 + 0.25 * steps))
+    assert law.span == pytest.approx(0.25, rel=1e-12)
+    assert law.values.shape == (n * (k - 1) + 1,)
+    w = np.zeros(k)
+    w[steps] = probs
+    got = np.asarray(law.log_pmf)
+    if n == 1:
+        np.testing.assert_allclose(got, np.log(w), rtol=0, atol=1e-9)
+        return
+    points = np.r_[0:50, 2 * k - 51 : 2 * k - 1, rng.choice(2 * k - 1, 400)]
+    ref = []
+    for s in points:
+        i = np.arange(max(0, s - k + 1), min(s, k - 1) + 1)
+        ref.append(math.log(np.sum(w[i] * w[s - i])))
+    np.testing.assert_allclose(got[points], ref, rtol=0, atol=1e-9)
+
+
+def test_reward_law_zipf_131072_tokens(x64):
+    """A Zipf vocabulary of 2^17 tokens, Gaussian rewards snapped to ~100 steps,
+    n = 1024: the moments of R and of tilted laws against the token law, and every
+    point within 1e-3 of the peak of three tilted laws against a plain FFT
+    convolution power of the tilted step pmf (deep tails: log P down to -2000)."""
+    rng = np.random.default_rng(131_072)
+    k, n = 2**17, 1024
+    probs = 1.0 / np.arange(1, k + 1) ** 1.1
+    probs /= probs.sum()
+    rewards = rng.standard_normal(k)
+    span = (rewards.max() - rewards.min()) / 100.0
+    law = exact.reward_law(_model(probs, n), _reward(rewards), span=span)
+    steps = np.rint((rewards - rewards.min()) / span).astype(np.int64)
+    snapped = rewards.min() + span * steps
+    weights = np.bincount(steps, weights=probs)  # the step pmf on 0..100
+    values, log_pmf = np.asarray(law.values), np.asarray(law.log_pmf)
+    assert values.shape == (100 * n + 1,)
+    # Moments of R, and of R tilted by e^{lam R} (deep in both tails).
+    for lam in (0.0, -2.0, 3.0):
+        token = probs * np.exp(lam * (snapped - snapped.max()))
+        token /= token.sum()
+        mean = n * math.fsum(token * snapped)
+        var = n * math.fsum(token * (snapped - mean / n) ** 2)
+        tilted = np.exp(log_pmf + lam * values - np.logaddexp.reduce(
+            log_pmf + lam * values))
+        assert math.fsum(tilted * values) == pytest.approx(mean, abs=1e-9 * n)
+        assert math.fsum(tilted * (values - mean) ** 2) == pytest.approx(var, rel=1e-8)
+    # Points near the peaks of tilted laws (step means 50, 15, 85 of 0..100).
+    j = np.arange(len(weights))
+    for target in (None, 15.0, 85.0):
+        theta = 0.0 if target is None else brentq(
+            lambda t, target=target: np.sum(j * weights * np.exp(t * j))
+            / np.sum(weights * np.exp(t * j)) - target, -5.0, 5.0)
+        step = weights * np.exp(theta * j)
+        log_norm = math.log(step.sum())
+        power, base, m = np.array([1.0]), step / step.sum(), n
+        while m:
+            if m & 1:
+                power = fftconvolve(power, base)
+            m >>= 1
+            if m:
+                base = fftconvolve(base, base)
+        near = np.flatnonzero(power >= 1e-3 * power.max())
+        ref = np.log(power[near]) - theta * near + n * log_norm
+        np.testing.assert_allclose(log_pmf[near], ref, rtol=0, atol=1e-9)
+        assert ref.min() < -1000.0 or target is None
+
+
+def test_reward_law_too_large_is_refused_before_any_work(x64):
+    lm = _model([0.5, 0.5], 10**9)
+    with pytest.raises(ValueError, match="estimated peak memory .* GiB"):
+        exact.reward_law(lm, _reward([0.0, 1.0e4]))
+
+
+def _log_space_power(weights, n):
+    """log of (sum_j w_j z^j)^n by n log-space steps, O(n * size * #steps): exact up
+    to rounding wherever the terms underflow in linear space."""
+    steps = {j: math.log(w) for j, w in weights.items()}
+    d, cur = max(steps), np.zeros(1)
+    for _ in range(n):
+        new = np.full(len(cur) + d, -np.inf)
+        for j, log_w in steps.items():
+            new[j : j + len(cur)] = np.logaddexp(new[j : j + len(cur)], cur + log_w)
+        cur = new
+    return cur
+
+
+@pytest.mark.parametrize(
+    "weights, n",
+    [({0: 0.3, 13: 0.2, 40: 0.4999, 45: 1e-4}, 100), ({0: 0.2, 37: 0.7, 40: 0.1}, 120)],
+)
+def test_reward_law_locally_deep_points_vs_log_space(x64, weights, n):
+    """Near-periodic steps put points far below their neighbours away from the ends,
+    where no tilted FFT resolves them: every point to 1e-9, and reported so."""
+    steps = np.array(sorted(weights))
+    probs = np.array([weights[j] for j in steps])
+    law = exact.reward_law(_model(probs, n), _reward(steps.astype(np.float64)))
+    ref = _log_space_power(weights, n)
+    got = np.asarray(law.log_pmf)
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(ref))
+    finite = np.isfinite(ref)
+    np.testing.assert_allclose(got[finite], ref[finite], rtol=0, atol=1e-9)
+    assert law.rel_error < 1e-9
 
 
 def test_lattice_detection_and_snapping(x64):
