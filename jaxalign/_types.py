@@ -149,3 +149,13 @@ def renamed_keyword(value: Any, old_value: Any, *, old: str, new: str,
         raise ValueError(f"give {new}= only ({old}= is its deprecated name), got both")
     warnings.warn(f"{old}= is now {new}=", DeprecationWarning, stacklevel=stacklevel)
     return old_value
+
+
+def check_exactly_one(**named: Any) -> str:
+    """The name of the one argument that is not ``None``; ``ValueError`` unless
+    exactly one is given (e.g. ``num_candidates`` or ``log_num_candidates``)."""
+    given = [name for name, value in named.items() if value is not None]
+    if len(given) != 1:
+        values = ", ".join(f"{name}={value!r}" for name, value in named.items())
+        raise ValueError(f"give exactly one of {' and '.join(named)}, got {values}")
+    return given[0]

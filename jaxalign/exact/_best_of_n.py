@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxalign._numerics import log1mexp_of_exp, log_neg_log1m, lse
-from jaxalign._types import Array
+from jaxalign._types import Array, check_exactly_one
 from jaxalign.exact._lattice import (
     RewardLaw,
     _check_scalar,
@@ -84,12 +84,8 @@ def _bon_core(values, log_pmf, lnl, lnr, below, log_n, lam, log_mgf_n):
 
 
 def _log_candidates(num_candidates, log_num_candidates) -> np.ndarray:
-    if (num_candidates is None) == (log_num_candidates is None):
-        raise ValueError(
-            "pass exactly one of num_candidates or log_num_candidates, got "
-            f"num_candidates={num_candidates!r}, "
-            f"log_num_candidates={log_num_candidates!r}"
-        )
+    check_exactly_one(num_candidates=num_candidates,
+                      log_num_candidates=log_num_candidates)
     if num_candidates is not None:
         arr = np.asarray(num_candidates, dtype=object)
         flat = arr.reshape(-1)

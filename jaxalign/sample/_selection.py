@@ -13,6 +13,7 @@ from jaxalign._types import (
     Array,
     ArrayLike,
     PRNGKey,
+    check_exactly_one,
     check_key,
     check_positive_int,
     check_real,
@@ -261,12 +262,8 @@ def best_of_n_from_law(
     """
     check_key(key)
     values, log_pmf = _check_law(values, log_pmf)
-    if (num_candidates is None) == (log_num_candidates is None):
-        raise ValueError(
-            "give exactly one of num_candidates and log_num_candidates, got "
-            f"num_candidates={num_candidates!r}, "
-            f"log_num_candidates={log_num_candidates!r}"
-        )
+    check_exactly_one(num_candidates=num_candidates,
+                      log_num_candidates=log_num_candidates)
     if num_candidates is not None:
         num_candidates = check_positive_int(num_candidates, "num_candidates")
         log_num = np.asarray(math.log(num_candidates), values.dtype)

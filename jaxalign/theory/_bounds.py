@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from jaxalign._types import (
     Array,
     ArrayLike,
+    check_exactly_one,
 )
 from jaxalign.models import LinearReward, MemorylessLM
 from jaxalign.theory._tilt import (
@@ -52,12 +53,8 @@ def best_of_n_kl_bound(num_candidates: ArrayLike | None = None,
       Beirami et al., `Theoretical guarantees on the best-of-n alignment policy
       <https://arxiv.org/abs/2401.01879>`_, 2024.
     """
-    if (num_candidates is None) == (log_num_candidates is None):
-        raise ValueError(
-            "give exactly one of num_candidates and log_num_candidates, got "
-            f"num_candidates={num_candidates!r}, log_num_candidates="
-            f"{log_num_candidates!r}"
-        )
+    check_exactly_one(num_candidates=num_candidates,
+                      log_num_candidates=log_num_candidates)
     if num_candidates is not None:
         if isinstance(num_candidates, bool):
             raise ValueError(f"num_candidates must be a number >= 1, got "

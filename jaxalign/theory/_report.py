@@ -8,7 +8,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxalign._types import check_positive_int
+from jaxalign._types import check_exactly_one, check_positive_int
 from jaxalign.models import LinearReward, MemorylessLM
 from jaxalign.theory._bounds import (
     best_of_n_kl_bound,
@@ -92,8 +92,7 @@ def report(lm: MemorylessLM, reward: LinearReward, *, lam: float | None = None,
       Yang, Salamatian, Sun, Suresh, Beirami, `Asymptotics of Language Model
       Alignment <https://arxiv.org/abs/2404.01730>`_, 2024.
     """
-    if (lam is None) == (kl_budget is None):
-        raise ValueError("give exactly one of lam and kl_budget")
+    check_exactly_one(lam=lam, kl_budget=kl_budget)
     order = check_positive_int(order, "order")
     _, _, dtype = _prepare(lm, reward)
     if kl_budget is not None:
