@@ -9,6 +9,9 @@ Modules (each with its own ``__all__``):
   χ²-regularised, win-rate optimal) in one registry.
 - :mod:`jaxalign.exact`: exact finite-n laws of the reward, of every policy
   (``policy_law``), best-of-N for any N, tilted laws, tails.
+- :mod:`jaxalign.markov`: first-order Markov models (:class:`MarkovLM`): exact
+  finite-n tilts by backward messages, KL, the frontier, the myopic tilt's
+  look-ahead gap, the exact law of ``R`` (so every policy is exact), sampling.
 - :mod:`jaxalign.rl`: REINFORCE / PPO / GRPO / exact-gradient training of memoryless
   policies with exact (KL, reward) trajectories; KL-estimator ground truth.
 - :mod:`jaxalign.proxy`: proxy rewards, reward hacking, ensembles.
@@ -26,6 +29,7 @@ __version__ = "0.3.0"
 from jaxalign import config as config
 from jaxalign import estimators as estimators
 from jaxalign import exact as exact
+from jaxalign import markov as markov
 from jaxalign import policies as policies
 from jaxalign import proxy as proxy
 from jaxalign import rl as rl
@@ -33,16 +37,21 @@ from jaxalign import sample as sample
 from jaxalign import store as store
 from jaxalign import sweep as sweep
 from jaxalign import theory as theory
+from jaxalign.markov import MarkovLM as MarkovLM
 from jaxalign.models import LinearReward as LinearReward
 from jaxalign.models import MemorylessLM as MemorylessLM
+from jaxalign.models import PairReward as PairReward
 
 __all__ = [
     "LinearReward",
+    "MarkovLM",
     "MemorylessLM",
+    "PairReward",
     "__version__",
     "config",
     "estimators",
     "exact",
+    "markov",
     "policies",
     "proxy",
     "rl",
