@@ -1102,8 +1102,7 @@ def sample(key: PRNGKey, lm: MarkovLM, num_samples: int) -> Array:
     r"""``(num_samples, n)`` token sequences drawn from a chain (base or tilted).
 
     Sample ``i`` uses the key ``fold_in(key, i)`` and ``n`` uniforms, turned into
-    tokens by inverse CDFs along a scan over ``t``: exact in law, and sample ``i``
-    does not depend on ``num_samples``.
+    tokens by inverse CDFs along a scan over ``t``: exact in law.
 
     Examples:
       >>> import jax
