@@ -417,3 +417,80 @@ def test_sampling_against_exact_laws(key, x64):
     # A zero transition is never taken.
     y = np.asarray(markov.sample(key, lm, 2000))
     assert not np.any((y[:, :-1] == 0) & (y[:, 1:] == 2))
+
+
+# ------------------------------------------------------- Perron–Frobenius asymptotics
+
+
+def test_perron_identities_and_finite_n_rates(x64):
+    """Q rows sum to 1, πQ = π, dΛ/dλ by autodiff = π·Q·r, KL rate through Q =
+    λΛ' - Λ, Λ against a symmetric eigensolver (the sticky chain is reversible),
+    and finite-n E/n, Var/n, KL/n approach the rates with a gap exactly ~ c/n."""
+    s = 0.6
+    lm = jaxalign.MarkovLM.sticky(MU, s, length=1)
+    reward = jaxalign.LinearReward(R)
+    pr = markov.perron(lm, reward, LAM)
+    q, pi = np.exp(np.asarray(pr.log_twisted)), np.asarray(pr.stationary)
+    np.testing.assert_allclose(q.sum(axis=1), 1.0, rtol=1e-14)
+    np.testing.assert_allclose(pi @ q, pi, rtol=1e-13)
+    assert float(np.exp(pr.log_left) @ np.exp(pr.log_right)) == pytest.approx(1.0)
+    grad = jax.grad(lambda l: markov.scgf(lm, reward, l))(LAM)
+    assert float(grad) == pytest.approx(float(pr.reward_rate), **TOL)
+    assert float(pr.kl_rate) == pytest.approx(
+        LAM * float(pr.reward_rate) - float(pr.scgf), **TOL)
+    # Reversible w.r.t. MU: E^{1/2} D^{1/2} P D^{-1/2} E^{1/2} is symmetric.
+    trans = s * np.eye(K) + (1 - s) * MU[None, :]
+    sym = np.diag(np.sqrt(MU)) @ trans @ np.diag(1 / np.sqrt(MU))
+    half = np.diag(np.exp(0.5 * LAM * R))
+    rho = np.linalg.eigvalsh(half @ (sym + sym.T) / 2 @ half).max()
+    assert float(pr.scgf) == pytest.approx(math.log(rho), **TOL)
+    kappa = np.asarray(markov.cumulant_rates(lm, reward, 2, LAM))
+    assert kappa[0] == pytest.approx(float(pr.reward_rate), **TOL)
+    gaps = []
+    for n in (200, 400):
+        t = markov.tilt_summary(jaxalign.MarkovLM.sticky(MU, s, length=n), reward,
+                                LAM)
+        gaps.append(n * np.array([float(t.mean) / n - kappa[0],
+                                  float(t.variance) / n - kappa[1],
+                                  float(t.kl) / n - float(pr.kl_rate),
+                                  float(t.log_partition) / n - float(pr.scgf)]))
+    np.testing.assert_allclose(gaps[0], gaps[1], rtol=1e-6)  # gap = c/n exactly
+    assert np.all(np.abs(gaps[0]) > 1e-3)  # and not zero: memory shows at finite n
+
+
+def test_perron_of_memoryless_chains_is_the_memoryless_theory(x64):
+    base = jaxalign.MemorylessLM.from_probs(MU, length=1)
+    lm, reward = jaxalign.MarkovLM.sticky(MU, 0.0, length=1), jaxalign.LinearReward(R)
+    pr = markov.perron(lm, reward, LAM)
+    assert float(pr.scgf) == pytest.approx(float(theory.log_mgf(base, reward, LAM)),
+                                           **TOL)
+    assert float(pr.kl_rate) == pytest.approx(float(theory.kl(base, reward, LAM)),
+                                              **TOL)
+    np.testing.assert_allclose(np.asarray(markov.cumulant_rates(lm, reward, 2, LAM)),
+                               np.asarray(theory.cumulants(base, reward, 2, LAM)),
+                               rtol=1e-10)
+    for delta in (0.05, 0.5):
+        assert float(lm.limit_reward_per_token(reward, delta)) == pytest.approx(
+            float(theory.best_of_n_asymptotic_reward(base, reward, delta)), rel=1e-11)
+    q = np.array([0.2, 0.5, 0.3])
+    chain_q = jaxalign.MarkovLM.sticky(q, 0.0, length=1)
+    for alpha in (0.5, 2.0):
+        assert float(markov.renyi_rate(chain_q, lm, alpha)) == pytest.approx(
+            float(theory.renyi_divergence(q, MU, alpha)), **TOL)
+    sticky = jaxalign.MarkovLM.sticky(MU, 0.5, length=1)
+    assert abs(float(markov.renyi_rate(sticky, sticky, 2.0))) < 1e-13
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: markov.perron(jaxalign.MarkovLM.from_probs(
+        [0.5, 0.5], [[0.0, 1.0], [1.0, 0.0]], length=2),
+        jaxalign.LinearReward([0.0, 1.0]), 1.0), "perron needs an irreducible ape"),
+    (lambda: markov.scgf(jaxalign.MarkovLM.sticky([0.5, 0.5], 1.0, length=2),
+                         jaxalign.LinearReward([0.0, 1.0]), 1.0), "scgf needs an"),
+    (lambda: markov.perron(markov.tilt(*_model(), 1.0), jaxalign.LinearReward(R),
+                           1.0), "time-homogeneous"),
+    (lambda: markov.renyi_rate(_model()[0], _model()[0], 1.0), "alpha"),
+])
+def test_asymptotics_need_a_primitive_chain(make, match, x64):
+    with pytest.raises(ValueError, match=match):
+        make()
