@@ -21,10 +21,16 @@ without underflow), in the dtype of the inputs (float64 for the exact checks):
 - :func:`chain_kl` and :func:`chain_expected_reward` for any two chains (forward
   recursions, terms that never cancel);
 - :func:`myopic_tilt` (the token-level tilt) and :func:`lookahead_gap`;
+  :func:`power_chain` (``P^α`` normalised, a twisted chain) and
+  :func:`temperature_chain` (token-level temperature ``1/α``), compared by
+  :func:`chain_kl`;
 - :func:`reward_law`: the exact law of ``R`` for lattice rewards (a log-space
   DP over (state, reward)), the same :class:`jaxalign.exact.RewardLaw` as the
   memoryless law, so :func:`jaxalign.exact.policy_law` makes every policy of
   :mod:`jaxalign.policies` exact for Markov models;
+- :func:`perron`, :func:`scgf`, :func:`cumulant_rates`,
+  :func:`limit_reward_per_token`, :func:`renyi_rate`: Perron–Frobenius
+  asymptotics (``Λ(λ) = log ρ(P_λ)``, the twisted chain ``Q_λ``, rates per token);
 - :func:`sample`: token-level sampling of any chain (a scan over ``t``).
 
 A time-inhomogeneous chain (the tilt) is a :class:`MarkovLM` whose ``log_trans``
@@ -79,6 +85,8 @@ __all__ = [
     "chain_expected_reward",
     "myopic_tilt",
     "lookahead_gap",
+    "power_chain",
+    "temperature_chain",
     "reward_law",
     "PerronResult",
     "perron",
@@ -915,6 +923,74 @@ def lookahead_gap(lm: MarkovLM, reward, lam: ArrayLike) -> LookaheadGap:
     best = optimal_reward(lm, reward, kl_m)
     return LookaheadGap(kl_m, reward_m, best, best - reward_m,
                         chain_kl(tilt(lm, reward, lam), myopic))
+
+
+# ------------------------------------------------------------ power and temperature
+
+
+def _alpha(alpha, dtype) -> Array:
+    alpha = _scalar(alpha, "alpha", dtype, minimum=0.0)
+    if is_concrete(alpha) and float(alpha) == 0.0:
+        raise ValueError("alpha must be > 0, got 0.0")
+    return alpha
+
+
+@functools.partial(jax.jit, static_argnames="length")
+def _power_arrays(log_init, log_trans, alpha, length: int):
+    k = log_init.shape[0]
+    zero_first, zero_pair = jnp.zeros(k, log_init.dtype), jnp.zeros((k, k),
+                                                                    log_init.dtype)
+    scaled = jnp.where(log_trans > -jnp.inf, alpha * log_trans, -jnp.inf)
+    init = jnp.where(log_init > -jnp.inf, alpha * log_init, -jnp.inf)
+    return _tilt_arrays(init, scaled, zero_first, zero_pair, jnp.zeros_like(alpha),
+                        length)
+
+
+def power_chain(lm: MarkovLM, alpha: ArrayLike) -> MarkovLM:
+    r"""The power distribution ``P(y)^α / Σ_y P(y)^α`` as a (time-inhomogeneous)
+    chain: the twist of the elementwise power ``P^{∘α}``.
+
+    .. math::
+        h_n = \mathbf 1,\ h_t = P^{\circ\alpha} h_{t+1}, \qquad
+        \pi(y_t = b \mid y_{t-1} = a) = \frac{P(a, b)^\alpha h_t(b)}{h_{t-1}(a)}.
+
+    Low-temperature sampling of a sequence (Karan & Du 2025) is this chain, not
+    :func:`temperature_chain`, unless the messages are constant (memoryless).
+
+    Examples:
+      >>> import jaxalign
+      >>> lm = jaxalign.MarkovLM.sticky([0.5, 0.5], 0.5, length=4)
+      >>> power_chain(lm, 2.0).log_trans.shape
+      (3, 2, 2)
+    """
+    _check_model(lm)
+    alpha = _alpha(alpha, lm.log_init.dtype)
+    init, trans = _power_arrays(lm.log_init, lm.log_trans, alpha, lm.length)
+    return MarkovLM.unchecked(init, trans, lm.length)
+
+
+def temperature_chain(lm: MarkovLM, alpha: ArrayLike) -> MarkovLM:
+    r"""Token-level sampling at temperature ``1/α``: ``μ^α`` and every row of
+    ``P^{∘α}`` normalised.
+
+    .. math::
+        \tilde\pi(b \mid a) = \frac{P(a, b)^\alpha}{\sum_{b'} P(a, b')^\alpha}.
+
+    Examples:
+      >>> import jaxalign
+      >>> lm = jaxalign.MarkovLM.sticky([0.5, 0.5], 0.5, length=4)
+      >>> t = temperature_chain(lm, 2.0)
+      >>> [round(float(x), 3) for x in jnp.exp(t.log_trans[0])]  # .75^2, .25^2
+      [0.9, 0.1]
+    """
+    _check_model(lm)
+    alpha = _alpha(alpha, lm.log_init.dtype)
+
+    def scaled(x):
+        return jax.nn.log_softmax(jnp.where(x > -jnp.inf, alpha * x, -jnp.inf),
+                                  axis=-1)
+
+    return MarkovLM.unchecked(scaled(lm.log_init), scaled(lm.log_trans), lm.length)
 
 
 # ------------------------------------------------------------------- law of R (DP)

@@ -234,6 +234,29 @@ def test_myopic_tilt_and_lookahead_gap_against_enumeration(x64):
     assert float(gap.reward_shortfall) > 1e-3  # memory makes look-ahead matter
 
 
+def test_power_and_temperature_chains_against_enumeration(x64):
+    lm, reward = _model()
+    en = _linear_enum()
+    alpha = 2.5
+    power = en.prob ** alpha / np.sum(en.prob ** alpha)
+    with np.errstate(divide="ignore"):
+        rows = P ** alpha / np.sum(P ** alpha, axis=1, keepdims=True)
+    temp = Enum(MU ** alpha / np.sum(MU ** alpha), rows, R, en_pair(R), N).prob
+    chain_power = markov.power_chain(lm, alpha)
+    chain_temp = markov.temperature_chain(lm, alpha)
+    got = Enum(np.exp(np.asarray(chain_power.log_init)),
+               np.exp(np.asarray(chain_power.log_trans)), R, en_pair(R), N).prob
+    np.testing.assert_allclose(got, power, rtol=1e-12, atol=1e-300)
+    assert float(markov.chain_kl(chain_power, chain_temp)) == pytest.approx(
+        _kl(power, temp), **TOL)
+    assert float(markov.chain_kl(chain_temp, chain_power)) == pytest.approx(
+        _kl(temp, power), **TOL)
+    assert _kl(power, temp) > 1e-3  # with memory they differ
+    iid = jaxalign.MarkovLM.sticky(MU, 0.0, length=N)
+    assert abs(float(markov.chain_kl(markov.power_chain(iid, alpha),
+                                     markov.temperature_chain(iid, alpha)))) < 1e-13
+
+
 @pytest.mark.parametrize("kind", ["linear", "pair", "tilted"])
 def test_reward_law_against_enumeration(kind, x64):
     if kind == "pair":
