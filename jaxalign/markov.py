@@ -1015,24 +1015,54 @@ _SCALED_RANGE = 700.0
 _SAFE_RANGE = 600.0
 
 
-def _log_matmul(f: np.ndarray, log_p: np.ndarray, p: np.ndarray) -> np.ndarray:
+def _log_matmul(f: Array, log_p: Array) -> Array:
     """``log Σ_a exp(f[a, s]) P(a, b)`` for ``f (K, L)``: ``(K, L)`` indexed ``[b, s]``.
 
     A matrix product scaled per column (all terms positive, so relative accuracy
     ``~K eps``), exact log-sum-exp where underflow could matter (see above).
     """
-    with np.errstate(divide="ignore", invalid="ignore", under="ignore"):
-        m = np.max(f, axis=0)
-        m = np.where(np.isfinite(m), m, 0.0)
-        shifted = f - m
-        # einsum's own loop: 10x faster than BLAS for (K, K) x (K, L) with small K.
-        out = np.log(np.einsum("ab,as->bs", p, np.exp(shifted))) + m
-        dropped = np.any(np.isfinite(f) & (shifted < -_SCALED_RANGE), axis=0)
-        deep = dropped & np.any(~(out - m >= -_SAFE_RANGE), axis=0)
-        if np.any(deep):
-            cols = f[:, deep]
-            out[:, deep] = lse(cols[:, None, :] + log_p[:, :, None], axis=0)
-    return out
+    m = jnp.max(f, axis=0, keepdims=True)
+    m = jnp.where(jnp.isfinite(m), m, 0.0)
+    shifted = f - m
+    out = jnp.log(jnp.exp(log_p).T @ jnp.exp(shifted)) + m
+    dropped = jnp.any(jnp.isfinite(f) & (shifted < -_SCALED_RANGE), axis=0)
+    deep = dropped & jnp.any(~(out - m >= -_SAFE_RANGE), axis=0)
+
+    def exact():
+        full = jax.nn.logsumexp(f[:, None, :] + log_p[:, :, None], axis=0)
+        return jnp.where(deep[None, :], full, out)
+
+    return jax.lax.cond(jnp.any(deep), exact, lambda: out)
+
+
+@functools.partial(jax.jit, static_argnames=("length", "size", "shifts"))
+def _law_dp(log_init, log_trans, k_first, k_pair, k_col, length: int, size: int,
+            shifts: tuple[int, ...] | None):
+    """``log P(S = s)``, ``s = 0..size-1``, by the (state, S) recursion: one scaled
+    product per step and a shift of row ``b`` by ``k_col[b]`` (``shifts=None``,
+    linear rewards), or one product per distinct step ``j`` of ``k(a, b)``."""
+    k = log_init.shape[0]
+    f0 = jnp.full((k, size), -jnp.inf, log_init.dtype)
+    f0 = f0.at[jnp.arange(k), k_first].set(log_init)
+    cols = jnp.arange(size)
+
+    def shift(t, by):  # out[b, s] = t[b, s - by[b]]
+        idx = cols[None, :] - by[:, None]
+        moved = jnp.take_along_axis(t, jnp.clip(idx, 0, size - 1), axis=1)
+        return jnp.where(idx >= 0, moved, -jnp.inf)
+
+    def step(f, i):
+        lp = _step(log_trans, i)
+        if shifts is None:
+            return shift(_log_matmul(f, lp), k_col), None
+        new = jnp.full_like(f, -jnp.inf)
+        for j in shifts:
+            t = _log_matmul(f, jnp.where(k_pair == j, lp, -jnp.inf))
+            new = jnp.logaddexp(new, shift(t, jnp.full(k, j)))
+        return new, None
+
+    f, _ = jax.lax.scan(step, f0, jnp.arange(length - 1))
+    return jax.nn.logsumexp(f, axis=0)
 
 
 def _lattice_of(log_init, log_trans, first, pair, span, rtol, max_steps, dtype):
@@ -1073,31 +1103,14 @@ def _law_numpy(lm, reward, span=None, rtol=None, max_steps=1_000_000,
     if size > _MAX_POINTS:
         raise ValueError(f"the lattice law has n * max_k + 1 = {size} points, more "
                          f"than {_MAX_POINTS}; pass a coarser span=h")
-    f = np.full((k, size), -np.inf)
-    f[np.arange(k), k_first] = log_init
     # k(a, b) = k(b) wherever P(a, b) > 0 (linear rewards): one product per step.
     k_col = np.max(np.where(on_pair, k_pair, 0), axis=0)
     linear = bool(np.all((k_pair == k_col[None, :]) | ~on_pair))
-    shifts = np.unique(k_pair)
-    rows = np.arange(k)
-    for i in range(n - 1):
-        lp = log_trans if log_trans.ndim == 2 else log_trans[i]
-        live = (i + 1) * d + 1
-        cur = f[:, :live]
-        new = np.full((k, size), -np.inf)
-        with np.errstate(under="ignore"):
-            p = np.exp(lp)
-        if linear:
-            t = _log_matmul(cur, lp, p)
-            cols = k_col[:, None] + np.arange(live)[None, :]
-            new[rows[:, None], cols] = t
-        else:
-            for j in shifts:
-                mask = k_pair == j
-                t = _log_matmul(cur, np.where(mask, lp, -np.inf), np.where(mask, p, 0))
-                new[:, j:j + live] = np.logaddexp(new[:, j:j + live], t)
-        f = new
-    log_pmf = lse(f, axis=0)
+    shifts = None if linear else tuple(int(j) for j in np.unique(k_pair))
+    with jax.enable_x64(True):
+        log_pmf = np.asarray(_law_dp(
+            jnp.asarray(log_init), jnp.asarray(log_trans), jnp.asarray(k_first),
+            jnp.asarray(k_pair), jnp.asarray(k_col), n, size, shifts))
     rel = 2.2e-16 * (k + 4) * n
     values = n * a + h * np.arange(size, dtype=np.float64)
     return values, log_pmf, float(n * a), float(h), float(err), rel, np.dtype(dtype)
@@ -1118,7 +1131,8 @@ def reward_law(lm: MarkovLM, reward, *, span: float | None = None,
         f_t(b, s) = \sum_a f_{t-1}(a, s - k(a, b))\, P_t(a, b), \qquad
         P(S = s) = \sum_b f_n(b, s)
 
-    runs in log space: each step is a matrix product scaled per ``s`` column (all
+    runs in log space, jitted (a ``lax.scan`` over ``t``, float64 whatever the x64
+    mode): each step is a matrix product scaled per ``s`` column (all
     terms positive, so every probability keeps *relative* accuracy, deep tails
     included), with an exact log-sum-exp where a state more than ``e^{700}``
     below its column's largest could matter.  Cost ``O(n^2 K^2 d)`` for

@@ -7,6 +7,7 @@ import itertools
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
@@ -406,6 +407,18 @@ def test_long_chain_log_space_and_deep_tail(x64):
         math.log((m - 2) * p * c * b) + (m - 3) * la])       # 0 inside
     assert lp[-2] == pytest.approx(near, rel=1e-12)
     assert float(lse_total(lp)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_scaled_product_falls_back_where_underflow_matters(x64):
+    """Token 1 is reachable only from a state e^800 below the column's largest:
+    the scaled product would give 0, the fallback gives the exact value."""
+    f = jnp.array([[0.0, -1.0], [-800.0, -2.0]])
+    log_p = jnp.log(jnp.array([[1.0, 0.0], [0.5, 0.5]]))
+    out = np.asarray(markov._log_matmul(f, log_p))
+    want = np.array([[np.logaddexp(0.0, -800.0 + math.log(0.5)),
+                      np.logaddexp(-1.0, -2.0 + math.log(0.5))],
+                     [-800.0 + math.log(0.5), -2.0 + math.log(0.5)]])
+    np.testing.assert_allclose(out, want, rtol=1e-15)
 
 
 def lse_total(lp):
