@@ -802,7 +802,8 @@ def _solve_kl(kl_and_slope, target, width):
 
     width = jnp.where(width > 0, width, 1.0)
     lo = jnp.sqrt(8 * target) / width
-    hi = jax.lax.while_loop(lambda c: (kl_and_slope(c)[0] < target) & (c < 1e300),
+    big = jnp.finfo(lo.dtype).max / 16
+    hi = jax.lax.while_loop(lambda c: (kl_and_slope(c)[0] < target) & (c < big),
                             lambda c: 4.0 * c, 4.0 * lo)
 
     def fn(y):
@@ -1407,7 +1408,7 @@ def _limit_reward(log_trans, pair, delta):
 def limit_reward_per_token(lm: MarkovLM, reward, delta: ArrayLike) -> Array:
     r"""``lim_n E_{φ}[R]/n`` for the KL-optimal policy with budget ``KL = nδ``:
     ``Λ'(λ_δ)`` with ``λ_δ Λ'(λ_δ) - Λ(λ_δ) = δ`` (the KL rate of the twisted
-    chain).  At or beyond the largest KL rate the solve runs ``λ`` up to ``~1e300``
+    chain).  At or beyond the largest KL rate the solve runs ``λ`` up to the dtype's max
     and returns the top reward rate (the largest mean reward of a cycle of the
     chain) as the limit of ``Λ'``.
 

@@ -531,3 +531,17 @@ def test_perron_of_memoryless_chains_is_the_memoryless_theory(x64):
 def test_asymptotics_need_a_primitive_chain(make, match, x64):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_dtype_follows_the_inputs():
+    """Without x64 the closed forms run in float32; the exact law is computed in
+    float64 and returned in the model's dtype."""
+    lm = jaxalign.MarkovLM.sticky(np.float32(MU), 0.4, length=4)
+    reward = jaxalign.LinearReward(np.float32(R))
+    assert lm.log_trans.dtype == np.float32
+    assert markov.log_partition(lm, reward, 0.5).dtype == np.float32
+    assert markov.tilt(lm, reward, 0.5).log_trans.dtype == np.float32
+    law = markov.reward_law(lm, reward)
+    assert law.log_pmf.dtype == np.float32
+    assert float(np.exp(np.asarray(law.log_pmf, np.float64)).sum()) == pytest.approx(
+        1.0, abs=1e-6)
