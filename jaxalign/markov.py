@@ -29,8 +29,9 @@ without underflow), in the dtype of the inputs (float64 for the exact checks):
   memoryless law, so :func:`jaxalign.exact.policy_law` makes every policy of
   :mod:`jaxalign.policies` exact for Markov models;
 - :func:`perron`, :func:`scgf`, :func:`cumulant_rates`,
-  :func:`limit_reward_per_token`, :func:`renyi_rate`: Perron–Frobenius
-  asymptotics (``Λ(λ) = log ρ(P_λ)``, the twisted chain ``Q_λ``, rates per token);
+  :func:`limit_reward_per_token`, :func:`rate_function`, :func:`renyi_rate`:
+  Perron–Frobenius asymptotics (``Λ(λ) = log ρ(P_λ)``, the twisted chain
+  ``Q_λ``, rates per token);
 - :func:`sample`: token-level sampling of any chain (a scan over ``t``).
 
 A time-inhomogeneous chain (the tilt) is a :class:`MarkovLM` whose ``log_trans``
@@ -93,6 +94,7 @@ __all__ = [
     "scgf",
     "cumulant_rates",
     "limit_reward_per_token",
+    "rate_function",
     "renyi_rate",
     "sample",
 ]
@@ -794,14 +796,18 @@ def _solve_lam(log_init, log_trans, first, pair, budget, length: int):
 
 
 def _solve_kl(kl_and_slope, target, width):
-    """The ``λ > 0`` with ``kl(λ) = target > 0`` for an increasing ``kl`` with
-    ``kl(λ) <= λ² W² / 8`` (a variance bound: ``R`` lies in an interval of width
-    ``W``), ``kl_and_slope(λ) = (kl, dkl/dλ)``: bracket by doubling, then
-    safeguarded Newton in ``log λ``."""
+    """The ``λ > 0`` with ``kl(λ) = target > 0`` for an increasing ``kl``,
+    ``kl_and_slope(λ) = (kl, dkl/dλ)``: a bracket from ``kl(λ) <= λ² W² / 8``
+    (``Var R <= W²/4`` for ``R`` in an interval of width ``W``), checked and
+    widened by factors of 4, then safeguarded Newton in ``log λ``."""
     from jaxalign.theory._tilt import _bracketed_newton
 
     width = jnp.where(width > 0, width, 1.0)
     lo = jnp.sqrt(8 * target) / width
+    # The bound holds at finite n; a rate's asymptotic variance can exceed W²/4.
+    tiny = jnp.finfo(lo.dtype).tiny * 16
+    lo = jax.lax.while_loop(lambda c: (kl_and_slope(c)[0] > target) & (c > tiny),
+                            lambda c: 0.25 * c, lo)
     big = jnp.finfo(lo.dtype).max / 16
     hi = jax.lax.while_loop(lambda c: (kl_and_slope(c)[0] < target) & (c < big),
                             lambda c: 4.0 * c, 4.0 * lo)
@@ -1422,6 +1428,54 @@ def limit_reward_per_token(lm: MarkovLM, reward, delta: ArrayLike) -> Array:
     log_trans, pair, dtype = _prepare_perron(lm, reward, "limit_reward_per_token")
     delta = _scalar(delta, "delta", dtype, minimum=0.0)
     return _limit_reward(log_trans, pair, delta)
+
+
+@jax.jit
+def _rate_function(log_trans, pair, x):
+    from jaxalign.theory._tilt import _bracketed_newton
+
+    def fn(lam):
+        (rate, _), (drate, _) = jax.jvp(lambda l: _rates(log_trans, pair, l), (lam,),
+                                        (jnp.ones_like(lam),))
+        return rate - x, drate
+
+    big = jnp.asarray(1e6, x.dtype)
+    lo = jax.lax.while_loop(lambda c: (fn(c)[0] > 0) & (c > -big), lambda c: 4 * c,
+                            -jnp.ones_like(x))
+    hi = jax.lax.while_loop(lambda c: (fn(c)[0] < 0) & (c < big), lambda c: 4 * c,
+                            jnp.ones_like(x))
+    inside = (fn(lo)[0] <= 0) & (fn(hi)[0] >= 0)
+    lam = _bracketed_newton(fn, lo, hi, jnp.zeros_like(x))
+    lam = jnp.where(inside, lam, 0.0)
+    rate = _perron(_tilted_matrix(log_trans, pair, lam))
+    value = _rates(log_trans, pair, lam, rate)[1]  # I(Λ'(λ)) = KL rate, no cancel
+    value = value + lam * (x - _rates(log_trans, pair, lam, rate)[0])
+    return jnp.where(inside, value, jnp.inf)
+
+
+def rate_function(lm: MarkovLM, reward, x: ArrayLike) -> Array:
+    r"""The rate function of ``R/n`` under the chain (Gärtner–Ellis).
+
+    .. math::
+        I(x) = \sup_\lambda\, [\lambda x - \Lambda(\lambda)]
+        = \lambda_x \Lambda'(\lambda_x) - \Lambda(\lambda_x),
+        \qquad \Lambda'(\lambda_x) = x,
+
+    the KL rate of the twisted chain ``Q_{λ_x}`` (non-negative terms), so
+    ``P(R ≈ n x) = e^{-n I(x) + o(n)}``.  ``inf`` where no ``|λ| <= 10^6`` reaches
+    ``x`` (outside the range of cycle means).  The best-of-``e^{nδ}`` reward
+    per token ``x* >= Λ'(0)`` solves ``I(x*) = δ`` and equals
+    :func:`limit_reward_per_token`.
+
+    Examples:
+      >>> import jaxalign
+      >>> lm = jaxalign.MarkovLM.sticky([0.5, 0.5], 0.0, length=1)
+      >>> round(float(rate_function(lm, jaxalign.LinearReward([0.0, 1.0]), 0.5)), 12)
+      0.0
+    """
+    log_trans, pair, dtype = _prepare_perron(lm, reward, "rate_function")
+    x = _scalar(x, "x", dtype)
+    return _rate_function(log_trans, pair, x)
 
 
 def renyi_rate(q: MarkovLM, p: MarkovLM, alpha: ArrayLike) -> Array:

@@ -483,6 +483,12 @@ def test_perron_identities_and_finite_n_rates(x64):
     assert float(pr.scgf) == pytest.approx(math.log(rho), **TOL)
     kappa = np.asarray(markov.cumulant_rates(lm, reward, 2, LAM))
     assert kappa[0] == pytest.approx(float(pr.reward_rate), **TOL)
+    # I(Λ'(λ)) = λΛ' - Λ, and x* = limit_reward_per_token solves I(x*) = δ.
+    assert float(markov.rate_function(lm, reward, kappa[0])) == pytest.approx(
+        float(pr.kl_rate), rel=1e-10)
+    x_star = float(markov.limit_reward_per_token(lm, reward, 0.2))
+    assert float(markov.rate_function(lm, reward, x_star)) == pytest.approx(0.2,
+                                                                           rel=1e-10)
     gaps = []
     for n in (200, 400):
         t = markov.tilt_summary(jaxalign.MarkovLM.sticky(MU, s, length=n), reward,
@@ -509,6 +515,10 @@ def test_perron_of_memoryless_chains_is_the_memoryless_theory(x64):
     for delta in (0.05, 0.5):
         assert float(lm.limit_reward_per_token(reward, delta)) == pytest.approx(
             float(theory.best_of_n_asymptotic_reward(base, reward, delta)), rel=1e-11)
+    for x in (0.3, 1.2, 2.4):
+        assert float(markov.rate_function(lm, reward, x)) == pytest.approx(
+            float(theory.rate_function(base, reward, x)), rel=1e-10)
+    assert math.isinf(float(markov.rate_function(lm, reward, 3.0)))
     q = np.array([0.2, 0.5, 0.3])
     chain_q = jaxalign.MarkovLM.sticky(q, 0.0, length=1)
     for alpha in (0.5, 2.0):
