@@ -9,6 +9,9 @@ Modules (each with its own ``__all__``):
   χ²-regularised, win-rate optimal) in one registry.
 - :mod:`jaxalign.exact`: exact finite-n laws of the reward, of every policy
   (``policy_law``), best-of-N for any N, tilted laws, tails.
+- :mod:`jaxalign.markov`: first-order Markov models (:class:`MarkovLM`): exact
+  finite-n tilts by backward messages, KL, the frontier, the myopic tilt's
+  look-ahead gap, the exact law of ``R`` (so every policy is exact), sampling.
 - :mod:`jaxalign.rl`: REINFORCE / PPO / GRPO / exact-gradient training of memoryless
   policies with exact (KL, reward) trajectories; KL-estimator ground truth.
 - :mod:`jaxalign.proxy`: proxy rewards, reward hacking, ensembles.
@@ -28,13 +31,15 @@ __version__ = "0.3.0"
 
 import importlib as _importlib
 
+from jaxalign.markov import MarkovLM as MarkovLM
 from jaxalign.models import LinearReward as LinearReward
 from jaxalign.models import MemorylessLM as MemorylessLM
+from jaxalign.models import PairReward as PairReward
 
 # Submodules are imported on first use (PEP 562), so ``jaxalign theory`` and other
 # light entry points never pay for SciPy or the samplers they do not touch.
-_SUBMODULES = ("config", "estimators", "exact", "policies", "proxy", "rl", "sample",
-               "store", "sweep", "theory")
+_SUBMODULES = ("config", "estimators", "exact", "markov", "policies", "proxy", "rl",
+               "sample", "store", "sweep", "theory")
 
 
 def __getattr__(name: str):
@@ -51,11 +56,14 @@ def __dir__():
 
 __all__ = [
     "LinearReward",
+    "MarkovLM",
     "MemorylessLM",
+    "PairReward",
     "__version__",
     "config",
     "estimators",
     "exact",
+    "markov",
     "policies",
     "proxy",
     "rl",

@@ -35,18 +35,24 @@ __all__ = [
     "BaseModel",
     "MemorylessLM",
     "LinearReward",
+    "PairReward",
     "TiltSummary",
     "check_compatible",
 ]
 
 
-def _as_float_vector(x: ArrayLike, name: str) -> Array:
+def _as_float_array(x: ArrayLike, name: str, what: str = "real") -> Array:
+    """``x`` as a floating array (ints promoted), after a dtype check."""
     if is_concrete(x):
         arr = np.asarray(x)
         if arr.dtype.kind not in "biuf":
-            raise ValueError(f"{name} must be a real vector, got dtype {arr.dtype}")
+            raise ValueError(f"{name} must be {what}, got dtype {arr.dtype}")
     x = jnp.asarray(x)
-    x = x.astype(float_dtype(x))
+    return x.astype(float_dtype(x))
+
+
+def _as_float_vector(x: ArrayLike, name: str) -> Array:
+    x = _as_float_array(x, name, "a real vector")
     if x.ndim != 1:
         raise ValueError(f"{name} must have shape (K,), a vector, got shape {x.shape}")
     if x.shape[0] < 2:
@@ -73,10 +79,12 @@ class TiltSummary(NamedTuple):
 @runtime_checkable
 class BaseModel(Protocol):
     """What the exact routes, the samplers, the policies and the sweeps need from a
-    base language model.  :class:`MemorylessLM` implements it; a model with memory
-    (a Markov chain, whose KL-optimal policy is a time-inhomogeneous chain found by
-    backward messages) implements the same methods and gets every policy of
-    :mod:`jaxalign.policies`, exact and sampled, with no policy code of its own.
+    base language model.  :class:`MemorylessLM` and :class:`jaxalign.MarkovLM` (a
+    model with memory, whose KL-optimal policy is a time-inhomogeneous chain found
+    by backward messages) implement it, and get every policy of
+    :mod:`jaxalign.policies` exact through :func:`jaxalign.exact.policy_law` with
+    no policy code of their own.  ``reward`` is whatever reward the model accepts
+    (:class:`LinearReward` for both; :class:`PairReward` for a Markov model).
 
     Attributes:
       length: the sequence length ``n`` (static).
@@ -376,6 +384,88 @@ class LinearReward:
     def __call__(self, tokens: ArrayLike) -> Array:
         """Sequence rewards ``sum_i r(tokens[..., i])`` for ``tokens (..., n)``."""
         return jnp.sum(self.token_rewards[jnp.asarray(tokens)], axis=-1)
+
+
+def _as_float_matrix(x: ArrayLike, name: str) -> Array:
+    x = _as_float_array(x, name, "a real matrix")
+    if x.ndim != 2 or x.shape[0] != x.shape[1]:
+        raise ValueError(f"{name} must have shape (K, K), a square matrix, got shape "
+                         f"{x.shape}")
+    if x.shape[0] < 2:
+        raise ValueError(f"{name} must have K >= 2 rows, got K = {x.shape[0]}")
+    return x
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass(frozen=True)
+class PairReward:
+    r"""A reward on consecutive token pairs (for models with memory).
+
+    .. math::
+        R(y_1, \dots, y_n) = r_1(y_1) + \sum_{t=2}^n r(y_{t-1}, y_t).
+
+    A :class:`LinearReward` ``r`` is the pair reward ``r(a, b) = r(b)`` with
+    ``r_1 = r``.
+
+    Attributes:
+      pair_rewards: ``(K, K)`` finite rewards ``r(a, b)`` of the step ``a -> b``.
+      first_rewards: ``(K,)`` finite rewards ``r_1`` of the first token (zeros when
+        not given).
+
+    Examples:
+      >>> import jaxalign
+      >>> reward = jaxalign.PairReward([[1.0, 0.0], [0.0, 1.0]])  # rewards repeats
+      >>> float(reward([0, 0, 1, 1]))
+      2.0
+    """
+
+    pair_rewards: Array
+    first_rewards: Array | None = None
+
+    def __post_init__(self):
+        r = _as_float_matrix(self.pair_rewards, "pair_rewards")
+        first = self.first_rewards
+        first = jnp.zeros(r.shape[0], r.dtype) if first is None else first
+        first = _as_float_vector(first, "first_rewards")
+        if first.shape[0] != r.shape[0]:
+            raise ValueError(
+                f"first_rewards must have K = {r.shape[0]} entries like pair_rewards, "
+                f"got K = {first.shape[0]}")
+        for name, x in (("pair_rewards", r), ("first_rewards", first)):
+            if is_concrete(x) and not np.all(np.isfinite(np.asarray(x))):
+                raise ValueError(f"{name} must be finite, got {np.asarray(x)}")
+        dtype = jnp.result_type(r.dtype, first.dtype)
+        object.__setattr__(self, "pair_rewards", r.astype(dtype))
+        object.__setattr__(self, "first_rewards", first.astype(dtype))
+
+    def tree_flatten(self):
+        return (self.pair_rewards, self.first_rewards), None
+
+    @classmethod
+    def tree_unflatten(cls, _, children):
+        return cls.unchecked(*children)
+
+    @classmethod
+    def unchecked(cls, pair_rewards: Array, first_rewards: Array) -> PairReward:
+        """A reward *without* validation: the constructor for traced values."""
+        return _new(cls, pair_rewards=pair_rewards, first_rewards=first_rewards)
+
+    @classmethod
+    def from_linear(cls, reward: LinearReward) -> PairReward:
+        """The pair form ``r(a, b) = r(b)``, ``r_1 = r`` of a :class:`LinearReward`."""
+        r = reward.token_rewards
+        return cls.unchecked(jnp.broadcast_to(r[None, :], (r.shape[0], r.shape[0])), r)
+
+    @property
+    def num_tokens(self) -> int:
+        """K, the vocabulary size."""
+        return self.pair_rewards.shape[-1]
+
+    def __call__(self, tokens: ArrayLike) -> Array:
+        """Sequence rewards for ``tokens (..., n)``."""
+        tokens = jnp.asarray(tokens)
+        steps = self.pair_rewards[tokens[..., :-1], tokens[..., 1:]]
+        return self.first_rewards[tokens[..., 0]] + jnp.sum(steps, axis=-1)
 
 
 def check_compatible(lm: MemorylessLM, reward: LinearReward) -> None:

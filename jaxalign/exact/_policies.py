@@ -11,7 +11,7 @@ import numpy as np
 from jaxalign._numerics import lse
 from jaxalign._types import Array
 from jaxalign.exact._lattice import _law_options
-from jaxalign.models import LinearReward, MemorylessLM
+from jaxalign.models import BaseModel
 
 # ---------------------------------------------------------------------- policies
 
@@ -179,10 +179,14 @@ def policy_law_from_law(law, policy) -> PolicyLaw:
         win_rate=cast(win))
 
 
-def policy_law(lm: MemorylessLM, reward: LinearReward, policy,
-               **law_kwargs) -> PolicyLaw:
+def policy_law(lm: BaseModel, reward, policy, **law_kwargs) -> PolicyLaw:
     r"""The exact law of ``R`` under ``policy``: :func:`policy_law_from_law` on
-    :func:`reward_law` (``law_kwargs``: ``span``, ``method`` ...).
+    the model's law of ``R`` (``law_kwargs``: ``span``, ``method`` ...).
+
+    ``lm`` is any base model of the :class:`jaxalign.models.BaseModel` protocol:
+    a :class:`jaxalign.MemorylessLM` (law from :func:`reward_law`) or a
+    :class:`jaxalign.MarkovLM` (law from :func:`jaxalign.markov.reward_law`), with
+    a reward it accepts.
 
     Examples:
       >>> import jaxalign
@@ -194,4 +198,7 @@ def policy_law(lm: MemorylessLM, reward: LinearReward, policy,
     """
     # Unknown options raise ValueError here, not TypeError from the model.
     options = _law_options(law_kwargs)
+    if not isinstance(lm, BaseModel):
+        raise ValueError(f"lm must be a base model (MemorylessLM, MarkovLM), got "
+                         f"{type(lm).__name__}")
     return policy_law_from_law(lm.reward_law(reward, **options), policy)

@@ -1,0 +1,557 @@
+"""Markov models: every exact quantity against brute-force enumeration of all K^n
+sequences (itertools + NumPy, an independent route), the rank-one and s = 0 sticky
+chains against MemorylessLM, deep tails against closed forms, bad input, and Monte
+Carlo against the exact laws."""
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+
+import jaxalign
+from jaxalign import exact, markov, policies, theory
+
+K, N = 3, 5
+MU = np.array([0.5, 0.3, 0.2])
+P = np.array([[0.6, 0.4, 0.0],   # a zero transition: legal and exact
+              [0.1, 0.3, 0.6],
+              [0.5, 0.25, 0.25]])
+R = np.array([0.0, 1.0, 2.5])
+PAIR = np.array([[1.0, 0.0, 0.5], [0.0, 2.0, 0.0], [1.5, 0.0, 1.0]])
+PAIR_FIRST = np.array([0.5, 0.0, 1.0])
+LAM = 0.7
+with np.errstate(divide="ignore"):
+    LOG_P = np.log(P)
+TOL = dict(rel=1e-12, abs=1e-13)
+
+POLICIES = [
+    policies.Base(), policies.Tilted(0.7), policies.Tilted(-1.3),
+    policies.BestOfN(3), policies.BestOfN(log_num_candidates=50.0),
+    policies.SoftBestOfN(3, 1.3), policies.Rejection(6.0),
+    policies.BestOfPoisson(2.0), policies.ChiSquared(0.3),
+    policies.WinRateOptimal(2.0),
+]
+
+
+# ---------------------------------------------------------------- the enumeration
+
+
+class Enum:
+    """All K^n sequences of a chain with their probabilities and rewards, in NumPy."""
+
+    def __init__(self, mu, trans, first, pair, n):
+        k = len(mu)
+        self.seqs = np.array(list(itertools.product(range(k), repeat=n)))
+        y = self.seqs
+        steps = [trans if trans.ndim == 2 else trans[t] for t in range(n - 1)]
+        prob = mu[y[:, 0]].copy()
+        reward = first[y[:, 0]].copy()
+        for t in range(n - 1):
+            prob *= steps[t][y[:, t], y[:, t + 1]]
+            reward += pair[y[:, t], y[:, t + 1]]
+        self.prob, self.reward, self.n = prob, reward, n
+
+    def tilted(self, lam):
+        w = self.prob * np.exp(lam * self.reward)
+        return w / w.sum(), math.log(w.sum())
+
+    def law(self):
+        values = np.unique(np.round(self.reward, 9))
+        pmf = np.array([self.prob[np.isclose(self.reward, v)].sum() for v in values])
+        return values, pmf
+
+
+def _kl(a, b):
+    on = a > 0
+    if np.any(on & (b == 0)):
+        return math.inf
+    return float(np.sum(a[on] * np.log(a[on] / b[on])))
+
+
+def _linear_enum(n=N, mu=MU, trans=P, r=R):
+    return Enum(mu, trans, r, np.broadcast_to(r[None, :], trans.shape[-2:]), n)
+
+
+def _model(n=N):
+    return jaxalign.MarkovLM.from_probs(MU, P, length=n), jaxalign.LinearReward(R)
+
+
+def _pair_model(n=N):
+    return (jaxalign.MarkovLM.from_probs(MU, P, length=n),
+            jaxalign.PairReward(PAIR, PAIR_FIRST),
+            Enum(MU, P, PAIR_FIRST, PAIR, n))
+
+
+# ------------------------------------------------------------------- model checks
+
+
+def test_constructors(key, x64):
+    lm, _ = _model()
+    np.testing.assert_allclose(np.asarray(lm.trans_probs), P, rtol=1e-15, atol=0)
+    assert float(lm.trans_probs[0, 2]) == 0.0  # exact zero
+    logits = jaxalign.MarkovLM.from_logits(np.log(MU) + 3.0, LOG_P - 1.0,
+                                           length=N)
+    np.testing.assert_allclose(np.asarray(logits.trans_probs), P, rtol=1e-15)
+    d = jaxalign.MarkovLM.dirichlet(key, 4, 0.3, length=6)
+    np.testing.assert_allclose(np.asarray(d.trans_probs).sum(axis=1), 1.0, rtol=1e-14)
+    s = jaxalign.MarkovLM.sticky(MU, 0.25, length=N)
+    want = 0.25 * np.eye(K) + 0.75 * MU[None, :]
+    np.testing.assert_allclose(np.asarray(s.trans_probs), want, rtol=1e-15)
+    leaves, tree = jax.tree.flatten(lm)
+    assert jax.tree.unflatten(tree, leaves).length == N
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: jaxalign.MarkovLM.from_probs(MU, P * 1.01, length=3), "trans"),
+    (lambda: jaxalign.MarkovLM.from_probs(MU, np.abs(P) * [[1], [1], [-1]],
+                                          length=3), "trans"),
+    (lambda: jaxalign.MarkovLM.from_probs([0.5, 0.6, -0.1], P, length=3), "init"),
+    (lambda: jaxalign.MarkovLM.from_probs(MU, P[:2, :2], length=3), "trans"),
+    (lambda: jaxalign.MarkovLM.from_probs(MU, np.stack([P] * 3), length=3), "trans"),
+    (lambda: jaxalign.MarkovLM.from_probs(MU, np.nan * P, length=3), "trans"),
+    (lambda: jaxalign.MarkovLM(np.log(MU), LOG_P + 0.1, 3), "log_trans"),
+    (lambda: jaxalign.MarkovLM(np.log(MU) + 0.1, LOG_P, 3), "log_init"),
+    (lambda: jaxalign.MarkovLM.from_logits([0.0, 1.0], [[0.0, -np.inf],
+                                                         [-np.inf, -np.inf]],
+                                           length=3), "trans_logits"),
+    (lambda: jaxalign.MarkovLM.sticky(MU, 1.5, length=3), "stickiness"),
+    (lambda: jaxalign.MarkovLM.from_probs(MU, P, length=0), "length"),
+    (lambda: markov.kl(_model()[0], jaxalign.LinearReward([0.0, 1.0]), 1.0),
+     "reward"),
+    (lambda: markov.kl(_model()[0], jaxalign.PairReward(np.zeros((2, 2))), 1.0),
+     "reward"),
+    (lambda: markov.kl(jaxalign.MemorylessLM.from_probs(MU, length=3),
+                       jaxalign.LinearReward(R), 1.0), "lm"),
+    (lambda: markov.kl(*_model(), float("nan")), "lam"),
+    (lambda: markov.lam_for_kl(*_model(), -1.0), "kl_budget"),
+    (lambda: jaxalign.PairReward(PAIR, [0.0, 1.0]), "first_rewards"),
+    (lambda: jaxalign.PairReward(PAIR[:2]), "pair_rewards"),
+    (lambda: markov.chain_kl(_model(3)[0], _model(4)[0]), "same K and length"),
+    (lambda: markov.reward_law(*_model(), method="types"), "method"),
+])
+def test_bad_input_raises_value_error_naming_the_argument(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+# --------------------------------------------------------- exact against enumeration
+
+
+@pytest.mark.parametrize("kind", ["linear", "pair"])
+def test_tilt_against_enumeration(kind, x64):
+    if kind == "linear":
+        lm, reward = _model()
+        en = _linear_enum()
+    else:
+        lm, reward, en = _pair_model()
+    phi, logz = en.tilted(LAM)
+    assert float(markov.log_partition(lm, reward, LAM)) == pytest.approx(logz, **TOL)
+    mean = phi @ en.reward
+    var = phi @ (en.reward - mean) ** 2
+    s = markov.tilt_summary(lm, reward, LAM)
+    assert float(s.log_partition) == pytest.approx(logz, **TOL)
+    assert float(s.mean) == pytest.approx(mean, **TOL)
+    assert float(s.variance) == pytest.approx(var, **TOL)
+    assert float(s.kl) == pytest.approx(_kl(phi, en.prob), **TOL)
+    assert float(s.kl) == pytest.approx(LAM * mean - logz, **TOL)
+    assert float(markov.reverse_kl(lm, reward, LAM)) == pytest.approx(
+        _kl(en.prob, phi), **TOL)
+    # The policy chain: its conditionals are those of phi, position by position.
+    chain = markov.tilt(lm, reward, LAM)
+    y = en.seqs
+    first = np.array([phi[y[:, 0] == a].sum() for a in range(K)])
+    np.testing.assert_allclose(np.exp(np.asarray(chain.log_init)), first, rtol=1e-12)
+    trans = np.exp(np.asarray(chain.log_trans))
+    for t in range(1, N):
+        for a in range(K):
+            at = y[:, t - 1] == a
+            cond = np.array([phi[at & (y[:, t] == b)].sum() for b in range(K)])
+            np.testing.assert_allclose(trans[t - 1, a], cond / cond.sum(),
+                                       rtol=1e-12, atol=1e-15)
+    # Messages: h_t(a) = E[exp(lam sum_{s>t} r) | y_t = a] (enumerated from t).
+    h = np.exp(np.asarray(markov.log_messages(lm, reward, LAM)))
+    assert h.shape == (N, K)
+    np.testing.assert_allclose(h[-1], 1.0, rtol=0)
+    if kind == "linear":
+        for a in range(K):
+            tail = Enum(np.eye(K)[a], P, np.zeros(K), en_pair(R), 3)
+            want = tail.prob @ np.exp(LAM * tail.reward)
+            assert h[N - 3, a] == pytest.approx(want, rel=1e-12)
+    # A chain's expected reward and KL by the forward recursions.
+    assert float(markov.chain_expected_reward(chain, reward)) == pytest.approx(
+        mean, **TOL)
+    assert float(markov.chain_kl(chain, lm)) == pytest.approx(_kl(phi, en.prob), **TOL)
+
+
+def en_pair(r):
+    return np.broadcast_to(r[None, :], (len(r), len(r)))
+
+
+@pytest.mark.parametrize("kind", ["linear", "pair"])
+def test_budgets_and_frontier_against_enumeration(kind, x64):
+    if kind == "linear":
+        lm, reward = _model()
+        en = _linear_enum()
+    else:
+        lm, reward, en = _pair_model()
+    top = en.reward.max()
+    log_top = math.log(en.prob[np.isclose(en.reward, top)].sum())
+    assert float(markov.max_kl(lm, reward)) == pytest.approx(-log_top, **TOL)
+    for budget in (1e-8, 1e-3, 0.5, 2.0):
+        lam = float(markov.lam_for_kl(lm, reward, budget))
+        phi, _ = en.tilted(lam)
+        assert _kl(phi, en.prob) == pytest.approx(budget, rel=1e-11 if budget > 1e-4
+                                                  else 1e-7)
+        assert float(markov.optimal_reward(lm, reward, budget)) == pytest.approx(
+            phi @ en.reward, **TOL)
+    assert float(markov.lam_for_kl(lm, reward, 0.0)) == 0.0
+    assert math.isinf(float(markov.lam_for_kl(lm, reward, -log_top + 1e-9)))
+    assert float(markov.optimal_reward(lm, reward, 100.0)) == pytest.approx(top, **TOL)
+
+
+def test_myopic_tilt_and_lookahead_gap_against_enumeration(x64):
+    lm, reward = _model()
+    en = _linear_enum()
+    w = np.exp(LAM * R)
+    mu_t = MU * w / (MU @ w)
+    p_t = P * w[None, :] / (P @ w)[:, None]
+    my = Enum(mu_t, p_t, R, en_pair(R), N)
+    phi, _ = en.tilted(LAM)
+    gap = markov.lookahead_gap(lm, reward, LAM)
+    assert float(gap.myopic_kl) == pytest.approx(_kl(my.prob, en.prob), **TOL)
+    assert float(gap.myopic_reward) == pytest.approx(my.prob @ my.reward, **TOL)
+    assert float(gap.kl_to_myopic) == pytest.approx(_kl(phi, my.prob), **TOL)
+    # The frontier at the myopic KL, by enumeration (bisection on lam).
+    lo, hi = 0.0, 10.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if _kl(en.tilted(mid)[0], en.prob) < _kl(
+            my.prob, en.prob) else (lo, mid)
+    best = en.tilted(lo)[0] @ en.reward
+    assert float(gap.optimal_reward) == pytest.approx(best, rel=1e-11)
+    assert float(gap.reward_shortfall) > 1e-3  # memory makes look-ahead matter
+
+
+def test_power_and_temperature_chains_against_enumeration(x64):
+    lm, reward = _model()
+    en = _linear_enum()
+    alpha = 2.5
+    power = en.prob ** alpha / np.sum(en.prob ** alpha)
+    with np.errstate(divide="ignore"):
+        rows = P ** alpha / np.sum(P ** alpha, axis=1, keepdims=True)
+    temp = Enum(MU ** alpha / np.sum(MU ** alpha), rows, R, en_pair(R), N).prob
+    chain_power = markov.power_chain(lm, alpha)
+    chain_temp = markov.temperature_chain(lm, alpha)
+    got = Enum(np.exp(np.asarray(chain_power.log_init)),
+               np.exp(np.asarray(chain_power.log_trans)), R, en_pair(R), N).prob
+    np.testing.assert_allclose(got, power, rtol=1e-12, atol=1e-300)
+    assert float(markov.chain_kl(chain_power, chain_temp)) == pytest.approx(
+        _kl(power, temp), **TOL)
+    assert float(markov.chain_kl(chain_temp, chain_power)) == pytest.approx(
+        _kl(temp, power), **TOL)
+    assert _kl(power, temp) > 1e-3  # with memory they differ
+    iid = jaxalign.MarkovLM.sticky(MU, 0.0, length=N)
+    assert abs(float(markov.chain_kl(markov.power_chain(iid, alpha),
+                                     markov.temperature_chain(iid, alpha)))) < 1e-13
+
+
+@pytest.mark.parametrize("kind", ["linear", "pair", "tilted"])
+def test_reward_law_against_enumeration(kind, x64):
+    if kind == "pair":
+        lm, reward, en = _pair_model()
+    else:
+        lm, reward = _model()
+        en = _linear_enum()
+    if kind == "tilted":  # a time-inhomogeneous chain: the law of R under phi
+        lm = markov.tilt(lm, reward, LAM)
+        en.prob = en.tilted(LAM)[0]
+    law = markov.reward_law(lm, reward)
+    values, pmf = en.law()
+    got_v, got_lp = np.asarray(law.values), np.asarray(law.log_pmf)
+    on = np.isfinite(got_lp)
+    np.testing.assert_allclose(got_v[on], values, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(got_lp[on], np.log(pmf), rtol=0, atol=1e-12)
+    assert np.all(np.diff(got_v) > 0)
+
+
+@pytest.mark.parametrize("policy", POLICIES, ids=lambda p: repr(p))
+def test_every_policy_exact_through_policy_law(policy, x64):
+    """exact.policy_law(MarkovLM, ...) against sequence-level enumeration: the
+    registry's weight g on the enumerated law of R, spread over all K^n sequences
+    (pi(y) = P(y) g(R(y))), then E, Var, KL, reverse KL and the win rate by sums
+    over sequences."""
+    lm, reward = _model()
+    en = _linear_enum()
+    values, pmf = en.law()
+    lq = np.asarray(policy.log_pmf(values, np.log(pmf)))
+    g = np.exp(lq) / pmf
+    idx = np.searchsorted(values, np.round(en.reward, 9))
+    pi = en.prob * g[idx]
+    law = exact.policy_law(lm, reward, policy)
+    mean = pi @ en.reward
+    win = np.sum(pi[:, None] * en.prob[None, :] * (
+        1 + np.sign(en.reward[:, None] - en.reward[None, :])) / 2)
+    assert float(law.expected_reward) == pytest.approx(mean, **TOL)
+    assert float(law.variance) == pytest.approx(pi @ (en.reward - mean) ** 2, **TOL)
+    assert float(law.kl) == pytest.approx(_kl(pi, en.prob), **TOL)
+    assert float(law.reverse_kl) == pytest.approx(_kl(en.prob, pi), **TOL)
+    assert float(law.win_rate) == pytest.approx(win, **TOL)
+
+
+def test_every_registered_policy_is_checked():
+    assert {type(p).name for p in POLICIES} == set(policies.names())
+
+
+def test_best_of_two_and_tilt_by_sequence_pairs(x64):
+    """Two policies defined at the sequence level, with no reward law at all:
+    best-of-2 over all pairs of sequences (ties split evenly), and the tilt."""
+    lm, reward = _model()
+    en = _linear_enum()
+    share = (1 + np.sign(en.reward[:, None] - en.reward[None, :])) / 2
+    w = 2 * en.prob * (share @ en.prob)  # y wins against y' (both orders)
+    law = exact.policy_law(lm, reward, policies.BestOfN(2))
+    assert w.sum() == pytest.approx(1.0, abs=1e-14)
+    assert float(law.kl) == pytest.approx(_kl(w, en.prob), **TOL)
+    assert float(law.expected_reward) == pytest.approx(w @ en.reward, **TOL)
+    tilted = exact.policy_law(lm, reward, policies.Tilted(LAM))
+    assert float(tilted.kl) == pytest.approx(_kl(en.tilted(LAM)[0], en.prob), **TOL)
+
+
+# ------------------------------------------------------------ memoryless reductions
+
+
+def _reductions(n):
+    base = jaxalign.MemorylessLM.from_probs(MU, length=n)
+    rank_one = jaxalign.MarkovLM.from_probs(MU, np.stack([MU] * K), length=n)
+    return base, [rank_one, jaxalign.MarkovLM.sticky(MU, 0.0, length=n),
+                  jaxalign.MarkovLM.from_memoryless(base)]
+
+
+@pytest.mark.parametrize("which", [0, 1, 2], ids=["rank_one", "sticky_0", "from_iid"])
+def test_memoryless_chains_reproduce_memoryless_lm(which, x64):
+    n = N
+    base, chains = _reductions(n)
+    lm, reward = chains[which], jaxalign.LinearReward(R)
+    for lam in (-0.4, LAM):
+        s = markov.tilt_summary(lm, reward, lam)
+        kappa = theory.cumulants(base, reward, 2, lam)
+        assert float(s.log_partition) == pytest.approx(
+            n * float(theory.log_mgf(base, reward, lam)), **TOL)
+        assert float(s.mean) == pytest.approx(n * float(kappa[0]), **TOL)
+        assert float(s.variance) == pytest.approx(n * float(kappa[1]), **TOL)
+        assert float(s.kl) == pytest.approx(float(theory.kl(base, reward, lam)), **TOL)
+        assert float(markov.reverse_kl(lm, reward, lam)) == pytest.approx(
+            float(theory.reverse_kl(base, reward, lam)), **TOL)
+        chain = markov.tilt(lm, reward, lam)
+        want = np.asarray(theory.tilt(base, reward, lam).probs)
+        np.testing.assert_allclose(np.exp(np.asarray(chain.log_trans)),
+                                   np.broadcast_to(want, (n - 1, K, K)), rtol=1e-12)
+        np.testing.assert_allclose(np.exp(np.asarray(markov.log_messages(
+            lm, reward, lam))[:, 0]), np.exp(float(theory.log_mgf(base, reward, lam))
+                                             * np.arange(n - 1, -1, -1)), rtol=1e-12)
+        gap = markov.lookahead_gap(lm, reward, lam) if lam > 0 else None
+        if gap is not None:
+            assert abs(float(gap.kl_to_myopic)) < 1e-13
+            assert abs(float(gap.reward_shortfall)) < 1e-9
+    assert float(markov.max_kl(lm, reward)) == pytest.approx(
+        float(theory.max_kl(base, reward)), **TOL)
+    for budget in (0.01, 1.0):
+        assert float(markov.lam_for_kl(lm, reward, budget)) == pytest.approx(
+            float(theory.lam_for_kl(base, reward, budget)), rel=1e-11)
+        assert float(markov.optimal_reward(lm, reward, budget)) == pytest.approx(
+            float(theory.optimal_reward(base, reward, budget)), **TOL)
+    law, want = markov.reward_law(lm, reward), exact.reward_law(base, reward)
+    np.testing.assert_allclose(np.asarray(law.values), np.asarray(want.values),
+                               rtol=0, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(law.log_pmf), np.asarray(want.log_pmf),
+                               rtol=0, atol=1e-12)
+    for policy in POLICIES:
+        got = exact.policy_law(lm, reward, policy)
+        ref = exact.policy_law(base, reward, policy)
+        for field in ("expected_reward", "variance", "kl", "reverse_kl", "win_rate"):
+            assert float(getattr(got, field)) == pytest.approx(
+                float(getattr(ref, field)), rel=1e-11, abs=1e-12), (policy, field)
+
+
+# ----------------------------------------------------------------- long sequences
+
+
+def test_long_chain_log_space_and_deep_tail(x64):
+    """n = 10^4: no underflow (log Z of the rank-one chain is n Λ); the law of R at
+    n = 1000 keeps relative accuracy at P(R = n) = p (s + (1 - s) p)^{n-1} ~ 1e-700."""
+    n = 10_000
+    base, chains = _reductions(n)
+    reward = jaxalign.LinearReward(R)
+    got = float(markov.log_partition(chains[0], reward, 2.0))
+    assert got == pytest.approx(n * float(theory.log_mgf(base, reward, 2.0)), rel=1e-12)
+    s, p, m = 0.3, 0.2, 1000
+    lm = jaxalign.MarkovLM.sticky([1 - p, p], s, length=m)
+    law = markov.reward_law(lm, jaxalign.LinearReward([0.0, 1.0]))
+    lp = np.asarray(law.log_pmf)
+    assert np.all(np.isfinite(lp))
+    want_top = math.log(p) + (m - 1) * math.log(s + (1 - s) * p)
+    assert lp[-1] == pytest.approx(want_top, rel=1e-12)
+    want_bottom = math.log(1 - p) + (m - 1) * math.log(s + (1 - s) * (1 - p))
+    assert lp[0] == pytest.approx(want_bottom, rel=1e-12)
+    # One step short of the top: the single 0 sits at the start, the end or inside.
+    a, b = s + (1 - s) * p, (1 - s) * p      # stay at 1, enter 1 from 0
+    c = (1 - s) * (1 - p)                     # leave 1 for 0
+    la = math.log(a)
+    near = np.logaddexp.reduce([
+        math.log((1 - p) * b) + (m - 2) * la,                # 0 first
+        math.log(p * c) + (m - 2) * la,                      # 0 last
+        math.log((m - 2) * p * c * b) + (m - 3) * la])       # 0 inside
+    assert lp[-2] == pytest.approx(near, rel=1e-12)
+    assert float(lse_total(lp)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_scaled_product_falls_back_where_underflow_matters(x64):
+    """Token 1 is reachable only from a state e^800 below the column's largest:
+    the scaled product would give 0, the fallback gives the exact value."""
+    f = jnp.array([[0.0, -1.0], [-800.0, -2.0]])
+    log_p = jnp.log(jnp.array([[1.0, 0.0], [0.5, 0.5]]))
+    out = np.asarray(markov._log_matmul(f, log_p))
+    want = np.array([[np.logaddexp(0.0, -800.0 + math.log(0.5)),
+                      np.logaddexp(-1.0, -2.0 + math.log(0.5))],
+                     [-800.0 + math.log(0.5), -2.0 + math.log(0.5)]])
+    np.testing.assert_allclose(out, want, rtol=1e-15)
+
+
+def lse_total(lp):
+    return np.logaddexp.reduce(lp)
+
+
+# ---------------------------------------------------------------------- Monte Carlo
+
+
+def test_sampling_against_exact_laws(key, x64):
+    """Base chain and the tilt: mean reward z-scores (|z| < 5) and a chi-square test
+    of the law of R (p > 1e-4), fixed keys."""
+    lm, reward = _model(6)
+    num = 20_000
+    for i, chain in enumerate([lm, markov.tilt(lm, reward, LAM)]):
+        y = markov.sample(jax.random.fold_in(key, i), chain, num)
+        assert y.shape == (num, 6)
+        r = np.asarray(reward(y))
+        law = markov.reward_law(chain, reward)
+        v, pmf = np.asarray(law.values), np.exp(np.asarray(law.log_pmf))
+        mean = pmf @ v
+        sd = math.sqrt(pmf @ (v - mean) ** 2)
+        assert abs(r.mean() - mean) / (sd / math.sqrt(num)) < 5
+        counts = np.array([np.sum(np.isclose(r, x)) for x in v])
+        big = pmf * num >= 5
+        obs = np.r_[counts[big], counts[~big].sum()]
+        exp_ = np.r_[pmf[big], pmf[~big].sum()] * num
+        keep = exp_ > 0
+        _, pval = scipy.stats.chisquare(obs[keep], exp_[keep] * obs.sum()
+                                        / exp_[keep].sum())
+        assert pval > 1e-4
+        assert not np.any(counts[pmf == 0])  # never a zero-probability value
+    # A zero transition is never taken.
+    y = np.asarray(markov.sample(key, lm, 2000))
+    assert not np.any((y[:, :-1] == 0) & (y[:, 1:] == 2))
+
+
+# ------------------------------------------------------- Perron–Frobenius asymptotics
+
+
+def test_perron_identities_and_finite_n_rates(x64):
+    """Q rows sum to 1, πQ = π, dΛ/dλ by autodiff = π·Q·r, KL rate through Q =
+    λΛ' - Λ, Λ against a symmetric eigensolver (the sticky chain is reversible),
+    and finite-n E/n, Var/n, KL/n approach the rates with a gap exactly ~ c/n."""
+    s = 0.6
+    lm = jaxalign.MarkovLM.sticky(MU, s, length=1)
+    reward = jaxalign.LinearReward(R)
+    pr = markov.perron(lm, reward, LAM)
+    q, pi = np.exp(np.asarray(pr.log_twisted)), np.asarray(pr.stationary)
+    np.testing.assert_allclose(q.sum(axis=1), 1.0, rtol=1e-14)
+    np.testing.assert_allclose(pi @ q, pi, rtol=1e-13)
+    assert float(np.exp(pr.log_left) @ np.exp(pr.log_right)) == pytest.approx(1.0)
+    grad = jax.grad(lambda l: markov.scgf(lm, reward, l))(LAM)
+    assert float(grad) == pytest.approx(float(pr.reward_rate), **TOL)
+    assert float(pr.kl_rate) == pytest.approx(
+        LAM * float(pr.reward_rate) - float(pr.scgf), **TOL)
+    # Reversible w.r.t. MU: E^{1/2} D^{1/2} P D^{-1/2} E^{1/2} is symmetric.
+    trans = s * np.eye(K) + (1 - s) * MU[None, :]
+    sym = np.diag(np.sqrt(MU)) @ trans @ np.diag(1 / np.sqrt(MU))
+    half = np.diag(np.exp(0.5 * LAM * R))
+    rho = np.linalg.eigvalsh(half @ (sym + sym.T) / 2 @ half).max()
+    assert float(pr.scgf) == pytest.approx(math.log(rho), **TOL)
+    kappa = np.asarray(markov.cumulant_rates(lm, reward, 2, LAM))
+    assert kappa[0] == pytest.approx(float(pr.reward_rate), **TOL)
+    # I(Λ'(λ)) = λΛ' - Λ, and x* = limit_reward_per_token solves I(x*) = δ.
+    assert float(markov.rate_function(lm, reward, kappa[0])) == pytest.approx(
+        float(pr.kl_rate), rel=1e-10)
+    x_star = float(markov.limit_reward_per_token(lm, reward, 0.2))
+    assert float(markov.rate_function(lm, reward, x_star)) == pytest.approx(0.2,
+                                                                           rel=1e-10)
+    gaps = []
+    for n in (200, 400):
+        t = markov.tilt_summary(jaxalign.MarkovLM.sticky(MU, s, length=n), reward,
+                                LAM)
+        gaps.append(n * np.array([float(t.mean) / n - kappa[0],
+                                  float(t.variance) / n - kappa[1],
+                                  float(t.kl) / n - float(pr.kl_rate),
+                                  float(t.log_partition) / n - float(pr.scgf)]))
+    np.testing.assert_allclose(gaps[0], gaps[1], rtol=1e-6)  # gap = c/n exactly
+    assert np.all(np.abs(gaps[0]) > 1e-3)  # and not zero: memory shows at finite n
+
+
+def test_perron_of_memoryless_chains_is_the_memoryless_theory(x64):
+    base = jaxalign.MemorylessLM.from_probs(MU, length=1)
+    lm, reward = jaxalign.MarkovLM.sticky(MU, 0.0, length=1), jaxalign.LinearReward(R)
+    pr = markov.perron(lm, reward, LAM)
+    assert float(pr.scgf) == pytest.approx(float(theory.log_mgf(base, reward, LAM)),
+                                           **TOL)
+    assert float(pr.kl_rate) == pytest.approx(float(theory.kl(base, reward, LAM)),
+                                              **TOL)
+    np.testing.assert_allclose(np.asarray(markov.cumulant_rates(lm, reward, 2, LAM)),
+                               np.asarray(theory.cumulants(base, reward, 2, LAM)),
+                               rtol=1e-10)
+    for delta in (0.05, 0.5):
+        assert float(lm.limit_reward_per_token(reward, delta)) == pytest.approx(
+            float(theory.best_of_n_asymptotic_reward(base, reward, delta)), rel=1e-11)
+    for x in (0.3, 1.2, 2.4):
+        assert float(markov.rate_function(lm, reward, x)) == pytest.approx(
+            float(theory.rate_function(base, reward, x)), rel=1e-10)
+    assert math.isinf(float(markov.rate_function(lm, reward, 3.0)))
+    q = np.array([0.2, 0.5, 0.3])
+    chain_q = jaxalign.MarkovLM.sticky(q, 0.0, length=1)
+    for alpha in (0.5, 2.0):
+        assert float(markov.renyi_rate(chain_q, lm, alpha)) == pytest.approx(
+            float(theory.renyi_divergence(q, MU, alpha)), **TOL)
+    sticky = jaxalign.MarkovLM.sticky(MU, 0.5, length=1)
+    assert abs(float(markov.renyi_rate(sticky, sticky, 2.0))) < 1e-13
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: markov.perron(jaxalign.MarkovLM.from_probs(
+        [0.5, 0.5], [[0.0, 1.0], [1.0, 0.0]], length=2),
+        jaxalign.LinearReward([0.0, 1.0]), 1.0), "perron needs an irreducible ape"),
+    (lambda: markov.scgf(jaxalign.MarkovLM.sticky([0.5, 0.5], 1.0, length=2),
+                         jaxalign.LinearReward([0.0, 1.0]), 1.0), "scgf needs an"),
+    (lambda: markov.perron(markov.tilt(*_model(), 1.0), jaxalign.LinearReward(R),
+                           1.0), "time-homogeneous"),
+    (lambda: markov.renyi_rate(_model()[0], _model()[0], 1.0), "alpha"),
+])
+def test_asymptotics_need_a_primitive_chain(make, match, x64):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_dtype_follows_the_inputs():
+    """Without x64 the closed forms run in float32; the exact law is computed in
+    float64 and returned in the model's dtype."""
+    lm = jaxalign.MarkovLM.sticky(np.float32(MU), 0.4, length=4)
+    reward = jaxalign.LinearReward(np.float32(R))
+    assert lm.log_trans.dtype == np.float32
+    assert markov.log_partition(lm, reward, 0.5).dtype == np.float32
+    assert markov.tilt(lm, reward, 0.5).log_trans.dtype == np.float32
+    law = markov.reward_law(lm, reward)
+    assert law.log_pmf.dtype == np.float32
+    assert float(np.exp(np.asarray(law.log_pmf, np.float64)).sum()) == pytest.approx(
+        1.0, abs=1e-6)
