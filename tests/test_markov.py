@@ -555,3 +555,10 @@ def test_dtype_follows_the_inputs():
     assert law.log_pmf.dtype == np.float32
     assert float(np.exp(np.asarray(law.log_pmf, np.float64)).sum()) == pytest.approx(
         1.0, abs=1e-6)
+
+
+def test_law_too_big_for_memory_is_refused_up_front():
+    """A DP table that cannot fit is refused before any work, with its estimate."""
+    lm = jaxalign.MarkovLM.sticky(np.array([0.5, 0.5]), 0.3, length=10**9)
+    with pytest.raises(ValueError, match="estimated peak memory .* GiB"):
+        markov.reward_law(lm, jaxalign.LinearReward([0.0, 1.0]))
