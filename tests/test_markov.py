@@ -562,3 +562,14 @@ def test_law_too_big_for_memory_is_refused_up_front():
     lm = jaxalign.MarkovLM.sticky(np.array([0.5, 0.5]), 0.3, length=10**9)
     with pytest.raises(ValueError, match="estimated peak memory .* GiB"):
         markov.reward_law(lm, jaxalign.LinearReward([0.0, 1.0]))
+
+
+def test_exact_reward_law_takes_a_chain_through_the_protocol():
+    lm = jaxalign.MarkovLM.sticky(np.array([0.5, 0.3, 0.2]), 0.4, length=6)
+    reward = jaxalign.LinearReward([0.0, 1.0, 2.0])
+    via_exact = exact.reward_law(lm, reward)
+    direct = markov.reward_law(lm, reward)
+    np.testing.assert_array_equal(via_exact.values, direct.values)
+    np.testing.assert_array_equal(via_exact.log_pmf, direct.log_pmf)
+    with pytest.raises(ValueError):
+        exact.reward_law("not a model", reward)

@@ -17,7 +17,7 @@ import scipy.special
 
 from jaxalign._numerics import compositions, lse, lse_by_group
 from jaxalign._types import Array
-from jaxalign.models import LinearReward, MemorylessLM, check_compatible
+from jaxalign.models import BaseModel, LinearReward, MemorylessLM, check_compatible
 
 # Relative tolerance for lattice detection, by input dtype (module docstring of
 # `reward_law`).
@@ -694,7 +694,8 @@ def reward_law(
     Raises ``ValueError`` beyond ``max_types`` types.  ``span`` is ``nan``.
 
     Args:
-      lm: the model (``K`` tokens, ``length`` n).
+      lm: the model (``K`` tokens, ``length`` n); another base model (a
+        :class:`jaxalign.MarkovLM`) is passed to its own ``reward_law``.
       reward: per-token rewards ``(K,)``.
       span: optional grid span ``h > 0`` to snap the rewards to.
       rtol: relative lattice-detection tolerance (see above).
@@ -720,6 +721,9 @@ def reward_law(
       >>> [round(float(v), 3) for v in jnp.exp(law.log_pmf)]
       [0.343, 0.441, 0.189, 0.027]
     """
+    if not isinstance(lm, MemorylessLM) and isinstance(lm, BaseModel):
+        return lm.reward_law(reward, span=span, rtol=rtol, max_steps=max_steps,
+                             method=method, max_types=max_types)
     return _to_law(*_law_numpy(lm, reward, span, rtol, max_steps, method, max_types))
 
 
