@@ -7,7 +7,8 @@ For num_samples=256, N=64, n=256 at K=16 and K=1024, and for the default
 threefry2x32 and philox4x32 PRNGs, prints tokens/s of
   * jaxalign.sample.best_of_n (alias table, fused reward sum, streaming max),
   * (a) the fastest vectorised NumPy version we have (inverse CDF by
-    searchsorted, or an alias table; np.random.default_rng, cache-sized chunks),
+    searchsorted, or an alias table; np.random.default_rng, cache-sized chunks;
+    timed on 256 samples and scaled when more are asked for),
   * (b) a naive jax.random.categorical version (Gumbel-max over K per token;
     timed on a slice of the samples at K=1024 and scaled),
   * (c) the sampler's own PRNG work alone (``sample._best_of_n_draws_only``: the
@@ -41,6 +42,7 @@ from jaxalign import exact, sample
 from jaxalign._types import classic_threefry
 
 S, N, LENGTH = 256, 64, 256
+S_NUMPY = 256  # NumPy baselines: this many samples, timed and scaled to S
 
 
 def best_time(fn, repeats):
@@ -54,8 +56,8 @@ def best_time(fn, repeats):
 
 
 def numpy_searchsorted(rng, cdf, rewards, chunk=8):
-    out = np.empty(S, np.float32)
-    for i in range(0, S, chunk):
+    out = np.empty(S_NUMPY, np.float32)
+    for i in range(0, S_NUMPY, chunk):
         u = rng.random((chunk, N, LENGTH), dtype=np.float32)
         tok = np.searchsorted(cdf, u, side="right")
         out[i : i + chunk] = rewards[tok].sum(-1).max(-1)
@@ -63,9 +65,9 @@ def numpy_searchsorted(rng, cdf, rewards, chunk=8):
 
 
 def numpy_alias(rng, threshold, shift, reward_keep, reward_alias, chunk=8):
-    out = np.empty(S, np.float32)
+    out = np.empty(S_NUMPY, np.float32)
     mask = np.uint32((1 << shift) - 1)
-    for i in range(0, S, chunk):
+    for i in range(0, S_NUMPY, chunk):
         w = rng.integers(0, 2**32, size=(chunk, N, LENGTH), dtype=np.uint32)
         col = w >> np.uint32(shift)
         r = np.where((w & mask) < threshold[col], reward_keep[col], reward_alias[col])
@@ -112,10 +114,11 @@ def bench_k(num_tokens, impl, repeats, quick):
     keep = np.zeros(threshold.size, np.float32)
     keep[:num_tokens] = token_rewards
     np_rng = np.random.default_rng(1)
-    t_np_ss = best_time(lambda: numpy_searchsorted(np_rng, cdf, token_rewards), repeats)
+    t_np_ss = best_time(lambda: numpy_searchsorted(np_rng, cdf, token_rewards),
+                        repeats) * S / S_NUMPY
     t_np_alias = best_time(
         lambda: numpy_alias(np_rng, threshold, table.shift, keep, keep[alias]), repeats
-    )
+    ) * S / S_NUMPY
     t_np = min(t_np_ss, t_np_alias)
 
     def rate(t):
