@@ -599,3 +599,18 @@ def test_draws_only_baseline_draws_the_samplers_words():
         return rows
 
     np.testing.assert_array_equal(np.asarray(out), np.float32(expected()))
+
+
+def test_accelerator_step_sizes_draw_the_same_numbers(monkeypatch):
+    """GPUs and TPUs take 64x larger scan steps (more samples and candidates per
+    step); the draws are the same as with the CPU's steps."""
+    from jaxalign.sample import _kernels
+
+    lm = MemorylessLM.from_probs([0.5, 0.3, 0.2], length=64)
+    reward = LinearReward([0.0, 1.0, 2.0])
+    cpu = sample.best_of_n(jax.random.key(5), lm, reward, 300, 2000)
+    monkeypatch.setattr(_kernels, "_step_scale", lambda: 64)
+    assert _kernels._chunk(300, 64, None) == 300 and _kernels._sizes(2000, 64, None) > 1
+    big = sample.best_of_n(jax.random.key(5), lm, reward, 300, 2000)
+    np.testing.assert_array_equal(cpu.reward, big.reward)
+    np.testing.assert_array_equal(cpu.index, big.index)

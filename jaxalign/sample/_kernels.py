@@ -22,11 +22,16 @@ from jaxalign._types import (
 from jaxalign.models import LinearReward, MemorylessLM, check_compatible
 
 _METHODS = ("token", "law")
-# Random words per scan step (uint32), 1 MiB: with the draw/consume pipeline,
-# token-level best-of-N ran 1.25-1.5x faster at 2^18 than at 2^15 on a 2-core
-# CPU (fewer scan steps, each split over both cores); 2^20 was no faster.
+# Random words per scan step (uint32), 1 MiB on a CPU: with the draw/consume
+# pipeline, token-level best-of-N ran 1.25-1.5x faster at 2^18 than at 2^15 on a
+# 2-core CPU (fewer scan steps, each split over both cores); 2^20 was no faster.
+# On a GPU a step of 2^18 words is a few short kernels, launch-bound (an H200 drew
+# 10.7 G words/s that way against 350 G/s for one flat draw), so accelerators take
+# 64x larger steps.  Step sizes never change the numbers (keys are per sample and
+# per candidate).
 _WORDS_PER_STEP = 1 << 18
 _CANDIDATE_WORDS = 1 << 12
+_ACCELERATOR_SCALE = 64
 _MAX_TOKENS = 1 << 24
 # Proposals per rejection-loop step: most draws are accepted within a few.
 _REJECTION_CHUNK = 8
@@ -132,16 +137,21 @@ def _check_samples_range(num_samples: int, first_index: Any) -> None:
         )
 
 
+def _step_scale() -> int:
+    return 1 if jax.default_backend() == "cpu" else _ACCELERATOR_SCALE
+
+
 def _sizes(num_samples: int, words_per_sample: int, batch_size: int | None) -> int:
     if batch_size is not None:
         return min(batch_size, num_samples)
-    return max(1, min(num_samples, _WORDS_PER_STEP // max(1, words_per_sample)))
+    words = _WORDS_PER_STEP * _step_scale()
+    return max(1, min(num_samples, words // max(1, words_per_sample)))
 
 
 def _chunk(num_candidates: int, length: int, chunk_size: int | None) -> int:
     if chunk_size is not None:
         return min(chunk_size, num_candidates)
-    return max(1, min(num_candidates, _CANDIDATE_WORDS // length))
+    return max(1, min(num_candidates, _CANDIDATE_WORDS * _step_scale() // length))
 
 
 # ----------------------------------------------------------------------- alias table
