@@ -63,6 +63,8 @@ def test_huge_n_keeps_log_n():
         (("seed = 3", "seed = -1"), "seed"),
         (("replicates = 256", "replicates = 0"), "replicates"),
         (("replicates = 256", 'replicates = "many"'), "replicates"),
+        (("replicates = 256", "replicates = 10000000000"), "replicates"),
+        (("length = [4, 8]", "length = [10000000000]"), "length"),
         (('methods = ["tilted", "best_of_n"]', 'methods = ["ppo"]'), "methods"),
         (('methods = ["tilted", "best_of_n"]', "methods = []"), "methods"),
         (("length = [4, 8]", "length = []"), "length"),
