@@ -20,6 +20,7 @@ and lists that start with one (``--rewards -1,0,1``) are accepted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -261,6 +262,10 @@ def _add_sweep(parser: argparse.ArgumentParser) -> None:
                         help="continue an interrupted run in --out")
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bar and no summary table")
+    parser.add_argument("--max-tokens", type=float, metavar="TOKENS",
+                        help="token-level work allowed per point (default 2**33 "
+                             "token-equivalents, about a minute on 2 CPU cores; "
+                             "inf: no limit)")
     parser.add_argument("--coordinator", metavar="HOST:PORT",
                         help="multi-host: jax.distributed coordinator address")
     parser.add_argument("--num-processes", type=int,
@@ -311,7 +316,19 @@ def _init_distributed(args: argparse.Namespace) -> None:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
+    if args.max_tokens is not None and not args.max_tokens > 0:
+        raise ValueError(f"--max-tokens must be > 0 (inf: no limit), got "
+                         f"{args.max_tokens}")
     _init_distributed(args)  # must precede any JAX computation, config checks too
+    from jaxalign import sample
+
+    budget = None if args.max_tokens == math.inf else args.max_tokens
+    with (contextlib.nullcontext() if args.max_tokens is None
+          else sample.token_budget(budget)):
+        return _sweep(args)
+
+
+def _sweep(args: argparse.Namespace) -> int:
     config = _load_sweep_config(args.config)
     import jax
 

@@ -344,7 +344,7 @@ def parse_config(data: Mapping[str, Any]) -> SweepConfig:
             if key.name not in grid:
                 raise _fail(f"grid.{key.name}", None,
                             f"{key.allowed} for method {method!r}")
-    return SweepConfig(
+    config = SweepConfig(
         name=name,
         seed=seed,
         prng=prng,
@@ -357,6 +357,23 @@ def parse_config(data: Mapping[str, Any]) -> SweepConfig:
         models=specs,
         grid=grid,
     )
+    if sampling == "token":
+        _check_token_work(config)
+    return config
+
+
+def _check_token_work(config: SweepConfig) -> None:
+    """Refuse token-level points above the samplers' work budget up front (each
+    draws ``replicates x N`` sequences; ``jaxalign.sample.token_budget`` opts in)."""
+    from jaxalign.sample._selection import _check_work
+
+    for point in grid_points(config):
+        num_candidates = dict(point.settings).get("num_candidates") or 1
+        try:
+            _check_work(config.replicates * num_candidates, point.length,
+                        f"point {point.tag}", 'use sampling = "law"')
+        except ValueError as e:
+            raise ConfigError(f"config key 'sampling': {e}") from None
 
 
 def load_config(path) -> SweepConfig:

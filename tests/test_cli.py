@@ -144,6 +144,11 @@ num_candidates = [2]
 """
 
 
+def test_max_tokens_must_be_positive(capsys):
+    code, out, err = run(capsys, ["sweep", "--max-tokens", "0"])
+    assert code == 2 and err.startswith("jaxalign: error: --max-tokens must be > 0")
+
+
 def test_huge_replicates_is_a_config_error(capsys, tmp_path):
     # A MemoryError traceback before.
     path = tmp_path / "big.toml"

@@ -90,6 +90,20 @@ def test_bad_config_names_the_key(change, key):
         parse(text)
 
 
+def test_huge_token_level_sweep_is_refused_up_front():
+    # sampling = "token" with N = 10**9 at n = 4 ran silently for minutes before.
+    text = ('sampling = "token"\n' + BASE).replace(
+        "delta = [0.1, 0.2]", "num_candidates = [1000000000]").replace(
+        "length = [4, 8]", "length = [4]").replace('"tilted", ', "")
+    with pytest.raises(cfg.ConfigError, match=r"'sampling'.*tokens.* s at .*"
+                                              r'sampling = "law"'):
+        parse(text)
+    from jaxalign import sample
+
+    with sample.token_budget(None):
+        assert parse(text).sampling == "token"
+
+
 def test_method_without_strength_axis():
     text = BASE.replace("delta = [0.1, 0.2]", "lam = [0.5]")
     with pytest.raises(cfg.ConfigError, match="best_of_n"):
