@@ -638,6 +638,24 @@ def test_token_budget_opts_in_and_reports_the_estimate(key, monkeypatch, capsys)
             pass
 
 
+@pytest.mark.parametrize("sampler", [
+    lambda *a, **k: sample.best_of_n(*a, **k, return_tokens=True),
+    sample.best_of_n_curve,
+    lambda key, lm, reward, n, m: sample.soft_best_of_n(key, lm, reward, n, 0.5, m),
+])
+def test_opted_in_work_runs_in_blocks_with_progress(key, monkeypatch, capsys, sampler):
+    from jaxalign.sample import _selection
+
+    lm, reward = _three_tokens(4)
+    whole = sampler(jax.random.clone(key), lm, reward, 16, 5)
+    # 16 x (4 + 24) x 5 = 2240 > 1000 and 1000 // 8 // 448 = 0: blocks of 1 sample.
+    monkeypatch.setattr(_selection, "_TOKEN_BUDGET", 1000)
+    with sample.token_budget(None):
+        blocks = sampler(key, lm, reward, 16, 5)
+    assert "5/5" in capsys.readouterr().err  # the progress bar
+    jax.tree.map(np.testing.assert_array_equal, blocks, whole)
+
+
 def test_rejection_plan_uses_the_same_budget(key, x64):
     from jaxalign import exact, policies
 

@@ -71,7 +71,9 @@ def token_budget(max_tokens: float | None):
     of ``n`` tokens counts ``n + 24``; about 70 s on a 2-core CPU) with a
     ``ValueError`` giving the estimate; ``level="law"`` costs nothing in ``N`` or
     ``n``.  Inside ``with token_budget(None):`` (no limit) or a larger number, such
-    work runs, with its estimated time printed on stderr first.
+    work runs: its estimate is printed on stderr, then best-of-N, its curve and
+    soft best-of-N draw in blocks of samples under a progress bar with an ETA
+    (the same numbers as one call).
 
     Examples:
       >>> import jax, jaxalign
@@ -113,6 +115,28 @@ def _check_work(num_sequences: float, length: int, what: str, advice: str) -> No
 
 
 _LAW_ADVICE = "use level='law' (its cost does not depend on N or n)"
+
+
+def _in_blocks(run, key, first, num_samples: int, num_candidates: int, length: int):
+    """``run(key, first, count)`` for the samples ``first .. first + num_samples``;
+    work over the default budget (allowed by :func:`token_budget`) runs in blocks
+    of samples under a progress bar with an ETA.  Sample ``i`` depends only on
+    ``(key, i)``, so the blocks give the numbers of one call."""
+    per_sample = num_candidates * (length + _SEQUENCE_OVERHEAD)
+    if (num_samples * per_sample <= _TOKEN_BUDGET or num_samples == 1
+            or not (is_concrete(first) and is_concrete(jax.random.key_data(key)))):
+        return run(key, first, num_samples)
+    from tqdm.auto import tqdm
+
+    block = max(1, _TOKEN_BUDGET // 8 // per_sample)  # ~10 s per block on 2 cores
+    parts = []
+    with tqdm(total=num_samples, unit="sample", file=sys.stderr) as bar:
+        for start in range(0, num_samples, block):
+            count = min(block, num_samples - start)
+            # Disjoint sample indices of one key: no random number is reused.
+            parts.append(run(jax.random.clone(key), first + start, count))
+            bar.update(count)
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
 
 
 # ----------------------------------------------------------------------- best-of-N
@@ -262,16 +286,19 @@ def best_of_n(
         )
         return SelectionDraws(reward_out, None, None)
     chunk = _chunk(num_candidates, lm.length, chunk_size)
-    return _best_of_n_impl(
-        key,
-        lm,
-        reward,
-        first,
-        num_candidates,
-        num_samples,
-        chunk,
-        _sizes(num_samples, chunk * lm.length, batch_size),
-        bool(return_tokens),
+    return _in_blocks(
+        lambda key, first, count: _best_of_n_impl(
+            key,
+            lm,
+            reward,
+            first,
+            num_candidates,
+            count,
+            chunk,
+            _sizes(count, chunk * lm.length, batch_size),
+            bool(return_tokens),
+        ),
+        key, first, num_samples, num_candidates, lm.length,
     )
 
 
@@ -476,17 +503,20 @@ def best_of_n_curve(
     length = 1 if method == "law" else lm.length
     chunk = _chunk(num_candidates, length, chunk_size)
     words = max(num_candidates, chunk * length)
-    return _curve_impl(
-        key,
-        lm,
-        reward,
-        law,
-        first,
-        num_candidates,
-        num_samples,
-        chunk,
-        _sizes(num_samples, words, batch_size),
-        method == "law",
+    return _in_blocks(
+        lambda key, first, count: _curve_impl(
+            key,
+            lm,
+            reward,
+            law,
+            first,
+            num_candidates,
+            count,
+            chunk,
+            _sizes(count, words, batch_size),
+            method == "law",
+        ),
+        key, first, num_samples, num_candidates, length,
     )
 
 
@@ -616,19 +646,22 @@ def soft_best_of_n(
     length = 1 if method == "law" else lm.length
     chunk = _chunk(num_candidates, length, chunk_size)
     temperature = jnp.asarray(temperature, float_dtype(reward.token_rewards))
-    return _soft_impl(
-        key,
-        lm,
-        reward,
-        law,
-        temperature,
-        first,
-        num_candidates,
-        num_samples,
-        chunk,
-        _sizes(num_samples, chunk * length, batch_size),
-        bool(return_tokens),
-        method == "law",
+    return _in_blocks(
+        lambda key, first, count: _soft_impl(
+            key,
+            lm,
+            reward,
+            law,
+            temperature,
+            first,
+            num_candidates,
+            count,
+            chunk,
+            _sizes(count, chunk * length, batch_size),
+            bool(return_tokens),
+            method == "law",
+        ),
+        key, first, num_samples, num_candidates, length,
     )
 
 
