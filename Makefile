@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench notebooks clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check jaxalign tests benchmarks
 	$(BIN)/python -m pytest -n 2 -q; rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
+
+# The paper notebooks as executed notebooks/*.ipynb (figures inline; built from the
+# jupytext sources notebooks/*.py, which stay the only ones in git). Open them with
+# Jupyter or VS Code. `make notebooks SMALL=1` runs the tiny versions in seconds.
+notebooks: $(STAMP)
+	$(BIN)/jupytext --to ipynb notebooks/*.py
+	$(if $(SMALL),JAXALIGN_NOTEBOOK_SMALL=1 ,)$(BIN)/jupyter-execute --inplace notebooks/*.ipynb
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sampling.py --breakdown

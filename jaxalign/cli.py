@@ -20,6 +20,7 @@ and lists that start with one (``--rewards -1,0,1``) are accepted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -28,7 +29,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-__all__ = ["Command", "COMMANDS", "build_parser", "float_list", "main"]
+__all__ = ["Command", "COMMANDS", "build_parser", "float_list", "int_in", "main"]
 
 
 class Command(NamedTuple):
@@ -40,8 +41,24 @@ class Command(NamedTuple):
     run: Callable[[argparse.Namespace], int]
 
 
+_NEGATIVE_VALUE = re.compile(r"^-(\d|\.\d|inf(inity)?$)", re.IGNORECASE)
+
+
 class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser that raises instead of printing usage and exiting."""
+    """An ArgumentParser that raises instead of printing usage and exiting, and reads
+    an argument that starts like a negative number as a value.
+
+    argparse decides whether ``-1,0,1`` is an option with the parser's
+    ``_negative_number_matcher``; its default accepts only one plain number
+    (``-1``, ``-.5``).  Ours accepts anything that starts with one (comma lists,
+    exponents) and ``-inf``, so ``--rewards -1,0,1`` and ``--lam -inf`` parse like
+    ``--rewards=-1,0,1``.  No option of ours looks like a number, so nothing is
+    shadowed.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_VALUE
 
     def error(self, message: str):
         raise ValueError(message)
@@ -62,6 +79,33 @@ def float_list(text: str, name: str) -> list[float]:
     if not values:
         raise ValueError(f"{name} must not be empty")
     return values
+
+
+def int_in(low: int, high: int, why: str = "") -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``[low, high]``, else a message with the
+    value and the range (``why``: where the bound comes from); argparse names the
+    option."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be an integer in [{low}, {_fmt_int(high)}]"
+                f"{f' ({why})' if why else ''}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _fmt_int(value: int) -> str:
+    """Large bounds as powers of two (``2**63 - 1``), others in full."""
+    for k in (31, 32, 63):
+        if value in (2**k, 2**k - 1):
+            return f"2**{k}" + (" - 1" if value == 2**k - 1 else "")
+    return str(value)
 
 
 def _json_safe(value: Any) -> Any:
@@ -89,12 +133,19 @@ def _fmt(value: Any) -> str:
 
 # -- theory ---------------------------------------------------------------------------
 
+# The CLI computes in float64, where a length is an int64.
+_MAX_LENGTH = 2**63 - 1
+# The cumulant recursion is unrolled (order**2 terms): order 64 took 2 minutes to
+# compile, 20 a few seconds; past 67 its binomial coefficients overflow an int64.
+_MAX_ORDER = 20
+
 
 def _add_model(parser: argparse.ArgumentParser, rewards_help: str) -> None:
     parser.add_argument("--probs", required=True,
                         help="token probabilities p, comma-separated (sum to 1)")
     parser.add_argument("--rewards", required=True, help=rewards_help)
-    parser.add_argument("--length", required=True, type=int,
+    parser.add_argument("--length", required=True,
+                        type=int_in(1, _MAX_LENGTH, "an int64"),
                         help="sequence length n (an integer >= 1)")
 
 
@@ -115,8 +166,10 @@ def _add_theory(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--lam", type=float, help="tilt lambda (inverse temperature)")
     which.add_argument("--kl", type=float, metavar="BUDGET",
                        help="sequence-level KL budget; solves for lambda")
-    parser.add_argument("--order", type=int, default=4,
-                        help="number of cumulants to print (default 4)")
+    parser.add_argument("--order",
+                        type=int_in(1, _MAX_ORDER, "compile time grows as order**2"),
+                        default=4, help="number of cumulants to print (default 4, "
+                                        f"at most {_MAX_ORDER})")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object instead of a table")
 
@@ -185,8 +238,6 @@ def _run_theory(args: argparse.Namespace) -> int:
         raise ValueError("--lam must be a number, got nan")
     if args.kl is not None and not args.kl >= 0:
         raise ValueError(f"--kl must be a budget >= 0, got {args.kl}")
-    if args.order < 1:
-        raise ValueError(f"--order must be an integer >= 1, got {args.order}")
     with jax.enable_x64(True):
         lm, reward = _model(args)
         rep = theory.report(lm, reward, lam=args.lam, kl_budget=args.kl,
@@ -211,6 +262,10 @@ def _add_sweep(parser: argparse.ArgumentParser) -> None:
                         help="continue an interrupted run in --out")
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bar and no summary table")
+    parser.add_argument("--max-tokens", type=float, metavar="TOKENS",
+                        help="token-level work allowed per point (default 2**33 "
+                             "token-equivalents, about a minute on 2 CPU cores; "
+                             "inf: no limit)")
     parser.add_argument("--coordinator", metavar="HOST:PORT",
                         help="multi-host: jax.distributed coordinator address")
     parser.add_argument("--num-processes", type=int,
@@ -261,7 +316,19 @@ def _init_distributed(args: argparse.Namespace) -> None:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
+    if args.max_tokens is not None and not args.max_tokens > 0:
+        raise ValueError(f"--max-tokens must be > 0 (inf: no limit), got "
+                         f"{args.max_tokens}")
     _init_distributed(args)  # must precede any JAX computation, config checks too
+    from jaxalign import sample
+
+    budget = None if args.max_tokens == math.inf else args.max_tokens
+    with (contextlib.nullcontext() if args.max_tokens is None
+          else sample.token_budget(budget)):
+        return _sweep(args)
+
+
+def _sweep(args: argparse.Namespace) -> int:
     config = _load_sweep_config(args.config)
     import jax
 
@@ -273,8 +340,12 @@ def _run_sweep(args: argparse.Namespace) -> int:
                                   progress=progress)
     except KeyboardInterrupt:
         out = args.out or config.out or f"runs/{config.name}"
-        print(f"jaxalign: interrupted; finished points are saved in {out}; "
-              "continue with --resume", file=sys.stderr)
+        if os.path.exists(os.path.join(out, "config.json")):
+            print(f"jaxalign: interrupted; finished points are saved in {out}; "
+                  "continue with --resume", file=sys.stderr)
+        else:  # before the run directory was written: nothing to resume
+            print(f"jaxalign: interrupted before anything was saved (no run in "
+                  f"{out}); start again without --resume", file=sys.stderr)
         return 130
     if jax.process_index() == 0 and not args.quiet:
         print(sweep.summary_table(store.read_results(summary.run_dir)))
@@ -360,11 +431,16 @@ def _run_exact(args: argparse.Namespace) -> int:
 # -- bench -------------------------------------------------------------------------
 
 
+# The raw-PRNG comparison holds every uniform in memory (4 bytes each): 1 GiB at most.
+_MAX_BENCH_TOKENS = 2**28
+
+
 def _add_bench(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--num-samples", type=int, default=256)
-    parser.add_argument("--num-candidates", type=int, default=64)
-    parser.add_argument("--length", type=int, default=256)
-    parser.add_argument("--num-tokens", type=int, default=16)
+    count = int_in(1, 2**31 - 1)
+    parser.add_argument("--num-samples", type=count, default=256)
+    parser.add_argument("--num-candidates", type=count, default=64)
+    parser.add_argument("--length", type=count, default=256)
+    parser.add_argument("--num-tokens", type=int_in(2, 2**24), default=16)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
@@ -377,14 +453,15 @@ def _run_bench(args: argparse.Namespace) -> int:
     from jaxalign import sample
     from jaxalign.models import LinearReward, MemorylessLM
 
-    for name in ("num_samples", "num_candidates", "length", "num_tokens"):
-        if getattr(args, name) < (2 if name == "num_tokens" else 1):
-            raise ValueError(f"--{name.replace('_', '-')} is too small: "
-                             f"{getattr(args, name)}")
+    tokens = args.num_samples * args.num_candidates * args.length
+    if tokens > _MAX_BENCH_TOKENS:
+        raise ValueError(
+            f"--num-samples x --num-candidates x --length must be at most 2**28 "
+            f"tokens (the raw-PRNG comparison holds them all in memory), got "
+            f"{args.num_samples} x {args.num_candidates} x {args.length} = {tokens}")
     lm = MemorylessLM.zipf(args.num_tokens, 1.0, length=args.length)
     reward = LinearReward(jnp.arange(args.num_tokens, dtype=jnp.float32))
     key = jax.random.key(0)
-    tokens = args.num_samples * args.num_candidates * args.length
 
     def best(fn):
         fn().block_until_ready()
@@ -428,24 +505,6 @@ COMMANDS: list[Command] = [
 
 # -- entry point ----------------------------------------------------------------------
 
-_NEGATIVE_VALUE = re.compile(r"^-(\d|\.\d)")
-
-
-def _join_negative_values(argv: Sequence[str]) -> list[str]:
-    """``--rewards -1,0,1`` -> ``--rewards=-1,0,1`` (argparse would read an option)."""
-    out: list[str] = []
-    i = 0
-    while i < len(argv):
-        token = argv[i]
-        if (token.startswith("--") and "=" not in token and i + 1 < len(argv)
-                and _NEGATIVE_VALUE.match(argv[i + 1])):
-            out.append(f"{token}={argv[i + 1]}")
-            i += 2
-        else:
-            out.append(token)
-            i += 1
-    return out
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per entry of :data:`COMMANDS`."""
@@ -465,12 +524,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``jaxalign`` with ``argv`` (default ``sys.argv[1:]``); return exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser().parse_args(_join_negative_values(argv))
+        args = build_parser().parse_args(argv)
         return int(args._run(args))
     except ValueError as err:
         message = " ".join(str(err).split())  # always one line
         print(f"jaxalign: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside a sweep's own handler
+        print("jaxalign: interrupted", file=sys.stderr)
+        return 130
     except SystemExit as exit_:  # --help
         return exit_.code if isinstance(exit_.code, int) else 0
     except BrokenPipeError:  # e.g. `jaxalign theory ... | head`

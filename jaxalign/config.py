@@ -45,6 +45,11 @@ __all__ = [
 ]
 
 SAMPLING = ("token", "law")
+#: Replicates per point: its draws (float64, a few arrays) stay in memory until the
+#: point is written, about 2 GiB at this bound.
+MAX_REPLICATES = 2**26
+#: Sequence lengths: an int32 (``x64 = false`` runs in 32 bits).
+MAX_LENGTH = 2**31 - 1
 PRNG_IMPLS = ("threefry2x32", "philox4x32", "rbg", "unsafe_rbg")
 MODEL_KINDS = ("probs", "logits", "bernoulli", "uniform", "zipf", "dirichlet")
 _TOP_KEYS = {
@@ -165,10 +170,13 @@ def _fail(key: str, value: Any, allowed: str) -> ConfigError:
     return ConfigError(f"config key {key!r}: got {value!r}; allowed: {allowed}")
 
 
-def _int(data, key, default=None, minimum=1):
+def _int(data, key, default=None, minimum=1, maximum=None, why=""):
     value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _fail(key, value, f"an integer >= {minimum}")
+    if (isinstance(value, bool) or not isinstance(value, int) or value < minimum
+            or (maximum is not None and value > maximum)):
+        allowed = (f"an integer >= {minimum}" if maximum is None else
+                   f"an integer in [{minimum}, {maximum}]{f' ({why})' if why else ''}")
+        raise _fail(key, value, allowed)
     return value
 
 
@@ -277,7 +285,8 @@ def parse_config(data: Mapping[str, Any]) -> SweepConfig:
     prng = data.get("prng", "threefry2x32")
     if prng not in PRNG_IMPLS:
         raise _fail("prng", prng, f"one of {list(PRNG_IMPLS)}")
-    replicates = _int(data, "replicates", 1024)
+    replicates = _int(data, "replicates", 1024, maximum=MAX_REPLICATES,
+                      why="a point's draws are held in memory")
     chunk_size = _int(data, "chunk_size", 4096)
     methods = _list(
         {"methods": data.get("methods", ["best_of_n"])},
@@ -305,8 +314,9 @@ def parse_config(data: Mapping[str, Any]) -> SweepConfig:
     grid_in = data.get("grid")
     if not isinstance(grid_in, dict):
         raise _fail("grid", grid_in, "a [grid] table")
-    grid_keys = {"length": policies.GridKey("length", int, lambda v: v >= 1,
-                                           "integers >= 1")}
+    grid_keys = {"length": policies.GridKey("length", int,
+                                           lambda v: 1 <= v <= MAX_LENGTH,
+                                           f"integers in [1, {MAX_LENGTH}]")}
     for name in policies.names():
         for key in policies.get(name).grid_keys():
             grid_keys.setdefault(key.name, key)
@@ -334,7 +344,7 @@ def parse_config(data: Mapping[str, Any]) -> SweepConfig:
             if key.name not in grid:
                 raise _fail(f"grid.{key.name}", None,
                             f"{key.allowed} for method {method!r}")
-    return SweepConfig(
+    config = SweepConfig(
         name=name,
         seed=seed,
         prng=prng,
@@ -347,6 +357,23 @@ def parse_config(data: Mapping[str, Any]) -> SweepConfig:
         models=specs,
         grid=grid,
     )
+    if sampling == "token":
+        _check_token_work(config)
+    return config
+
+
+def _check_token_work(config: SweepConfig) -> None:
+    """Refuse token-level points above the samplers' work budget up front (each
+    draws ``replicates x N`` sequences; ``jaxalign.sample.token_budget`` opts in)."""
+    from jaxalign.sample._selection import _check_work
+
+    for point in grid_points(config):
+        num_candidates = dict(point.settings).get("num_candidates") or 1
+        try:
+            _check_work(config.replicates * num_candidates, point.length,
+                        f"point {point.tag}", 'use sampling = "law"')
+        except ValueError as e:
+            raise ConfigError(f"config key 'sampling': {e}") from None
 
 
 def load_config(path) -> SweepConfig:

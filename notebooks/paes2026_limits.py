@@ -28,34 +28,39 @@
 # 4. **Reward hacking**: optimising a proxy loses gold reward, more so for larger
 #    errors and smaller `β`; **ensembling** proxies reduces the error's oscillation.
 #
-# Set `JAXALIGN_NOTEBOOK_SMALL=1` for a tiny, fast run.
+# Set `JAXALIGN_NOTEBOOK_SMALL=1` for a tiny, fast run. Run as a
+# script, it saves its figures as PNG files in `JAXALIGN_NOTEBOOK_OUT` (default
+# `runs/notebooks`); `make notebooks` builds the executed `.ipynb`.
 
 # %%
+# %matplotlib inline
 import builtins
 import os
 import pathlib
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 import numpy as np
 
 import jaxalign
 from jaxalign import plots, proxy, rl, sample, theory
 
 SMALL = os.environ.get("JAXALIGN_NOTEBOOK_SMALL") == "1"
-OUT = os.environ.get("JAXALIGN_NOTEBOOK_OUT")
-if SMALL:
-    matplotlib.use("Agg")  # never block on a window
+IN_JUPYTER = hasattr(builtins, "get_ipython")
+OUT = os.environ.get("JAXALIGN_NOTEBOOK_OUT") or (None if IN_JUPYTER else
+                                                  "runs/notebooks")
 if not jax.config.jax_enable_x64:  # (the tests run this inside jax.enable_x64)
     jax.config.update("jax_enable_x64", True)
 
 
 def show(fig, name):
-    """Display in Jupyter; save as PNG when JAXALIGN_NOTEBOOK_OUT is set."""
+    """Display inline in Jupyter; save a PNG into OUT when set (always, as a script)."""
     if OUT:
-        fig.savefig(pathlib.Path(OUT) / f"paes2026_{name}.png", dpi=80)
-    if hasattr(builtins, "get_ipython"):
+        path = pathlib.Path(OUT) / f"paes2026_{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=80)
+        print(f"figure saved to {path}")
+    if IN_JUPYTER:
         from IPython.display import display
 
         display(fig)

@@ -69,6 +69,23 @@ def test_negative_rewards_are_values_not_options(capsys):
     assert rep["expected_reward"] == pytest.approx(2 * math.tanh(-0.5), rel=1e-13)
 
 
+@pytest.mark.parametrize("rewards", [["--rewards", "-1,0,1"], ["--rewards=-1,0,1"],
+                                     ["--rewards", "-1e0,0,1"]])
+def test_negative_lists_parse_either_way(capsys, rewards):
+    code, out, err = run(capsys, ["theory", "--probs", "0.5,0.3,0.2", *rewards,
+                                  "--length", "2", "--lam", "1", "--json"])
+    assert (code, err) == (0, "") and json.loads(out)["rewards"] == [-1.0, 0.0, 1.0]
+
+
+def test_minus_inf_is_a_value_with_or_without_equals(capsys):
+    outs = []
+    for lam in (["--lam", "-inf"], ["--lam=-inf"]):
+        code, out, err = run(capsys, [*BASE, *lam, "--json"])
+        assert (code, err) == (0, "")
+        outs.append(json.loads(out))
+    assert outs[0] == outs[1] and outs[0]["lam"] == "-inf"
+
+
 BAD = [
     ["--probs", "0.5,0.3,0.3", "--rewards", "0,1,2", "--length", "4", "--lam", "1"],
     ["--probs", "0.5,-0.3,0.8", "--rewards", "0,1,2", "--length", "4", "--lam", "1"],
@@ -86,6 +103,11 @@ BAD = [
     ["--probs", "0.5,0.5", "--rewards", "0,1", "--length", "4", "--kl", "1",
      "--order", "0"],
     ["--rewards", "0,1", "--length", "4", "--lam", "1"],
+    # OverflowError tracebacks before: the order and the length reached jit as ints.
+    ["--probs", "0.5,0.3,0.2", "--rewards", "0,1,2", "--length", "8", "--lam", "1",
+     "--order", "1000"],
+    ["--probs", "0.5,0.3,0.2", "--rewards", "0,1,2", "--length", "1" + "0" * 30,
+     "--lam", "1"],
 ]
 
 
@@ -95,6 +117,77 @@ def test_bad_input_exits_2_with_one_line(capsys, args):
     assert code == 2 and out == ""
     assert err.startswith("jaxalign: error: ") and err.count("\n") == 1
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [
+    # Out of memory before: every raw uniform of the comparison was allocated.
+    ["bench", "--num-candidates", "1000000000", "--num-samples", "1", "--length", "1"],
+    ["bench", "--num-tokens", "1"],
+    ["bench", "--length", "1" + "0" * 30],
+])
+def test_bad_bench_exits_2_with_one_line(capsys, argv):
+    code, out, err = run(capsys, argv)
+    assert code == 2 and out == ""
+    assert err.startswith("jaxalign: error: ") and err.count("\n") == 1
+
+
+SWEEP_TOML = """
+replicates = {replicates}
+methods = ["best_of_n"]
+[[model]]
+name = "b"
+bernoulli = 0.3
+rewards = [0.0, 1.0]
+[grid]
+length = [4]
+num_candidates = [2]
+"""
+
+
+def test_max_tokens_must_be_positive(capsys):
+    code, out, err = run(capsys, ["sweep", "--max-tokens", "0"])
+    assert code == 2 and err.startswith("jaxalign: error: --max-tokens must be > 0")
+
+
+def test_huge_replicates_is_a_config_error(capsys, tmp_path):
+    # A MemoryError traceback before.
+    path = tmp_path / "big.toml"
+    path.write_text(SWEEP_TOML.format(replicates=10_000_000_000))
+    code, out, err = run(capsys, ["sweep", str(path), "--out", str(tmp_path / "r")])
+    assert code == 2 and out == ""
+    assert err.startswith("jaxalign: error: config key 'replicates'")
+    assert err.count("\n") == 1 and not (tmp_path / "r").exists()
+
+
+def test_ctrl_c_outside_the_sweep_loop_is_one_line(capsys, monkeypatch):
+    # Ctrl-C while the config loads (the first seconds): a traceback before.
+    def interrupt(name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_load_sweep_config", interrupt)
+    try:
+        code, out, err = run(capsys, ["sweep"])
+    except KeyboardInterrupt:  # (would abort the whole pytest session)
+        pytest.fail("Ctrl-C escaped cli.main: a traceback")
+    assert (code, out, err) == (130, "", "jaxalign: interrupted\n")
+
+
+def test_ctrl_c_before_the_run_directory_exists(capsys, monkeypatch, tmp_path):
+    # "finished points are saved in X; continue with --resume" before, but X did
+    # not exist and --resume failed.
+    from jaxalign import sweep
+
+    def interrupt(config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "_prepare_all", interrupt)
+    path = tmp_path / "small.toml"
+    path.write_text(SWEEP_TOML.format(replicates=16))
+    out_dir = tmp_path / "r"
+    code, out, err = run(capsys, ["sweep", str(path), "--out", str(out_dir)])
+    assert code == 130 and out == "" and err.count("\n") == 1
+    assert not out_dir.exists()
+    assert "without --resume" in err and "continue with --resume" not in err
 
 
 def test_no_or_unknown_command(capsys):

@@ -63,6 +63,8 @@ def test_huge_n_keeps_log_n():
         (("seed = 3", "seed = -1"), "seed"),
         (("replicates = 256", "replicates = 0"), "replicates"),
         (("replicates = 256", 'replicates = "many"'), "replicates"),
+        (("replicates = 256", "replicates = 10000000000"), "replicates"),
+        (("length = [4, 8]", "length = [10000000000]"), "length"),
         (('methods = ["tilted", "best_of_n"]', 'methods = ["ppo"]'), "methods"),
         (('methods = ["tilted", "best_of_n"]', "methods = []"), "methods"),
         (("length = [4, 8]", "length = []"), "length"),
@@ -86,6 +88,20 @@ def test_bad_config_names_the_key(change, key):
     text = BASE.replace(*change)
     with pytest.raises(cfg.ConfigError, match=re.escape(f"config key {key!r}"[:-1])):
         parse(text)
+
+
+def test_huge_token_level_sweep_is_refused_up_front():
+    # sampling = "token" with N = 10**9 at n = 4 ran silently for minutes before.
+    text = ('sampling = "token"\n' + BASE).replace(
+        "delta = [0.1, 0.2]", "num_candidates = [1000000000]").replace(
+        "length = [4, 8]", "length = [4]").replace('"tilted", ', "")
+    with pytest.raises(cfg.ConfigError, match=r"'sampling'.*tokens.* s at .*"
+                                              r'sampling = "law"'):
+        parse(text)
+    from jaxalign import sample
+
+    with sample.token_budget(None):
+        assert parse(text).sampling == "token"
 
 
 def test_method_without_strength_axis():

@@ -614,3 +614,71 @@ def test_accelerator_step_sizes_draw_the_same_numbers(monkeypatch):
     big = sample.best_of_n(jax.random.key(5), lm, reward, 300, 2000)
     np.testing.assert_array_equal(cpu.reward, big.reward)
     np.testing.assert_array_equal(cpu.index, big.index)
+
+
+# ------------------------------------------------------------------ the work budget
+def _three_tokens(length):
+    return (MemorylessLM.from_probs([0.5, 0.3, 0.2], length=length),
+            LinearReward([0.0, 1.0, 2.0]))
+
+
+@pytest.mark.parametrize("sampler", [sample.best_of_n, sample.best_of_n_curve])
+def test_huge_token_level_work_is_refused_up_front(key, sampler):
+    # best_of_n(key, lm, reward, 10**9, 2) ran silently for minutes before.
+    lm, reward = _three_tokens(4)
+    with pytest.raises(ValueError, match=r"about 8e\+09 tokens.*s at .*level='law'"):
+        sampler(key, lm, reward, 10**9, 2)
+
+
+def test_soft_best_of_n_shares_the_budget(key):
+    lm, reward = _three_tokens(4)
+    with pytest.raises(ValueError, match="token-equivalents"):
+        sample.soft_best_of_n(key, lm, reward, 10**9, 1.0, 2)
+
+
+def test_token_budget_opts_in_and_reports_the_estimate(key, monkeypatch, capsys):
+    from jaxalign.sample import _selection
+
+    lm, reward = _three_tokens(4)
+    with sample.token_budget(100), pytest.raises(ValueError, match="budget of 100"):
+        sample.best_of_n(key, lm, reward, 64, 2)
+    monkeypatch.setattr(_selection, "_TOKEN_BUDGET", 100)  # 64 x 2 x (4 + 24) > 100
+    with sample.token_budget(None):
+        r = sample.best_of_n(key, lm, reward, 64, 2).reward
+    assert r.shape == (2,)
+    assert "jaxalign: best_of_n(num_candidates=64, num_samples=2)" in (
+        capsys.readouterr().err)
+    with pytest.raises(ValueError, match="max_tokens must be > 0"):
+        with sample.token_budget(0):
+            pass
+
+
+@pytest.mark.parametrize("sampler", [
+    lambda *a, **k: sample.best_of_n(*a, **k, return_tokens=True),
+    sample.best_of_n_curve,
+    lambda key, lm, reward, n, m: sample.soft_best_of_n(key, lm, reward, n, 0.5, m),
+])
+def test_opted_in_work_runs_in_blocks_with_progress(key, monkeypatch, capsys, sampler):
+    from jaxalign.sample import _selection
+
+    lm, reward = _three_tokens(4)
+    whole = sampler(jax.random.clone(key), lm, reward, 16, 5)
+    # 16 x (4 + 24) x 5 = 2240 > 1000 and 1000 // 8 // 448 = 0: blocks of 1 sample.
+    monkeypatch.setattr(_selection, "_TOKEN_BUDGET", 1000)
+    with sample.token_budget(None):
+        blocks = sampler(key, lm, reward, 16, 5)
+    assert "5/5" in capsys.readouterr().err  # the progress bar
+    jax.tree.map(np.testing.assert_array_equal, blocks, whole)
+
+
+def test_rejection_plan_uses_the_same_budget(key, x64):
+    from jaxalign import exact, policies
+
+    lm = MemorylessLM.bernoulli(0.01, length=64)
+    reward = LinearReward([0.0, 1.0])
+    law = exact.policy_law(lm, reward, policies.Rejection(60.0))
+    with pytest.raises(ValueError, match="token-equivalents.*level='law'"):
+        sample._reweighting(law, 1000, 64)
+    with sample.token_budget(None):
+        plan = sample._reweighting(law, 1000, 64)
+    assert plan.log_accept.max() == 0.0

@@ -29,7 +29,6 @@ tie-breaking (THEORY.md §1.9).
 """
 
 from jaxalign._types import adopt_public_names
-from jaxalign.sample._kernels import _MAX_PROPOSAL_TOKENS as _MAX_PROPOSAL_TOKENS
 from jaxalign.sample._kernels import RejectionResult as RejectionResult
 from jaxalign.sample._kernels import SampleResult as SampleResult
 from jaxalign.sample._kernels import SelectionDraws as SelectionDraws
@@ -50,6 +49,7 @@ from jaxalign.sample._selection import best_of_n_from_law as best_of_n_from_law
 from jaxalign.sample._selection import rejection as rejection
 from jaxalign.sample._selection import rewards_from_law as rewards_from_law
 from jaxalign.sample._selection import soft_best_of_n as soft_best_of_n
+from jaxalign.sample._selection import token_budget as token_budget
 
 __all__ = [
     "RejectionResult",
@@ -65,6 +65,7 @@ __all__ = [
     "rewards_from_law",
     "soft_best_of_n",
     "tilted",
+    "token_budget",
     "tokens",
 ]
 

@@ -35,9 +35,6 @@ _ACCELERATOR_SCALE = 64
 _MAX_TOKENS = 1 << 24
 # Proposals per rejection-loop step: most draws are accepted within a few.
 _REJECTION_CHUNK = 8
-# Expected proposal tokens a policy sampler may draw before refusing up front
-# (about a minute of token-level sampling on a 2-core CPU).
-_MAX_PROPOSAL_TOKENS = 2**33
 _LEVELS = ("token", "law")
 
 

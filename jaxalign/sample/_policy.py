@@ -21,7 +21,6 @@ from jaxalign._types import (
 from jaxalign.models import LinearReward, MemorylessLM
 from jaxalign.sample._kernels import (
     _LEVELS,
-    _MAX_PROPOSAL_TOKENS,
     SampleResult,
     _check_optional_int,
     _indices,
@@ -32,6 +31,7 @@ from jaxalign.sample._plain import (
     _validate_sampler,
 )
 from jaxalign.sample._selection import (
+    _check_work,
     best_of_n_from_law,
 )
 
@@ -161,17 +161,15 @@ class _Reweighting(NamedTuple):
 
 def _reweighting(law, num_samples: int, length: int) -> _Reweighting:
     """The rejection plan for a :class:`jaxalign.exact.PolicyLaw`; raises
-    ``ValueError`` up front when the expected number of proposal tokens exceeds
-    the budget (acceptance is ``1 / max g``)."""
+    ``ValueError`` up front when the expected proposals (acceptance is
+    ``1 / max g``) exceed the token budget (:func:`token_budget`)."""
     log_g = law.log_weight()
     log_max = float(np.max(log_g))
-    expected = num_samples * math.exp(min(log_max, 700.0)) * length
-    if expected > _MAX_PROPOSAL_TOKENS:
-        raise ValueError(
-            f"token-level rejection from the base model accepts with probability "
-            f"1/max g = {math.exp(-log_max):.3g}: about {expected:.3g} tokens for "
-            f"{num_samples} samples, more than {_MAX_PROPOSAL_TOKENS:.3g}; sample at "
-            'the law level (level=\'law\', or sampling = "law" in a sweep)')
+    _check_work(num_samples * math.exp(min(log_max, 700.0)), length,
+                f"token-level rejection from the base model (acceptance 1/max g = "
+                f"{math.exp(-log_max):.3g}, {num_samples} samples)",
+                'sample at the law level (level=\'law\', or sampling = "law" in a '
+                "sweep)")
     # A power of two near the expected proposals per draw, at most 256.
     step = 1 << min(8, max(0, math.ceil(log_max / math.log(2))))
     return _Reweighting(np.asarray(law.values, np.float64), log_g - log_max, step)
@@ -199,10 +197,10 @@ def policy(
     :func:`soft_best_of_n`), otherwise by exact rejection from the base model,
     accepting a proposal ``y`` with probability ``g(R(y)) / max g`` (``g`` from
     the policy's exact law; the expected number of proposals is ``max g``, and
-    work above about ``2^33`` tokens is refused up front).  ``level="law"``
-    draws ``R`` from the policy's exact law by inverting its CDF (best-of-N
-    inverts ``F^N``, so ``N`` may be astronomically large).  Proposal ``j`` of
-    sample ``i`` uses ``split(fold_in(fold_in(key, i), j))``.
+    work above the token budget, :func:`token_budget`, is refused up front).
+    ``level="law"`` draws ``R`` from the policy's exact law by inverting its CDF
+    (best-of-N inverts ``F^N``, so ``N`` may be astronomically large).  Proposal
+    ``j`` of sample ``i`` uses ``split(fold_in(fold_in(key, i), j))``.
 
     Args:
       key: a typed PRNG key.

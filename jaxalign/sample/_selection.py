@@ -3,7 +3,10 @@ rejection above a threshold; draws from a given law."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +50,94 @@ from jaxalign.sample._plain import (
     _law_rewards_impl,
     _validate_sampler,
 )
+
+# ------------------------------------------------------------------ the work budget
+# Token-level work is refused up front above a budget (a silent hang of minutes
+# otherwise).  Cost model, measured with ``sample.best_of_n`` on a 2-core CPU:
+# 1.1e8 tokens/s at n = 256 but 2e7 at n = 4, i.e. a sequence of n tokens costs
+# about as much as n + 24 tokens at 1.2e8 tokens/s.
+_TOKENS_PER_SECOND = 1.2e8
+_SEQUENCE_OVERHEAD = 24
+#: Token-equivalents one call may draw by default: about 70 s on a 2-core CPU.
+_TOKEN_BUDGET = 2**33
+_budget = contextvars.ContextVar("jaxalign_token_budget", default=None)
+
+
+@contextlib.contextmanager
+def token_budget(max_tokens: float | None):
+    """Raise (or lower) the token-level work a sampler may do inside the block.
+
+    Token-level samplers refuse work above ``2**33`` token-equivalents (a sequence
+    of ``n`` tokens counts ``n + 24``; about 70 s on a 2-core CPU) with a
+    ``ValueError`` giving the estimate; ``level="law"`` costs nothing in ``N`` or
+    ``n``.  Inside ``with token_budget(None):`` (no limit) or a larger number, such
+    work runs: its estimate is printed on stderr, then best-of-N, its curve and
+    soft best-of-N draw in blocks of samples under a progress bar with an ETA
+    (the same numbers as one call).
+
+    Examples:
+      >>> import jax, jaxalign
+      >>> from jaxalign import sample
+      >>> lm = jaxalign.MemorylessLM.from_probs([0.5, 0.5], length=4)
+      >>> r = jaxalign.LinearReward([0.0, 1.0])
+      >>> with sample.token_budget(None):  # 10**9 candidates would run here
+      ...     sample.best_of_n(jax.random.key(0), lm, r, 8, 2).reward.shape
+      (2,)
+    """
+    if max_tokens is not None and not max_tokens > 0:
+        raise ValueError(f"max_tokens must be > 0 or None, got {max_tokens!r}")
+    token = _budget.set(math.inf if max_tokens is None else max_tokens)
+    try:
+        yield
+    finally:
+        _budget.reset(token)
+
+
+def _check_work(num_sequences: float, length: int, what: str, advice: str) -> None:
+    """Refuse ``num_sequences`` token-level sequences of ``length`` tokens above the
+    budget (``ValueError`` with the estimate and ``advice``); above the default
+    budget but allowed by :func:`token_budget`, print the estimate on stderr."""
+    work = num_sequences * (length + _SEQUENCE_OVERHEAD)
+    budget = _budget.get()
+    budget = _TOKEN_BUDGET if budget is None else budget
+    if work <= min(budget, _TOKEN_BUDGET):
+        return
+    seconds = work / _TOKENS_PER_SECOND
+    estimate = (f"{what} draws about {num_sequences * length:.3g} tokens "
+                f"({num_sequences:.3g} sequences of {length}), about {seconds:.3g} s "
+                f"at {_TOKENS_PER_SECOND:.2g} tokens/s (a 2-core CPU)")
+    if work > budget:
+        raise ValueError(
+            f"{estimate}: above the budget of {budget:.3g} token-equivalents; "
+            f"{advice}, or raise the budget (`with jaxalign.sample.token_budget(None):`"
+            " in Python, --max-tokens for `jaxalign sweep`)")
+    print(f"jaxalign: {estimate}", file=sys.stderr)
+
+
+_LAW_ADVICE = "use level='law' (its cost does not depend on N or n)"
+
+
+def _in_blocks(run, key, first, num_samples: int, num_candidates: int, length: int):
+    """``run(key, first, count)`` for the samples ``first .. first + num_samples``;
+    work over the default budget (allowed by :func:`token_budget`) runs in blocks
+    of samples under a progress bar with an ETA.  Sample ``i`` depends only on
+    ``(key, i)``, so the blocks give the numbers of one call."""
+    per_sample = num_candidates * (length + _SEQUENCE_OVERHEAD)
+    if (num_samples * per_sample <= _TOKEN_BUDGET or num_samples == 1
+            or not (is_concrete(first) and is_concrete(jax.random.key_data(key)))):
+        return run(key, first, num_samples)
+    from tqdm.auto import tqdm
+
+    block = max(1, _TOKEN_BUDGET // 8 // per_sample)  # ~10 s per block on 2 cores
+    parts = []
+    with tqdm(total=num_samples, unit="sample", file=sys.stderr) as bar:
+        for start in range(0, num_samples, block):
+            count = min(block, num_samples - start)
+            # Disjoint sample indices of one key: no random number is reused.
+            parts.append(run(jax.random.clone(key), first + start, count))
+            bar.update(count)
+    return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
+
 
 # ----------------------------------------------------------------------- best-of-N
 
@@ -102,6 +193,7 @@ def _validate_bon(
     chunk_size,
     batch_size,
     first_index,
+    what,
 ):
     num_samples, method, first = _validate_sampler(
         key, lm, reward, num_samples, method, first_index
@@ -111,6 +203,10 @@ def _validate_bon(
         raise ValueError(
             f"num_candidates must be < 2**32 at level='token', got {num_candidates}"
         )
+    if method == "token":
+        _check_work(num_samples * num_candidates, lm.length,
+                    f"{what}(num_candidates={num_candidates}, "
+                    f"num_samples={num_samples}) at level='token'", _LAW_ADVICE)
     chunk_size = _check_optional_int(chunk_size, "chunk_size")
     batch_size = _check_optional_int(batch_size, "batch_size")
     return num_candidates, num_samples, method, first, chunk_size, batch_size
@@ -178,6 +274,7 @@ def best_of_n(
         chunk_size,
         batch_size,
         first_index,
+        "best_of_n",
     )
     if method == "law":
         if return_tokens:
@@ -189,16 +286,19 @@ def best_of_n(
         )
         return SelectionDraws(reward_out, None, None)
     chunk = _chunk(num_candidates, lm.length, chunk_size)
-    return _best_of_n_impl(
-        key,
-        lm,
-        reward,
-        first,
-        num_candidates,
-        num_samples,
-        chunk,
-        _sizes(num_samples, chunk * lm.length, batch_size),
-        bool(return_tokens),
+    return _in_blocks(
+        lambda key, first, count: _best_of_n_impl(
+            key,
+            lm,
+            reward,
+            first,
+            num_candidates,
+            count,
+            chunk,
+            _sizes(count, chunk * lm.length, batch_size),
+            bool(return_tokens),
+        ),
+        key, first, num_samples, num_candidates, lm.length,
     )
 
 
@@ -213,7 +313,8 @@ def _best_of_n_draws_only(key: PRNGKey, lm: MemorylessLM, reward: LinearReward,
     time the sampler spends drawing random bits (at most about 1).
     """
     num_candidates, num_samples, _, first, _, _ = _validate_bon(
-        key, lm, reward, num_candidates, num_samples, "token", None, None, 0)
+        key, lm, reward, num_candidates, num_samples, "token", None, None, 0,
+        "_best_of_n_draws_only")
     chunk = _chunk(num_candidates, lm.length, None)
     return _best_of_n_impl(
         key, lm, reward, first, num_candidates, num_samples, chunk,
@@ -396,22 +497,26 @@ def best_of_n_curve(
         chunk_size,
         batch_size,
         first_index,
+        "best_of_n_curve",
     )
     law = _law_of(lm, reward) if method == "law" else None
     length = 1 if method == "law" else lm.length
     chunk = _chunk(num_candidates, length, chunk_size)
     words = max(num_candidates, chunk * length)
-    return _curve_impl(
-        key,
-        lm,
-        reward,
-        law,
-        first,
-        num_candidates,
-        num_samples,
-        chunk,
-        _sizes(num_samples, words, batch_size),
-        method == "law",
+    return _in_blocks(
+        lambda key, first, count: _curve_impl(
+            key,
+            lm,
+            reward,
+            law,
+            first,
+            num_candidates,
+            count,
+            chunk,
+            _sizes(count, words, batch_size),
+            method == "law",
+        ),
+        key, first, num_samples, num_candidates, length,
     )
 
 
@@ -530,6 +635,7 @@ def soft_best_of_n(
         chunk_size,
         batch_size,
         first_index,
+        "soft_best_of_n",
     )
     check_real(temperature, "temperature", allow_inf=True)
     if is_concrete(temperature) and not np.all(np.asarray(temperature) > 0):
@@ -540,19 +646,22 @@ def soft_best_of_n(
     length = 1 if method == "law" else lm.length
     chunk = _chunk(num_candidates, length, chunk_size)
     temperature = jnp.asarray(temperature, float_dtype(reward.token_rewards))
-    return _soft_impl(
-        key,
-        lm,
-        reward,
-        law,
-        temperature,
-        first,
-        num_candidates,
-        num_samples,
-        chunk,
-        _sizes(num_samples, chunk * length, batch_size),
-        bool(return_tokens),
-        method == "law",
+    return _in_blocks(
+        lambda key, first, count: _soft_impl(
+            key,
+            lm,
+            reward,
+            law,
+            temperature,
+            first,
+            num_candidates,
+            count,
+            chunk,
+            _sizes(count, chunk * length, batch_size),
+            bool(return_tokens),
+            method == "law",
+        ),
+        key, first, num_samples, num_candidates, length,
     )
 
 
