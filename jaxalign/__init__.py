@@ -31,27 +31,28 @@ __version__ = "0.3.0"
 
 import importlib as _importlib
 
-from jaxalign.markov import MarkovLM as MarkovLM
-from jaxalign.models import LinearReward as LinearReward
-from jaxalign.models import MemorylessLM as MemorylessLM
-from jaxalign.models import PairReward as PairReward
-
-# Submodules are imported on first use (PEP 562), so ``jaxalign theory`` and other
-# light entry points never pay for SciPy or the samplers they do not touch.
+# Everything is imported on first use (PEP 562): ``import jaxalign`` loads nothing
+# heavy (not even JAX), so the CLI can catch a Ctrl-C during its first second, and
+# ``jaxalign theory`` never pays for SciPy or the samplers it does not touch.
 _SUBMODULES = ("config", "estimators", "exact", "markov", "policies", "proxy", "rl",
                "sample", "store", "sweep", "theory")
+_CLASSES = {"LinearReward": "models", "MemorylessLM": "models",
+            "PairReward": "models", "MarkovLM": "markov"}
 
 
 def __getattr__(name: str):
     if name in _SUBMODULES:
-        module = _importlib.import_module(f"{__name__}.{name}")
-        globals()[name] = module
-        return module
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = _importlib.import_module(f"{__name__}.{name}")
+    elif name in _CLASSES:
+        value = getattr(_importlib.import_module(f"{__name__}.{_CLASSES[name]}"), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_SUBMODULES))
+    return sorted(set(globals()) | set(_SUBMODULES) | set(_CLASSES))
 
 
 __all__ = [

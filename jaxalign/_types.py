@@ -159,3 +159,17 @@ def check_exactly_one(**named: Any) -> str:
         values = ", ".join(f"{name}={value!r}" for name, value in named.items())
         raise ValueError(f"give exactly one of {' and '.join(named)}, got {values}")
     return given[0]
+
+
+def check_length(value: Any, name: str = "length") -> int:
+    """A sequence length: an integer >= 1 that JAX can hold as an integer (int32
+    unless ``jax_enable_x64`` is on, when int64); beyond it every closed form
+    would fail with an ``OverflowError`` deep inside a jitted call."""
+    length = check_positive_int(value, name)
+    int_dtype = jax.dtypes.canonicalize_dtype(np.int64)
+    top = int(np.iinfo(int_dtype).max)
+    if length > top:
+        hint = "" if int_dtype == np.int64 else "; enable jax_enable_x64 for longer"
+        raise ValueError(f"{name} must be <= {top} (the largest {int_dtype.name} JAX "
+                         f"holds), got {value!r}{hint}")
+    return length

@@ -54,6 +54,7 @@ from jaxalign._types import (
     ArrayLike,
     PRNGKey,
     check_key,
+    check_length,
     check_positive_int,
     classic_threefry,
     is_concrete,
@@ -177,7 +178,7 @@ class MarkovLM:
     length: int
 
     def __post_init__(self):
-        length = check_positive_int(self.length, "length")
+        length = check_length(self.length)
         log_init = _as_float_vector(self.log_init, "log_init")
         log_trans = _as_float_array(self.log_trans, "log_trans")
         _trans_shape_check(log_trans, "log_trans", log_init.shape[0], length)

@@ -24,6 +24,7 @@ from jaxalign._types import (
     ArrayLike,
     PRNGKey,
     check_key,
+    check_length,
     check_positive_int,
     classic_threefry,
     float_dtype,
@@ -156,7 +157,7 @@ class MemorylessLM:
     length: int
 
     def __post_init__(self):
-        length = check_positive_int(self.length, "length")
+        length = check_length(self.length)
         log_probs = _as_float_vector(self.log_probs, "log_probs")
         if is_concrete(log_probs):
             lp = np.asarray(log_probs)

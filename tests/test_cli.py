@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -214,14 +215,40 @@ def test_registry_is_extensible(capsys, monkeypatch):
     assert run(capsys, ["hello", "--name", "world"])[:2] == (0, "hello world\n")
 
 
-def test_console_script_subprocess():
+def test_console_script_subprocess(tmp_path):
+    """The installed script runs, and keeps its compiled programs in the user's
+    cache directory ($XDG_CACHE_HOME/jaxalign/xla) for the next call."""
     script = Path(sys.executable).with_name("jaxalign")
     command = [str(script)] if script.exists() else [sys.executable, "-m",
                                                      "jaxalign.cli"]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("JAX_COMPILATION_CACHE_DIR", "JAXALIGN_NO_CACHE")}
+    env["XDG_CACHE_HOME"] = str(tmp_path)
     ok = subprocess.run(command + BASE + ["--kl", "4", "--json"], capture_output=True,
-                        text=True, timeout=120)
+                        text=True, timeout=120, env=env)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["kl"] == pytest.approx(4.0, rel=1e-12)
+    assert any((tmp_path / "jaxalign" / "xla").iterdir())
+
+
+@pytest.mark.parametrize(
+    "argv, environ, configured, expected",
+    [
+        (["theory"], {"XDG_CACHE_HOME": "/c"}, None, "/c/jaxalign/xla"),
+        (["theory", "--no-cache"], {"XDG_CACHE_HOME": "/c"}, None, None),
+        (["theory"], {"XDG_CACHE_HOME": "/c", "JAXALIGN_NO_CACHE": "1"}, None, None),
+        (["theory"], {"XDG_CACHE_HOME": "/c", "JAXALIGN_NO_CACHE": "0"}, None,
+         "/c/jaxalign/xla"),
+        (["theory"], {"JAX_COMPILATION_CACHE_DIR": "/mine"}, None, None),
+        (["theory"], {}, "/mine", None),
+        (["list"], {"XDG_CACHE_HOME": "/c"}, None, None),
+    ],
+)
+def test_compilation_cache_switches(argv, environ, configured, expected):
+    args = cli.build_parser().parse_args(argv + (BASE[1:] + ["--kl", "1"]
+                                                 if argv[0] == "theory"
+                                                 else []))
+    assert cli._cache_target(args, environ, configured) == expected
 
 
 def test_exact_with_n_equal_one_in_the_list(capsys):

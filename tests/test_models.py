@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxalign
 from jaxalign import theory
 from jaxalign.models import LinearReward, MemorylessLM, check_compatible
 
@@ -206,3 +207,26 @@ def test_traced_bad_values_give_nan_not_exceptions(x64):
     lm, r = _lm_r()
     assert math.isnan(float(jax.jit(theory.kl)(lm, r, NAN)))
     assert math.isnan(float(jax.jit(theory.scgf_renyi_divergence)(lm, r, 0.1, 0.0)))
+
+
+def test_length_beyond_jax_integers_is_refused_at_construction():
+    """A length JAX cannot hold as an integer failed deep inside a jitted closed
+    form with an OverflowError (issue 15); it is refused where it enters."""
+    with jax.enable_x64(False):
+        with pytest.raises(ValueError, match="length must be <= 2147483647.*x64"):
+            jaxalign.MemorylessLM.from_probs([0.5, 0.5], length=3 * 10**9)
+        with pytest.raises(ValueError, match="length must be <= 2147483647"):
+            jaxalign.MarkovLM.sticky(np.array([0.5, 0.5]), 0.2, length=3 * 10**9)
+    with jax.enable_x64(True):
+        lm = jaxalign.MemorylessLM.from_probs([0.5, 0.5], length=3 * 10**9)
+        assert float(T.kl(lm, jaxalign.LinearReward([0.0, 1.0]), 0.5)) > 0
+        with pytest.raises(ValueError, match="length must be <= 9223372036854775807"):
+            jaxalign.MemorylessLM.from_probs([0.5, 0.5], length=10**30)
+
+
+def test_cumulant_order_is_bounded_by_the_library():
+    lm = jaxalign.MemorylessLM.from_probs([0.5, 0.5], length=4)
+    reward = jaxalign.LinearReward([0.0, 1.0])
+    with pytest.raises(ValueError, match="order must be an integer from 1 to 20"):
+        T.cumulants(lm, reward, 21)
+    assert T.cumulants(lm, reward, 20).shape == (20,)

@@ -21,6 +21,9 @@ from jaxalign.theory._tilt import (
     _summary,
 )
 
+# Cumulants come from an unrolled moment recursion (see cumulants).
+_MAX_ORDER = 20
+
 
 def log_mgf(lm: MemorylessLM, reward: LinearReward, lam: ArrayLike) -> Array:
     r"""Per-token log moment generating function of the reward.
@@ -64,7 +67,7 @@ def cumulants(lm: MemorylessLM, reward: LinearReward, order: int,
     Args:
       lm: the base model.
       reward: the per-token reward ``(K,)``.
-      order: static int ``>= 1``, the number of cumulants.
+      order: static int from 1 to 20, the number of cumulants.
       lam: scalar tilt ``λ``.
 
     Returns:
@@ -81,6 +84,11 @@ def cumulants(lm: MemorylessLM, reward: LinearReward, order: int,
       Kendall and Stuart, *The Advanced Theory of Statistics*, vol. 1, §3.14.
     """
     order = check_positive_int(order, "order")
+    if order > _MAX_ORDER:
+        raise ValueError(
+            f"order must be an integer from 1 to {_MAX_ORDER}, got {order}: the "
+            "recursion is unrolled into order**2 terms (order 64 took 2 minutes to "
+            "compile; past 67 its binomial coefficients overflow)")
     log_p, r, dtype = _prepare(lm, reward)
     return _cumulants_impl(log_p, r, _lam(lam, dtype), order)
 
