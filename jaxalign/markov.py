@@ -59,6 +59,7 @@ from jaxalign._types import (
     classic_threefry,
     is_concrete,
     log_tolerance,
+    renamed_keyword,
 )
 from jaxalign.models import (
     LinearReward,
@@ -1107,9 +1108,10 @@ def _lattice_of(log_init, log_trans, first, pair, span, rtol, max_steps, dtype):
 
 
 def _law_numpy(lm, reward, span=None, rtol=None, max_steps=1_000_000,
-               method="lattice", max_types=None):
-    if method != "lattice":
-        raise ValueError(f"method must be 'lattice' for a MarkovLM, got {method!r}")
+               algorithm="lattice", max_types=None):
+    if algorithm != "lattice":
+        raise ValueError(
+            f"algorithm must be 'lattice' for a MarkovLM, got {algorithm!r}")
     log_init, log_trans, first, pair, dtype = _prepare(lm, reward)
     log_init, log_trans, first, pair = (
         np.asarray(x, np.float64) for x in (log_init, log_trans, first, pair))
@@ -1143,7 +1145,8 @@ def _law_numpy(lm, reward, span=None, rtol=None, max_steps=1_000_000,
 
 def reward_law(lm: MarkovLM, reward, *, span: float | None = None,
                rtol: float | None = None, max_steps: int = 1_000_000,
-               method: str = "lattice", max_types: int | None = None):
+               algorithm: str | None = None, max_types: int | None = None,
+               method: str | None = None):
     r"""The exact law of ``R`` for a chain and a lattice reward.
 
     Every reward term (first-token and step rewards with positive probability) is
@@ -1168,7 +1171,8 @@ def reward_law(lm: MarkovLM, reward, *, span: float | None = None,
       lm: the chain (homogeneous or not).
       reward: a :class:`LinearReward` or :class:`PairReward`.
       span, rtol, max_steps: the lattice, as for :func:`jaxalign.exact.reward_law`.
-      method: ``"lattice"`` (the only method for chains).
+      algorithm: ``"lattice"`` (the only algorithm for chains; ``method=`` is its
+        deprecated former name).
       max_types: accepted for the common signature; unused.
 
     Returns:
@@ -1185,7 +1189,10 @@ def reward_law(lm: MarkovLM, reward, *, span: float | None = None,
     """
     from jaxalign.exact._lattice import _to_law
 
-    return _to_law(*_law_numpy(lm, reward, span, rtol, max_steps, method, max_types))
+    algorithm = renamed_keyword(algorithm, method, old="method", new="algorithm",
+                                default="lattice")
+    return _to_law(*_law_numpy(lm, reward, span, rtol, max_steps, algorithm,
+                               max_types))
 
 
 # ------------------------------------------------------- Perron–Frobenius asymptotics

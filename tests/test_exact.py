@@ -313,7 +313,7 @@ def test_reward_law_float32_lattice():
 
 def test_types_law_non_lattice(x64):
     probs, rewards, n = [0.5, 0.3, 0.2], [0.0, 1.0, math.sqrt(2.0)], 5
-    law = exact.reward_law(_model(probs, n), _reward(rewards), method="types")
+    law = exact.reward_law(_model(probs, n), _reward(rewards), algorithm="types")
     ref = _brute_force_law(probs, rewards, n)
     got = _law_dict(law)
     assert set(got) == set(ref)
@@ -321,7 +321,7 @@ def test_types_law_non_lattice(x64):
         assert p == pytest.approx(ref[v], rel=1e-12)
     assert math.isnan(law.span)
     with pytest.raises(ValueError, match="max_types"):
-        exact.reward_law(_model(probs, 200), _reward(rewards), method="types",
+        exact.reward_law(_model(probs, 200), _reward(rewards), algorithm="types",
                          max_types=1000)
 
 
@@ -555,7 +555,7 @@ def test_bahadur_rao_converges(x64):
     non_lattice = []
     for n in (20, 80):
         lm = _model([0.5, 0.3, 0.2], n)
-        law = exact.reward_law(lm, rn, method="types")
+        law = exact.reward_law(lm, rn, algorithm="types")
         t = 0.9 * n
         non_lattice.append(abs(float(exact.bahadur_rao_log_tail(lm, rn, t))
                                - float(exact.log_tail(law, t))))
@@ -581,8 +581,8 @@ def test_bad_inputs():
         exact.best_of_n(lm, r, num_candidates=2.5)
     with pytest.raises(ValueError, match="log_num_candidates"):
         exact.best_of_n(lm, r, log_num_candidates=[1.0, -0.5])
-    with pytest.raises(ValueError, match="method"):
-        exact.best_of_n(lm, r, num_candidates=2, method="nope")
+    with pytest.raises(ValueError, match="algorithm"):
+        exact.best_of_n(lm, r, num_candidates=2, algorithm="nope")
     lm3 = jaxalign.MemorylessLM.uniform(3, length=4)
     with pytest.raises(ValueError, match="do not lie on a lattice"):
         exact.best_of_n(lm3, jaxalign.LinearReward([0.0, 1.0, math.e]),
@@ -605,3 +605,17 @@ def test_float32_best_of_n_and_huge_integer_n():
     assert law.log_pmf.dtype == jnp.float32
     assert exact.log_tail(law, 20.0).dtype == jnp.float32
     assert exact.bahadur_rao_log_tail(lm, r, 30.0, span=1.0).dtype == jnp.float32
+
+
+def test_method_keyword_is_the_deprecated_name_of_algorithm():
+    """``method=`` meant four things in 0.2; the law's algorithm is ``algorithm=``."""
+    lm = jaxalign.MemorylessLM.from_probs([0.5, 0.3, 0.2], length=3)
+    reward = jaxalign.LinearReward([0.0, 0.3, 1.0])
+    new = exact.reward_law(lm, reward, algorithm="types")
+    with pytest.warns(DeprecationWarning, match="method= is now algorithm="):
+        old = exact.reward_law(lm, reward, method="types")
+    np.testing.assert_array_equal(new.log_pmf, old.log_pmf)
+    with pytest.warns(DeprecationWarning, match="method= is now algorithm="):
+        exact.tilted_law(lm, reward, 0.5, method="types")
+    with pytest.raises(ValueError, match="algorithm must be 'lattice' or 'types'"):
+        exact.reward_law(lm, reward, algorithm="fft")

@@ -131,7 +131,7 @@ def test_constructors(key, x64):
     (lambda: jaxalign.PairReward(PAIR, [0.0, 1.0]), "first_rewards"),
     (lambda: jaxalign.PairReward(PAIR[:2]), "pair_rewards"),
     (lambda: markov.chain_kl(_model(3)[0], _model(4)[0]), "same K and length"),
-    (lambda: markov.reward_law(*_model(), method="types"), "method"),
+    (lambda: markov.reward_law(*_model(), algorithm="types"), "algorithm"),
 ])
 def test_bad_input_raises_value_error_naming_the_argument(make, match):
     with pytest.raises(ValueError, match=match):

@@ -16,7 +16,7 @@ import scipy.signal
 import scipy.special
 
 from jaxalign._numerics import compositions, lse, lse_by_group
-from jaxalign._types import Array
+from jaxalign._types import Array, renamed_keyword
 from jaxalign.models import BaseModel, LinearReward, MemorylessLM, check_compatible
 
 # Relative tolerance for lattice detection, by input dtype (module docstring of
@@ -99,7 +99,7 @@ def _detect_lattice(r: np.ndarray, rtol: float, max_steps: int):
                 f"<= {max_den}): {len(distinct)} distinct rewards "
                 f"{distinct[:8].tolist()}{' ...' if len(distinct) > 8 else ''}; "
                 "pass span=h to snap them to a grid of span h, or use "
-                "method='types' for small K and n"
+                "algorithm='types' for small K and n"
             )
         denominators.append(frac.denominator)
     lcm = math.lcm(*denominators)
@@ -539,7 +539,7 @@ def _types_law(log_p: np.ndarray, r: np.ndarray, n: int, max_types: int):
     count = math.comb(n + k - 1, k - 1)
     if count > max_types:
         raise ValueError(
-            f"method='types' would enumerate C(n+K-1, K-1) = {count} types for "
+            f"algorithm='types' would enumerate C(n+K-1, K-1) = {count} types for "
             f"n={n} and K={k} distinct rewards, more than max_types={max_types}; "
             "snap the rewards to a lattice with span=h instead"
         )
@@ -586,16 +586,16 @@ def _check_memory(points: int, tokens: int) -> None:
         )
 
 
-def _law_numpy(lm, reward, span, rtol, max_steps, method, max_types):
+def _law_numpy(lm, reward, span, rtol, max_steps, algorithm, max_types):
     """Float64 NumPy core of `reward_law`: (values, log_pmf, offset, h, err, rel)."""
-    if method not in ("lattice", "types"):
-        raise ValueError(f"method must be 'lattice' or 'types', got {method!r}")
+    if algorithm not in ("lattice", "types"):
+        raise ValueError(f"algorithm must be 'lattice' or 'types', got {algorithm!r}")
     log_p, r, dtype = _positive_tokens(lm, reward)
     n = lm.length
-    if method == "types":
+    if algorithm == "types":
         if span is not None:
-            raise ValueError("span applies to method='lattice' only, got span with "
-                             "method='types'")
+            raise ValueError("span applies to algorithm='lattice' only, got span with "
+                             "algorithm='types'")
         values, log_pmf = _types_law(log_p, r, n, int(max_types))
         return values, log_pmf, float(values[0]), math.nan, 0.0, 1e-15 * n, dtype
     if span is not None:
@@ -634,8 +634,9 @@ def reward_law(
     span: float | None = None,
     rtol: float | None = None,
     max_steps: int = 1_000_000,
-    method: str = "lattice",
+    algorithm: str | None = None,
     max_types: int = _MAX_TYPES_DEFAULT,
+    method: str | None = None,
 ) -> RewardLaw:
     r"""The exact law of the sequence reward :math:`R = \sum_{i=1}^n r(y_i)`.
 
@@ -644,7 +645,7 @@ def reward_law(
         \quad\Rightarrow\quad
         P(R = n a + h s) = [z^s] \Big(\sum_x p(x) z^{k_x}\Big)^n .
 
-    **Lattice** (``method="lattice"``, the default).  The lattice ``(a, h, k)``
+    **Lattice** (``algorithm="lattice"``, the default).  The lattice ``(a, h, k)``
     is detected from the rewards of the tokens with positive probability
     (zero-probability tokens are ignored): every ``r(x)`` must be within
     ``rtol * (max r - min r)`` of ``a + h k_x``, with ``h`` the largest such span
@@ -688,7 +689,7 @@ def reward_law(
     ``n = 256``, ``M = 5·10^4``: 0.3 s (15 s before); a Zipf vocabulary of
     131 072 tokens, ``n = 1024``, ``M = 9.4·10^5``: 1.4-1.9 s and 51 MB.
 
-    **Types** (``method="types"``), for non-lattice rewards with small ``K``:
+    **Types** (``algorithm="types"``), for non-lattice rewards with small ``K``:
     enumerates the ``C(n+K-1, K-1)`` types (counts of each distinct reward),
     each with its exact multinomial log-probability, and merges equal sums.
     Raises ``ValueError`` beyond ``max_types`` types.  ``span`` is ``nan``.
@@ -700,8 +701,9 @@ def reward_law(
       span: optional grid span ``h > 0`` to snap the rewards to.
       rtol: relative lattice-detection tolerance (see above).
       max_steps: largest allowed ``max k`` (lattice size per token).
-      method: ``"lattice"`` or ``"types"``.
-      max_types: largest number of types enumerated by ``method="types"``.
+      algorithm: ``"lattice"`` (default) or ``"types"`` (``method=``, its former
+        name, still works with a ``DeprecationWarning``).
+      max_types: largest number of types enumerated by ``algorithm="types"``.
 
     Returns:
       A :class:`RewardLaw`; arrays ``(M,)`` in the model's dtype (computed in
@@ -710,7 +712,7 @@ def reward_law(
     Raises:
       ValueError: non-lattice rewards without ``span``; a lattice law larger
       than the available memory (the message gives the estimate) or too many
-      types; bad ``span``, ``rtol`` or ``method``.
+      types; bad ``span``, ``rtol`` or ``algorithm``.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -721,10 +723,12 @@ def reward_law(
       >>> [round(float(v), 3) for v in jnp.exp(law.log_pmf)]
       [0.343, 0.441, 0.189, 0.027]
     """
+    algorithm = renamed_keyword(algorithm, method, old="method", new="algorithm",
+                                default="lattice")
     if not isinstance(lm, MemorylessLM) and isinstance(lm, BaseModel):
         return lm.reward_law(reward, span=span, rtol=rtol, max_steps=max_steps,
-                             method=method, max_types=max_types)
-    return _to_law(*_law_numpy(lm, reward, span, rtol, max_steps, method, max_types))
+                             algorithm=algorithm, max_types=max_types)
+    return _to_law(*_law_numpy(lm, reward, span, rtol, max_steps, algorithm, max_types))
 
 
 def tilted_law(
@@ -743,7 +747,7 @@ def tilted_law(
     Args:
       lm, reward: model and reward.
       lam: a real scalar ``λ``.
-      **law_kwargs: passed to :func:`reward_law` (``span``, ``method`` ...).
+      **law_kwargs: passed to :func:`reward_law` (``span``, ``algorithm`` ...).
 
     Returns:
       A :class:`RewardLaw` on the same values.
@@ -774,7 +778,12 @@ def _check_scalar(value, name):
 
 
 def _law_options(kwargs):
-    options = dict(span=None, rtol=None, max_steps=1_000_000, method="lattice",
+    kwargs = dict(kwargs)
+    if "method" in kwargs:
+        kwargs["algorithm"] = renamed_keyword(kwargs.get("algorithm"),
+                                              kwargs.pop("method"), old="method",
+                                              new="algorithm", stacklevel=4)
+    options = dict(span=None, rtol=None, max_steps=1_000_000, algorithm="lattice",
                    max_types=_MAX_TYPES_DEFAULT)
     unknown = set(kwargs) - set(options)
     if unknown:
