@@ -573,3 +573,23 @@ def test_exact_reward_law_takes_a_chain_through_the_protocol():
     np.testing.assert_array_equal(via_exact.log_pmf, direct.log_pmf)
     with pytest.raises(ValueError):
         exact.reward_law("not a model", reward)
+
+
+@pytest.mark.parametrize("policy", [policies.BestOfN(4), policies.Tilted(0.8),
+                                    policies.WinRateOptimal(2.0)],
+                         ids=lambda p: type(p).__name__)
+def test_sample_policy_law_level_takes_a_chain(policy):
+    """sample.policy draws a chain's policy from its exact law (through the
+    protocol); the sample mean agrees with exact.policy_law (|z| < 5)."""
+    from jaxalign import sample
+
+    lm = jaxalign.MarkovLM.sticky(np.array([0.5, 0.3, 0.2]), 0.4, length=6)
+    reward = jaxalign.LinearReward([0.0, 1.0, 2.0])
+    with jax.enable_x64(True):
+        exact_law = exact.policy_law(lm, reward, policy)
+        r = np.asarray(sample.policy(jax.random.key(21), lm, reward, policy, 4000,
+                                     level="law"), np.float64)
+    se = math.sqrt(float(exact_law.variance) / r.size)
+    assert abs(r.mean() - float(exact_law.expected_reward)) < 5 * se
+    with pytest.raises(ValueError, match="level='law'"):
+        sample.policy(jax.random.key(22), lm, reward, policy, 10)

@@ -407,3 +407,15 @@ def test_memoryless_model_implements_the_protocol_and_its_closed_forms_match(lam
     lam_b = float(lm.lam_for_kl(reward, budget))
     assert float(exact.policy_law(lm, reward, policies.Tilted(lam_b)).kl) == (
         pytest.approx(budget, rel=1e-9))
+
+
+def test_law_level_draws_of_a_float32_model_under_x64():
+    """A policy's log weights are float64; with a float32 model under x64 the law
+    sampler mixed the two and failed under strict promotion (bug fixed with the
+    Markov work): the draws are in the model's dtype."""
+    lm = jaxalign.MemorylessLM.from_probs([0.5, 0.3, 0.2], length=6)
+    reward = jaxalign.LinearReward([0.0, 1.0, 2.0])
+    with jax.enable_x64(True):
+        r = sample.policy(jax.random.key(3), lm, reward, policies.WinRateOptimal(2.0),
+                          64, level="law")
+    assert r.dtype == np.float32 and np.all((np.asarray(r) >= 0) & (r <= 12))

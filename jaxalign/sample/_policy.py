@@ -14,15 +14,17 @@ from jaxalign._types import (
     Array,
     ArrayLike,
     PRNGKey,
+    check_key,
     check_positive_int,
     is_concrete,
     prng_jit,
 )
-from jaxalign.models import LinearReward, MemorylessLM
+from jaxalign.models import BaseModel, LinearReward, MemorylessLM
 from jaxalign.sample._kernels import (
     _LEVELS,
     SampleResult,
     _check_optional_int,
+    _check_samples_range,
     _indices,
     _map_samples,
     _sizes,
@@ -233,8 +235,20 @@ def policy(
         raise ValueError(f"level must be one of {_LEVELS}, got {level!r}")
     if return_tokens and level != "token":
         raise ValueError(f"return_tokens=True needs level='token', got {level!r}")
-    num_samples, _, first = _validate_sampler(key, lm, reward, num_samples, "token",
-                                              first_index)
+    if not isinstance(lm, MemorylessLM) and isinstance(lm, BaseModel):
+        # Another family of base models (a MarkovLM): exact in law through its own
+        # reward_law, which checks the reward; its token-level policy samplers are
+        # not written yet.
+        if level != "law":
+            raise ValueError(
+                f"level='token' sampling of policies needs a MemorylessLM, got "
+                f"{type(lm).__name__}; use level='law' (exact in law)")
+        check_key(key)
+        num_samples = check_positive_int(num_samples, "num_samples")
+        _check_samples_range(num_samples, first_index)
+    else:
+        num_samples, _, first = _validate_sampler(key, lm, reward, num_samples,
+                                                  "token", first_index)
     batch_size = _check_optional_int(batch_size, "batch_size")
     if level == "token" and policy.has_token_sampler:
         policy.check_token_sampling()
@@ -253,6 +267,10 @@ def policy(
                           first_index=first_index)
     values, log_pmf, log_num = policy.law_sampling(
         lm, reward, np.asarray(law.values), np.asarray(law.log_pmf))
+    # Draws in the law's (the model's) dtype, as the sweep does: a policy's log
+    # weights are float64 whatever the model (a float32 model under x64 failed).
+    dtype = np.asarray(law.values).dtype
+    values, log_pmf = np.asarray(values, dtype), np.asarray(log_pmf, dtype)
     return best_of_n_from_law(key, values, log_pmf, None, num_samples,
                               log_num_candidates=log_num, batch_size=batch_size,
                               first_index=first_index)
