@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -259,3 +260,25 @@ def test_exact_with_n_equal_one_in_the_list(capsys):
     rows = json.loads(capsys.readouterr().out)
     assert [r["kl"] for r in rows][0] == 0.0
     assert all(r["kl"] >= 0 for r in rows)
+
+
+class _InterruptWhileImporting:
+    """A meta-path hook that delivers a Ctrl-C while jaxalign.cli is imported."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "jaxalign.cli":
+            signal.raise_signal(signal.SIGINT)
+        return None
+
+
+def test_ctrl_c_while_importing_is_one_line(monkeypatch, capsys):
+    """Interrupting NumPy's or jaxlib's import crashed the process or printed an
+    ImportError traceback; the entry point defers the Ctrl-C to after the imports."""
+    import jaxalign.__main__ as entry
+
+    monkeypatch.delitem(sys.modules, "jaxalign.cli")
+    monkeypatch.setattr(sys, "meta_path", [_InterruptWhileImporting(), *sys.meta_path])
+    monkeypatch.setattr(sys, "argv", ["jaxalign", "list"])
+    assert entry.main() == 130
+    assert capsys.readouterr().err == "jaxalign: interrupted\n"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

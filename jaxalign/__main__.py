@@ -1,0 +1,33 @@
+"""The ``jaxalign`` command (console script and ``python -m jaxalign``).
+
+A Ctrl-C at any moment after the interpreter starts prints one line and exits
+with 130.  While NumPy, JAX and the CLI are being imported, a Ctrl-C is only
+recorded and acted on once the imports finish: interrupting the initialisation of
+their native extensions crashed the process (exit -6 or -11) or surfaced as an
+``ImportError`` traceback.
+"""
+
+import signal
+import sys
+
+
+def main() -> int:
+    """Run :func:`jaxalign.cli.main` on ``sys.argv[1:]``; return the exit code."""
+    interrupted = []
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.default_int_handler:
+        signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+    try:
+        import jax  # noqa: F401  (the slow, native part of every command)
+
+        from jaxalign.cli import main as cli_main
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        print("jaxalign: interrupted", file=sys.stderr)
+        return 130
+    return cli_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
