@@ -598,22 +598,27 @@ def _law_numpy(lm, reward, span, rtol, max_steps, algorithm, max_types):
                              "algorithm='types'")
         values, log_pmf = _types_law(log_p, r, n, int(max_types))
         return values, log_pmf, float(values[0]), math.nan, 0.0, 1e-15 * n, dtype
-    if span is not None:
-        if not (np.isfinite(span) and span > 0):
-            raise ValueError(f"span must be a finite number > 0, got {span!r}")
-        a, h, k, err = _snap(r, float(span))
-    else:
-        if rtol is None:
-            rtol = _LATTICE_RTOL.get(dtype, 1e-9)
-        if not (np.isfinite(rtol) and 0 < rtol < 1):
-            raise ValueError(f"rtol must be in (0, 1), got {rtol!r}")
-        a, h, k, err = _detect_lattice(r, float(rtol), int(max_steps))
+    a, h, k, err = _lattice(r, span, rtol, max_steps, dtype)
     d = int(k.max())
     _check_memory(n * d + 1, len(r))
     log_w = lse_by_group(k, log_p, d + 1)
     log_pmf, rel_error = _lattice_log_pmf(log_w, n)
     values = n * a + h * np.arange(n * d + 1, dtype=np.float64)
     return values, log_pmf, float(n * a), float(h), err, float(rel_error), dtype
+
+
+def _lattice(r: np.ndarray, span, rtol, max_steps, dtype):
+    """``(a, h, k, err)`` with ``r ≈ a + h k``: snapped to ``span`` when given, else
+    detected to relative tolerance ``rtol`` (default by dtype)."""
+    if span is not None:
+        if not (np.isfinite(span) and span > 0):
+            raise ValueError(f"span must be a finite number > 0, got {span!r}")
+        return _snap(r, float(span))
+    if rtol is None:
+        rtol = _LATTICE_RTOL.get(np.dtype(dtype), 1e-9)
+    if not (np.isfinite(rtol) and 0 < rtol < 1):
+        raise ValueError(f"rtol must be in (0, 1), got {rtol!r}")
+    return _detect_lattice(r, float(rtol), int(max_steps))
 
 
 def _to_law(values, log_pmf, offset, h, err, rel, dtype) -> RewardLaw:
