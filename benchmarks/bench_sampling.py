@@ -31,7 +31,6 @@ the device is busy; the device kind is printed first.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import jax
@@ -145,8 +144,9 @@ def breakdown(num_tokens, impl, repeats):
     lm = jaxalign.MemorylessLM.dirichlet(jax.random.key(1), num_tokens, length=LENGTH)
     rng = np.random.default_rng(0)
     reward = jaxalign.LinearReward(rng.normal(size=num_tokens).astype(np.float32))
-    selection = sys.modules["jaxalign.sample._selection"]
-    real_stage = selection._token_stage  # the name best_of_n resolves
+    # best_of_n asks the model for its stage (MemorylessLM.sampler_stage), which
+    # resolves jaxalign.sample._token_stage at call time: patch that name.
+    real_stage = sample._token_stage
 
     def consumer_only(lm, reward):  # PRNG replaced by a multiplicative hash
         stage = real_stage(lm, reward)
@@ -162,12 +162,12 @@ def breakdown(num_tokens, impl, repeats):
 
     rates = {"fused": best_time(fused, repeats), "draws only": best_time(
         lambda: sample._best_of_n_draws_only(key, lm, reward, N, S), repeats)}
-    selection._token_stage = consumer_only
+    sample._token_stage = consumer_only
     jax.clear_caches()
     try:
         rates["consumer only"] = best_time(fused, repeats)
     finally:
-        selection._token_stage = real_stage
+        sample._token_stage = real_stage
         jax.clear_caches()
     print(f"{impl:13s} K={num_tokens:5d} | " + " | ".join(
         f"{name} {S * N * LENGTH / t / 1e6:6.1f}" for name, t in rates.items())

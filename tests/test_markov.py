@@ -591,5 +591,28 @@ def test_sample_policy_law_level_takes_a_chain(policy):
                                      level="law"), np.float64)
     se = math.sqrt(float(exact_law.variance) / r.size)
     assert abs(r.mean() - float(exact_law.expected_reward)) < 5 * se
+
+
+@pytest.mark.parametrize("policy", [policies.BestOfN(4), policies.SoftBestOfN(3, 0.5)],
+                         ids=lambda p: type(p).__name__)
+def test_token_level_selection_samplers_take_a_chain(policy):
+    """Best-of-N and soft best-of-N draw a chain's candidates token by token
+    through its own sampler stage (the protocol); their rewards agree with the
+    exact policy law (|z| < 5), whatever the chunk and batch sizes."""
+    from jaxalign import sample
+
+    lm = jaxalign.MarkovLM.sticky(np.array([0.5, 0.3, 0.2]), 0.4, length=6)
+    reward = jaxalign.LinearReward([0.0, 1.0, 2.0])
+    with jax.enable_x64(True):
+        exact_law = exact.policy_law(lm, reward, policy)
+        r = np.asarray(sample.policy(jax.random.key(23), lm, reward, policy, 3000),
+                       np.float64)
+    se = math.sqrt(float(exact_law.variance) / r.size)
+    assert abs(r.mean() - float(exact_law.expected_reward)) < 5 * se
+    if isinstance(policy, policies.BestOfN):
+        a = sample.best_of_n(jax.random.key(24), lm, reward, 5, 40)
+        b = sample.best_of_n(jax.random.key(24), lm, reward, 5, 40, chunk_size=2,
+                             batch_size=3)
+        np.testing.assert_array_equal(a.reward, b.reward)
     with pytest.raises(ValueError, match="level='law'"):
-        sample.policy(jax.random.key(22), lm, reward, policy, 10)
+        sample.policy(jax.random.key(25), lm, reward, policies.Rejection(5.0), 10)

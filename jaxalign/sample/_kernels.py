@@ -19,7 +19,7 @@ from jaxalign._types import (
     is_concrete,
     renamed_keyword,
 )
-from jaxalign.models import LinearReward, MemorylessLM, check_compatible
+from jaxalign.models import BaseModel, LinearReward, MemorylessLM, check_compatible
 
 _METHODS = ("token", "law")
 # Random words per scan step (uint32), 1 MiB on a CPU: with the draw/consume
@@ -111,7 +111,11 @@ def _check_first_index(first_index: Any) -> Array:
     return jnp.asarray(first_index, dtype=jnp.uint32)
 
 
-def _check_model(lm: Any, reward: Any = None) -> None:
+def _check_model(lm: Any, reward: Any = None, any_model: bool = False) -> None:
+    if any_model and not isinstance(lm, MemorylessLM) and isinstance(lm, BaseModel):
+        # Another family (a MarkovLM): its own sampler stage checks the reward.
+        lm.sampler_stage(reward)
+        return
     if reward is None:
         if not isinstance(lm, MemorylessLM):
             raise ValueError(f"lm must be a MemorylessLM, got {type(lm).__name__}")

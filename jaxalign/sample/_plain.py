@@ -98,9 +98,10 @@ def _law_rewards_impl(key, law, log_num, first_index, num_samples, batch_size):
     return _per_sample(stage, key, first_index, num_samples, batch_size)
 
 
-def _validate_sampler(key, lm, reward, num_samples, method, first_index):
+def _validate_sampler(key, lm, reward, num_samples, method, first_index,
+                      any_model=False):
     check_key(key)
-    _check_model(lm, reward)
+    _check_model(lm, reward, any_model)
     num_samples = check_positive_int(num_samples, "num_samples")
     method = _check_method(method)
     _check_samples_range(num_samples, first_index)

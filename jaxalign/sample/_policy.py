@@ -237,12 +237,14 @@ def policy(
         raise ValueError(f"return_tokens=True needs level='token', got {level!r}")
     if not isinstance(lm, MemorylessLM) and isinstance(lm, BaseModel):
         # Another family of base models (a MarkovLM): exact in law through its own
-        # reward_law, which checks the reward; its token-level policy samplers are
-        # not written yet.
-        if level != "law":
+        # reward_law, which checks the reward; at the token level the samplers
+        # that reach the model through its sampler stage (best-of-N) work, the
+        # others say so, and reweighting needs a MemorylessLM.
+        if level != "law" and not policy.has_token_sampler:
             raise ValueError(
-                f"level='token' sampling of policies needs a MemorylessLM, got "
-                f"{type(lm).__name__}; use level='law' (exact in law)")
+                f"level='token' sampling of {type(policy).__name__} reweights "
+                f"MemorylessLM draws, got {type(lm).__name__}; use level='law' "
+                "(exact in law)")
         check_key(key)
         num_samples = check_positive_int(num_samples, "num_samples")
         _check_samples_range(num_samples, first_index)

@@ -44,7 +44,6 @@ from jaxalign.sample._kernels import (
     _sizes,
     _Stage,
     _stream_max,
-    _token_stage,
 )
 from jaxalign.sample._plain import (
     _law_rewards_impl,
@@ -143,7 +142,7 @@ def _in_blocks(run, key, first, num_samples: int, num_candidates: int, length: i
 
 
 def _selected_tokens(lm, key, first_index, index):
-    stage = _token_stage(lm, None)
+    stage = lm.sampler_stage(None)
 
     def one(i, j):
         key_i = jax.random.fold_in(key, i)
@@ -169,7 +168,7 @@ def _best_of_n_impl(
     return_tokens,
     draws_only=False,
 ):
-    stage = _token_stage(lm, reward)
+    stage = lm.sampler_stage(reward)  # the base model's own token sampler
     if draws_only:  # the PRNG baseline of _best_of_n_draws_only
         stage = _Stage(stage.draw, lambda words: (words[0] ^ words[-1]).astype(
             reward.token_rewards.dtype))
@@ -196,7 +195,7 @@ def _validate_bon(
     what,
 ):
     num_samples, method, first = _validate_sampler(
-        key, lm, reward, num_samples, method, first_index
+        key, lm, reward, num_samples, method, first_index, any_model=True
     )
     num_candidates = check_positive_int(num_candidates, "num_candidates")
     if method == "token" and num_candidates >= 2**32:
@@ -431,7 +430,7 @@ def _curve_impl(
     batch_size,
     law_level,
 ):
-    stage = _law_stage(law) if law_level else _token_stage(lm, reward)
+    stage = _law_stage(law) if law_level else lm.sampler_stage(reward)
     indices = _indices(first_index, num_samples)
 
     def one(i):
@@ -546,7 +545,7 @@ def _soft_impl(
     law_level,
 ):
     key_candidates, key_gumbel = jax.random.split(key)
-    stage = _law_stage(law) if law_level else _token_stage(lm, reward)
+    stage = _law_stage(law) if law_level else lm.sampler_stage(reward)
     indices = _indices(first_index, num_samples)
 
     def one(i):
@@ -680,7 +679,7 @@ def _rejection_impl(
     chunk,
     batch_size,
 ):
-    stage = _token_stage(lm, reward)
+    stage = lm.sampler_stage(reward)
     indices = _indices(first_index, num_samples)
     dtype = reward.token_rewards.dtype
 
