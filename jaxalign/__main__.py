@@ -17,8 +17,11 @@ def main() -> int:
     previous = signal.getsignal(signal.SIGINT)
     if previous is signal.default_int_handler:
         signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+    argv = sys.argv[1:]
+    light = not argv or argv[0] == "list" or {"-h", "--help"} & set(argv)
     try:
-        import jax  # noqa: F401  (the slow, native part of every command)
+        if not light:  # the slow, native part of every command that computes
+            import jax  # noqa: F401
 
         from jaxalign.cli import main as cli_main
     finally:

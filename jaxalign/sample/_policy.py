@@ -14,7 +14,6 @@ from jaxalign._types import (
     Array,
     ArrayLike,
     PRNGKey,
-    check_key,
     check_positive_int,
     is_concrete,
     prng_jit,
@@ -24,7 +23,6 @@ from jaxalign.sample._kernels import (
     _LEVELS,
     SampleResult,
     _check_optional_int,
-    _check_samples_range,
     _indices,
     _map_samples,
     _sizes,
@@ -235,22 +233,17 @@ def policy(
         raise ValueError(f"level must be one of {_LEVELS}, got {level!r}")
     if return_tokens and level != "token":
         raise ValueError(f"return_tokens=True needs level='token', got {level!r}")
-    if not isinstance(lm, MemorylessLM) and isinstance(lm, BaseModel):
-        # Another family of base models (a MarkovLM): exact in law through its own
-        # reward_law, which checks the reward; at the token level the samplers
-        # that reach the model through its sampler stage (best-of-N) work, the
-        # others say so, and reweighting needs a MemorylessLM.
-        if level != "law" and not policy.has_token_sampler:
-            raise ValueError(
-                f"level='token' sampling of {type(policy).__name__} reweights "
-                f"MemorylessLM draws, got {type(lm).__name__}; use level='law' "
-                "(exact in law)")
-        check_key(key)
-        num_samples = check_positive_int(num_samples, "num_samples")
-        _check_samples_range(num_samples, first_index)
-    else:
-        num_samples, _, first = _validate_sampler(key, lm, reward, num_samples,
-                                                  "token", first_index)
+    if (level != "law" and not policy.has_token_sampler
+            and not isinstance(lm, MemorylessLM) and isinstance(lm, BaseModel)):
+        # Reweighting draws MemorylessLM tokens; another family of base models (a
+        # MarkovLM) is sampled through its exact law or its own sampler stage.
+        raise ValueError(
+            f"level='token' sampling of {type(policy).__name__} reweights "
+            f"MemorylessLM draws, got {type(lm).__name__}; use level='law' "
+            "(exact in law)")
+    # any_model: a MarkovLM's own sampler stage checks it and the reward.
+    num_samples, _, _ = _validate_sampler(key, lm, reward, num_samples, "token",
+                                          first_index, any_model=True)
     batch_size = _check_optional_int(batch_size, "batch_size")
     if level == "token" and policy.has_token_sampler:
         policy.check_token_sampling()
