@@ -552,7 +552,7 @@ def _use_compilation_cache(args: argparse.Namespace) -> None:
     target = _cache_target(args, os.environ, jax.config.jax_compilation_cache_dir)
     if target is not None:
         jax.config.update("jax_compilation_cache_dir", target)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -36,6 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import jaxalign
 from jaxalign import estimators, exact, policies, sample
+from jaxalign._types import classic_threefry
 from jaxalign.config import Point, SweepConfig, grid_points
 from jaxalign.models import LinearReward, MemorylessLM
 from jaxalign.store import RunStore
@@ -162,6 +163,7 @@ class _Prepared(NamedTuple):
     block_fn: _Block
     params: dict  # host arrays for one point
     rows: Callable  # draws {"name": (replicates,)} -> list of result rows
+    win: bool  # compared with base draws (the law level draws them for every point)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,7 +171,9 @@ class _Block:
     """What one work item samples: ``BLOCK`` replicates of a point, from sample index
     ``first``.  Hashable by value, so equal shapes share one compiled program.
 
-    ``level``: ``"law"`` (draws from an exact law, ``F^{-N}(U)``), ``"token"`` (the
+    ``level``: ``"law"`` (draws from an exact law, ``F^{-N}(U)``, from the
+    point's inverse-CDF table, and always the base draws beside; one program for
+    every law-level point whatever its length, ``N`` or support), ``"token"`` (the
     policy's own token sampler; ``policy`` holds its static fields, the traced ones
     arrive in ``params["traced"]``) or ``"reweight"`` (rejection from the base with
     the policy's exact weights, ``chunk`` proposals per step).
@@ -185,13 +189,18 @@ class _Block:
         first = params["first"]
         win_key = jax.random.fold_in(key, _WIN_KEY)
         if self.level == "law":
-            r = _law_draw(key, params["values"], params["log_pmf"], params["log_num"],
-                          first)
-            base = None
-            if self.win:
-                base = _law_draw(win_key, params["base_values"],
-                                 params["base_log_pmf"],
-                                 jnp.zeros_like(params["log_num"]), first)
+            # The policy's draws and the base draws it is compared with, as one
+            # vectorised pair: one program for every law-level point (a policy
+            # compared with nothing draws, cheaply, from its own law twice).
+            keys = jax.random.wrap_key_data(jnp.stack(
+                [jax.random.key_data(key), jax.random.key_data(win_key)]),
+                impl=jax.random.key_impl(key))
+            r, base = jax.vmap(_law_draw, in_axes=(0, 0, 0, 0, None))(
+                keys,
+                jnp.stack([params["values"], params["base_values"]]),
+                jnp.stack([params["log_neg"], params["base_log_neg"]]),
+                jnp.stack([params["log_num"], jnp.zeros_like(params["log_num"])]),
+                first)
         else:
             lm = MemorylessLM.unchecked(params["log_probs"], self.length)
             reward = LinearReward.unchecked(params["token_rewards"])
@@ -210,9 +219,13 @@ class _Block:
         return out
 
 
-def _law_draw(key, values, log_pmf, log_num, first):
-    return sample.best_of_n_from_law(key, values, log_pmf, None, BLOCK,
-                                     log_num_candidates=log_num, first_index=first)
+def _law_draw(key, values, log_neg, log_num, first):
+    # The draws of sample.best_of_n_from_law(key, values, log_pmf, None, BLOCK,
+    # log_num_candidates=log_num, first_index=first), from the point's table
+    # (made once per point by _law_tables), one vectorised step: no scan.
+    stage = sample._gen_stage(sample._LawGen(values, log_neg), log_num)
+    raw = classic_threefry(sample._draw_block(stage, key, BLOCK))(first)
+    return jax.vmap(stage.consume)(raw)
 
 
 def _prepare(config: SweepConfig, spec, point: Point) -> _Prepared:
@@ -247,10 +260,11 @@ def _prepare(config: SweepConfig, spec, point: Point) -> _Prepared:
         params.update(values=np.asarray(values, dtype),
                       log_pmf=np.asarray(log_pmf, dtype),
                       log_num=np.asarray(log_num, dtype))
-        if win:
-            params.update(base_values=np.asarray(base_law.values, dtype),
-                          base_log_pmf=np.asarray(base_law.log_pmf, dtype))
-        block_fn = _Block("law", None, win=win)
+        base_values, base_log_pmf = ((base_law.values, base_law.log_pmf) if win
+                                     else (values, log_pmf))
+        params.update(base_values=np.asarray(base_values, dtype),
+                      base_log_pmf=np.asarray(base_log_pmf, dtype))
+        block_fn = _Block("law", None)  # always draws "base"; used when win
     else:
         params["log_probs"] = np.asarray(lm.log_probs)
         params["token_rewards"] = np.asarray(reward.token_rewards)
@@ -273,7 +287,7 @@ def _prepare(config: SweepConfig, spec, point: Point) -> _Prepared:
             block_fn = _Block("reweight", n, None, plan.proposals_per_step, win=win)
     rows = functools.partial(_rows, point=point, lm=lm, reward=reward, policy=policy,
                              law=policy_law)
-    return _Prepared(point, block_fn, params, rows)
+    return _Prepared(point, block_fn, params, rows, win)
 
 
 def _row(quantity, estimate=None, exact_value=None, asymptotic=None):
@@ -359,7 +373,27 @@ def _prepare_all(config: SweepConfig) -> list[_Prepared]:
     if sizes:
         size = 1 << (max(sizes) - 1).bit_length()
         prepared = [_pad_law(p, size) if "values" in p.params else p for p in prepared]
-    return prepared
+    return _law_tables(prepared)
+
+
+_TABLES = (("values", "log_pmf", "log_neg"),
+           ("base_values", "base_log_pmf", "base_log_neg"))
+
+
+def _law_tables(prepared: list[_Prepared]) -> list[_Prepared]:
+    """Replace each law-level point's ``log_pmf`` by its inverse-CDF table
+    ``log(-log F)`` (``sample._law_table``, NumPy), made once per point before
+    sampling instead of once per block of draws inside the sampling program."""
+    out = []
+    for p in prepared:
+        params = dict(p.params)
+        if p.block_fn.level == "law":
+            for values_key, pmf_key, table_key in _TABLES:
+                if pmf_key in params:
+                    table = sample._law_table(params[values_key], params.pop(pmf_key))
+                    params[table_key] = table.log_neg_log_cdf
+        out.append(p._replace(params=params))
+    return out
 
 
 def _groups(prepared: list[_Prepared]) -> list[list[_Prepared]]:
@@ -483,6 +517,8 @@ def run_sweep(
                         }
                         pending = [jax.tree.map(lambda v, t=take: v[t:], results)]
                         g = group[flushed]
+                        if not g.win:
+                            draws.pop("base", None)
                         rows = [
                             dict(_point_fields(g.point, config.sampling), **row)
                             for row in g.rows(draws)

@@ -11,8 +11,6 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 import scipy.fft
-import scipy.optimize
-import scipy.signal
 import scipy.special
 
 from jaxalign._numerics import compositions, lse, lse_by_group
@@ -131,10 +129,21 @@ def _snap(r: np.ndarray, span: float):
     return a, float(span), k, float(np.max(np.abs(r - a - span * k)))
 
 
+def _brentq(*args, **kwargs):
+    import scipy.optimize  # imported on first use: 0.4 s, not needed by most laws
+
+    return scipy.optimize.brentq(*args, **kwargs)
+
+
 def _bool_convolve(x: np.ndarray, y: np.ndarray, width: int) -> np.ndarray:
     """The first ``width`` entries of the sumset indicator of ``x`` and ``y`` (0/1)."""
-    conv = scipy.signal.fftconvolve(x[:width].astype(np.float64),
-                                    y[:width].astype(np.float64))[:width]
+    x, y = x[:width].astype(np.float64), y[:width].astype(np.float64)
+    # A linear convolution by one zero-padded real FFT (scipy.fft, not
+    # scipy.signal, which costs 0.9 s to import); 0/1 inputs, so rounding of
+    # order 1e-12 * width never crosses 0.5.
+    length = scipy.fft.next_fast_len(len(x) + len(y) - 1, real=True)
+    conv = scipy.fft.irfft(scipy.fft.rfft(x, length) * scipy.fft.rfft(y, length),
+                           length)[:width]
     return (conv > 0.5).astype(np.float64)
 
 
@@ -326,7 +335,7 @@ class _Tilter:
             lo *= 2.0
         while self.mean(hi) < target_mean:
             hi *= 2.0
-        return scipy.optimize.brentq(
+        return _brentq(
             lambda t: self.mean(t) - target_mean, lo, hi, xtol=1e-12, rtol=1e-14
         )
 
@@ -916,7 +925,7 @@ def bahadur_rao_log_tail(
             hi *= 2.0
         while moments(lo)[1] > x:
             lo *= 2.0
-        theta = scipy.optimize.brentq(lambda th, x=x: moments(th)[1] - x, lo, hi,
+        theta = _brentq(lambda th, x=x: moments(th)[1] - x, lo, hi,
                                       xtol=1e-14, rtol=1e-15)
         lam, _, var = moments(theta)
         rate = theta * x - lam

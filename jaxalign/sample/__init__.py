@@ -33,6 +33,10 @@ from jaxalign.sample._kernels import RejectionResult as RejectionResult
 from jaxalign.sample._kernels import SampleResult as SampleResult
 from jaxalign.sample._kernels import SelectionDraws as SelectionDraws
 from jaxalign.sample._kernels import _alias_table as _alias_table
+from jaxalign.sample._kernels import _draw_block as _draw_block
+from jaxalign.sample._kernels import _gen_stage as _gen_stage
+from jaxalign.sample._kernels import _law_table as _law_table
+from jaxalign.sample._kernels import _LawGen as _LawGen
 from jaxalign.sample._kernels import _Stage as _Stage
 from jaxalign.sample._kernels import _token_stage as _token_stage
 from jaxalign.sample._plain import rewards as rewards

@@ -283,6 +283,11 @@ class _LawGen(NamedTuple):
 
 
 def _law_gen(values: Array, log_pmf: Array) -> _LawGen:
+    """The inverse-CDF table of a law, in JAX (a law traced inside a program).
+
+    Concrete laws take :func:`_law_table` (NumPy, before the program), so the
+    sampling programs hold no scan and compile faster.
+    """
     # log F_c and log S_c = log P(R > v_c) by one associative scan over the pmf
     # and its reverse, stacked: lax.cumlogsumexp lowers to an O(M^2)
     # reduce-window on CPU (3.5 ms at M = 4097), two separate scans cost 0.42 ms
@@ -290,23 +295,36 @@ def _law_gen(values: Array, log_pmf: Array) -> _LawGen:
     scans = jax.lax.associative_scan(
         jnp.logaddexp, jnp.stack([log_pmf, log_pmf[::-1]]), axis=1
     )
-    log_total = scans[0, -1]
-    log_cdf = scans[0] - log_total
-    log_sf = (
-        jnp.concatenate([scans[1, -2::-1], jnp.full(1, -jnp.inf, log_pmf.dtype)])
-        - log_total
-    )
-    sf = jnp.exp(log_sf)
-    tiny = jnp.finfo(log_pmf.dtype).tiny ** 0.5
+    return _LawGen(values, _log_neg_log_cdf(scans[0], scans[1], jnp))
+
+
+def _law_table(values: np.ndarray, log_pmf: np.ndarray) -> _LawGen:
+    """:func:`_law_gen` of a concrete law, in NumPy (float64, then the law's dtype)."""
+    dtype = np.result_type(values, log_pmf)
+    lp = np.asarray(log_pmf, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        cum = np.logaddexp.accumulate(lp)
+        rev = np.logaddexp.accumulate(lp[::-1])
+        table = _log_neg_log_cdf(cum, rev, np)
+    return _LawGen(np.asarray(values, dtype), table.astype(dtype))
+
+
+def _log_neg_log_cdf(cum, rev, xp):
+    """``log(-log F_c)`` from the cumulative log-sums of the pmf (``cum``) and of
+    its reverse (``rev``), accurate in both tails."""
+    log_total = cum[-1]
+    log_cdf = cum - log_total
+    log_sf = xp.concatenate([rev[-2::-1], xp.full(1, -np.inf, cum.dtype)]) - log_total
+    sf = xp.exp(log_sf)
+    tiny = np.finfo(cum.dtype).tiny ** 0.5
     # -log F = -log1p(-S) = S (1 + S/2 + ...): keep relative accuracy for tiny S.
-    ratio = jnp.where(
-        sf > tiny, jnp.log(-jnp.log1p(-sf) / jnp.where(sf > tiny, sf, 1)), sf / 2
+    ratio = xp.where(
+        sf > tiny, xp.log(-xp.log1p(-sf) / xp.where(sf > tiny, sf, 1)), sf / 2
     )
     from_sf = log_sf + ratio
-    from_cdf = jnp.log(-jnp.minimum(log_cdf, 0))
-    log_neg = jnp.where(sf < 0.5, from_sf, from_cdf)
-    log_neg = jnp.where(jnp.isneginf(log_sf), -jnp.inf, log_neg)
-    return _LawGen(values, log_neg)
+    from_cdf = xp.log(-xp.minimum(log_cdf, 0))
+    log_neg = xp.where(sf < 0.5, from_sf, from_cdf)
+    return xp.where(xp.isneginf(log_sf), -np.inf, log_neg)
 
 
 def _law_index(gen: _LawGen, exponential: Array, log_num: Array) -> Array:
@@ -315,9 +333,16 @@ def _law_index(gen: _LawGen, exponential: Array, log_num: Array) -> Array:
     return jnp.searchsorted(-gen.log_neg_log_cdf, -target, side="left")
 
 
-def _law_stage(law: _RawLaw, log_num: Array | None = None) -> _Stage:
-    # Built inside the jitted cores: op-by-op it costs milliseconds of dispatch.
-    gen = _law_gen(law.values, law.log_pmf)
+def _law_stage(law: _RawLaw | _LawGen, log_num: Array | None = None) -> _Stage:
+    """The law-level stage of a raw law (its table built here, in the program) or
+    of a table made beforehand (:func:`_raw_law`)."""
+    gen = law if isinstance(law, _LawGen) else _law_gen(law.values, law.log_pmf)
+    return _gen_stage(gen, log_num)
+
+
+def _gen_stage(gen: _LawGen, log_num: Array | None = None) -> _Stage:
+    """The law-level stage from a prepared :class:`_LawGen` (a sweep prepares one
+    per grid point instead of once per block of draws)."""
     dtype = gen.log_neg_log_cdf.dtype
     log_num = jnp.zeros((), dtype) if log_num is None else log_num
 
@@ -335,11 +360,19 @@ class _RawLaw(NamedTuple):
     log_pmf: Array  # (M,)
 
 
-def _law_of(lm: MemorylessLM, reward: LinearReward) -> _RawLaw:
+def _raw_law(values: ArrayLike, log_pmf: ArrayLike) -> _RawLaw | _LawGen:
+    """What the law-level programs take: a concrete law's table, made in NumPy
+    (no scan in the program), or the raw arrays of a traced law."""
+    if is_concrete(values) and is_concrete(log_pmf):
+        return _law_table(np.asarray(values), np.asarray(log_pmf))
+    return _RawLaw(values, log_pmf)
+
+
+def _law_of(lm: MemorylessLM, reward: LinearReward) -> _RawLaw | _LawGen:
     from jaxalign import exact
 
     law = exact.reward_law(lm, reward)
-    return _RawLaw(jnp.asarray(law.values), jnp.asarray(law.log_pmf))
+    return _raw_law(law.values, law.log_pmf)
 
 
 def _check_law(values: ArrayLike, log_pmf: ArrayLike) -> tuple[Array, Array]:

@@ -40,7 +40,7 @@ from jaxalign.sample._kernels import (
     _level,
     _map_samples,
     _per_sample,
-    _RawLaw,
+    _raw_law,
     _sizes,
     _Stage,
     _stream_max,
@@ -374,7 +374,7 @@ def best_of_n_from_law(
     num_samples = check_positive_int(num_samples, "num_samples")
     batch_size = _check_optional_int(batch_size, "batch_size")
     _check_samples_range(num_samples, first_index)
-    law = _RawLaw(values, log_pmf)
+    law = _raw_law(values, log_pmf)
     return _law_rewards_impl(
         key,
         law,
@@ -808,7 +808,7 @@ def rejection(
                 jnp.full(num_samples, max_proposals, jnp.int32),
                 jnp.zeros(num_samples, bool),
             )
-        conditional = _RawLaw(values, tail)
+        conditional = _raw_law(values, tail)
         reward_out, exponential = _rejection_law_impl(
             key,
             conditional,
