@@ -9,7 +9,7 @@ numbers depend only on ``(key, configuration)``, never on ``chunk_size``,
 of a larger run).  The PRNG implementation is the key's (``jax.random.key(seed,
 impl="philox4x32")``).
 
-Two sampling levels, chosen with ``level=`` (``method=`` before 0.3):
+Three sampling levels, chosen with ``level=`` (``method=`` before 0.3):
 
 * ``"token"`` draws every token.  Tokens come from a Walker alias table over
   ``2^b >= K`` columns: one 32-bit random word per token, its top ``b`` bits pick
@@ -17,6 +17,15 @@ Two sampling levels, chosen with ``level=`` (``method=`` before 0.3):
   token costs O(1) whatever ``K`` (no ``jax.random.categorical``), and when only
   rewards are needed the per-token reward is gathered and summed in the same
   kernel.  Token probabilities are represented to ``2^-32`` (absolute).
+* ``"counts"`` draws a sequence's token counts ``c ~ Multinomial(n, p)`` by
+  conditional binomials, ``c_k ~ Bin(n - sum_{j<k} c_j, p_k / sum_{j>=k} p_j)``
+  (inversion when the mean is at most 10, Hörmann's BTRS rejection otherwise;
+  binomial ``k`` keyed by ``fold_in(key, k)``), and ``R = sum_k c_k r_k``: O(K)
+  per sequence whatever ``n``, any rewards (lattice or not), exact in law up to
+  the rounding of the binomials' float arithmetic (the model's dtype).  Every
+  sampler that needs only ``R`` takes it (:func:`rewards`, :func:`tilted`,
+  :func:`best_of_n` and its curve, :func:`soft_best_of_n`, :func:`rejection`,
+  :func:`policy`), for a :class:`jaxalign.MemorylessLM`; no tokens are drawn.
 * ``"law"`` draws the sequence reward ``R`` itself from its exact lattice law
   (:func:`jaxalign.exact.reward_law`) by inverting the CDF; best-of-N draws the
   maximum directly by inverting ``F^N`` in log space, at a cost independent of

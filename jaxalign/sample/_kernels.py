@@ -21,7 +21,7 @@ from jaxalign._types import (
 )
 from jaxalign.models import BaseModel, LinearReward, MemorylessLM, check_compatible
 
-_METHODS = ("token", "law")
+_METHODS = ("token", "law", "counts")
 # Random words per scan step (uint32), 1 MiB on a CPU: with the draw/consume
 # pipeline, token-level best-of-N ran 1.25-1.5x faster at 2^18 than at 2^15 on a
 # 2-core CPU (fewer scan steps, each split over both cores); 2^20 was no faster.
@@ -35,7 +35,7 @@ _ACCELERATOR_SCALE = 64
 _MAX_TOKENS = 1 << 24
 # Proposals per rejection-loop step: most draws are accepted within a few.
 _REJECTION_CHUNK = 8
-_LEVELS = ("token", "law")
+_LEVELS = _METHODS
 
 
 class SampleResult(NamedTuple):
@@ -112,6 +112,12 @@ def _check_first_index(first_index: Any) -> Array:
 
 
 def _check_model(lm: Any, reward: Any = None, any_model: bool = False) -> None:
+    from jaxalign.sample._counts import _CountsView
+
+    if isinstance(lm, _CountsView):  # a model seen through its counts
+        if reward is None:
+            raise ValueError("level='counts' draws token counts, not tokens")
+        lm = lm.lm
     if any_model and not isinstance(lm, MemorylessLM) and isinstance(lm, BaseModel):
         # Another family (a MarkovLM): its own sampler stage checks the reward.
         lm.sampler_stage(reward)

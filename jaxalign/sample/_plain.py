@@ -16,6 +16,7 @@ from jaxalign._types import (
     prng_jit,
 )
 from jaxalign.models import LinearReward, MemorylessLM, check_compatible
+from jaxalign.sample._counts import _base_model, _counts_view, _words_length
 from jaxalign.sample._kernels import (
     SampleResult,
     _check_first_index,
@@ -88,7 +89,7 @@ def tokens(
 
 @prng_jit("num_samples", "batch_size")
 def _rewards_impl(key, lm, reward, first_index, num_samples, batch_size):
-    stage = _token_stage(lm, reward)
+    stage = lm.sampler_stage(reward)  # tokens, or counts on a counts view
     return _per_sample(stage, key, first_index, num_samples, batch_size)
 
 
@@ -129,9 +130,12 @@ def rewards(
       lm: the model.
       reward: per-token rewards ``(K,)``.
       num_samples: number of draws (static).
-      level: ``"token"`` (draw every token; tokens never reach memory) or
-        ``"law"`` (invert the exact lattice CDF of ``R``; needs a concrete model
-        and lattice rewards, see :func:`jaxalign.exact.reward_law`).
+      level: ``"token"`` (draw every token; tokens never reach memory),
+        ``"counts"`` (draw the token counts ``c ~ Multinomial(n, p)`` by
+        conditional binomials and ``R = sum_k c_k r_k``: O(K) per sequence
+        whatever ``n``, any rewards) or ``"law"`` (invert the exact lattice CDF
+        of ``R``; needs a concrete model and lattice rewards, see
+        :func:`jaxalign.exact.reward_law`).
       batch_size: draws per vectorised step (static; never changes the numbers).
       first_index: index of the first sample of the run.
 
@@ -151,7 +155,7 @@ def rewards(
     )
     batch_size = _check_optional_int(batch_size, "batch_size")
     if method == "law":
-        law = _law_of(lm, reward)
+        law = _law_of(_base_model(lm), reward)
         return _law_rewards_impl(
             key,
             law,
@@ -160,9 +164,10 @@ def rewards(
             num_samples,
             _sizes(num_samples, 1, batch_size),
         )
-    return _rewards_impl(
-        key, lm, reward, first, num_samples, _sizes(num_samples, lm.length, batch_size)
-    )
+    if method == "counts":
+        lm = _counts_view(lm)
+    return _rewards_impl(key, lm, reward, first, num_samples,
+                         _sizes(num_samples, _words_length(lm), batch_size))
 
 
 def _check_lam(lam: Any) -> None:
@@ -196,7 +201,7 @@ def tilted(
       reward: per-token rewards ``(K,)`` (used both to tilt and to score).
       lam: the tilt ``λ >= 0`` (finite; traced, so vmap over it freely).
       num_samples: number of draws (static).
-      level: ``"token"`` or ``"law"`` (see :func:`rewards`).
+      level: ``"token"``, ``"counts"`` or ``"law"`` (see :func:`rewards`).
       method: deprecated name of ``level`` (jaxalign < 0.3).
       return_tokens: also return the tokens (token level only).
       batch_size: draws per vectorised step (static).
@@ -216,10 +221,12 @@ def tilted(
     from jaxalign import theory
 
     _check_lam(lam)
-    check_compatible(lm, reward)
+    check_compatible(_base_model(lm), reward)
     if return_tokens and method != "token":
         raise ValueError(f"return_tokens=True needs level='token', got {method!r}")
-    tilted_lm = theory.tilt(lm, reward, lam)
+    tilted_lm = theory.tilt(_base_model(lm), reward, lam)
+    if lm is not _base_model(lm):  # a counts view: tilt the model behind it
+        tilted_lm = _counts_view(tilted_lm)
     if return_tokens:
         r = rewards(
             key,

@@ -19,6 +19,12 @@ from jaxalign._types import (
     prng_jit,
 )
 from jaxalign.models import BaseModel, LinearReward, MemorylessLM
+from jaxalign.sample._counts import (
+    _check_return_tokens,
+    _cost_length,
+    _counts_view,
+    _words_length,
+)
 from jaxalign.sample._kernels import (
     _LEVELS,
     SampleResult,
@@ -135,6 +141,7 @@ def reweighted(
                                               first_index)
     chunk = check_positive_int(proposals_per_step, "proposals_per_step")
     batch_size = _check_optional_int(batch_size, "batch_size")
+    _check_return_tokens(return_tokens, "token", lm)
     dtype = reward.token_rewards.dtype
     xp = np if is_concrete(values) and is_concrete(log_weight) else jnp
     values = xp.asarray(values, dtype)
@@ -145,7 +152,8 @@ def reweighted(
     edges = 0.5 * (values[1:] + values[:-1])
     log_accept = log_weight - xp.max(log_weight)
     r, toks = _reweight_impl(key, lm, reward, edges, log_accept, first, num_samples,
-                             chunk, _sizes(num_samples, chunk * lm.length, batch_size),
+                             chunk,
+                             _sizes(num_samples, chunk * _words_length(lm), batch_size),
                              bool(return_tokens))
     return SampleResult(r, toks) if return_tokens else r
 
@@ -198,6 +206,9 @@ def policy(
     accepting a proposal ``y`` with probability ``g(R(y)) / max g`` (``g`` from
     the policy's exact law; the expected number of proposals is ``max g``, and
     work above the token budget, :func:`token_budget`, is refused up front).
+    ``level="counts"`` is the token level with every sequence's reward drawn from
+    its token counts ``c ~ Multinomial(n, p)`` (O(K) per sequence whatever ``n``;
+    a :class:`jaxalign.MemorylessLM` only, and no tokens to return).
     ``level="law"`` draws ``R`` from the policy's exact law by inverting its CDF
     (best-of-N inverts ``F^N``, so ``N`` may be astronomically large).  Proposal
     ``j`` of sample ``i`` uses ``split(fold_in(fold_in(key, i), j))``.
@@ -208,7 +219,7 @@ def policy(
       reward: per-token rewards ``(K,)``.
       policy: a :class:`jaxalign.policies.Policy`.
       num_samples: number of draws (static).
-      level: ``"token"`` or ``"law"``.
+      level: ``"token"``, ``"counts"`` or ``"law"``.
       return_tokens: also return the sequences (token level).
       batch_size: draws per vectorised step (static; never changes the numbers).
       first_index: index of the first sample of the run.
@@ -233,6 +244,8 @@ def policy(
         raise ValueError(f"level must be one of {_LEVELS}, got {level!r}")
     if return_tokens and level != "token":
         raise ValueError(f"return_tokens=True needs level='token', got {level!r}")
+    if level == "counts":
+        _counts_view(lm)  # a MemorylessLM, else ValueError
     if (level != "law" and not policy.has_token_sampler
             and not isinstance(lm, MemorylessLM) and isinstance(lm, BaseModel)):
         # Reweighting draws MemorylessLM tokens; another family of base models (a
@@ -245,18 +258,20 @@ def policy(
     num_samples, _, _ = _validate_sampler(key, lm, reward, num_samples, "token",
                                           first_index, any_model=True)
     batch_size = _check_optional_int(batch_size, "batch_size")
-    if level == "token" and policy.has_token_sampler:
+    # The count level is the token level on the model seen through its counts.
+    model = _counts_view(lm) if level == "counts" else lm
+    if level != "law" and policy.has_token_sampler:
         policy.check_token_sampling()
-        return policy.sample_tokens(key, lm, reward, num_samples,
+        return policy.sample_tokens(key, model, reward, num_samples,
                                     first_index=first_index, batch_size=batch_size,
                                     return_tokens=return_tokens)
     law = lm.reward_law(reward)
-    if level == "token":
+    if level != "law":
         from jaxalign import exact
 
         plan = _reweighting(exact.policy_law_from_law(law, policy), num_samples,
-                            lm.length)
-        return reweighted(key, lm, reward, plan.values, plan.log_accept, num_samples,
+                            _cost_length(model))
+        return reweighted(key, model, reward, plan.values, plan.log_accept, num_samples,
                           proposals_per_step=plan.proposals_per_step,
                           return_tokens=return_tokens, batch_size=batch_size,
                           first_index=first_index)

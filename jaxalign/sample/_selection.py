@@ -25,6 +25,13 @@ from jaxalign._types import (
     prng_jit,
 )
 from jaxalign.models import LinearReward, MemorylessLM
+from jaxalign.sample._counts import (
+    _base_model,
+    _check_return_tokens,
+    _cost_length,
+    _counts_view,
+    _words_length,
+)
 from jaxalign.sample._kernels import (
     _REJECTION_CHUNK,
     RejectionResult,
@@ -198,17 +205,19 @@ def _validate_bon(
         key, lm, reward, num_samples, method, first_index, any_model=True
     )
     num_candidates = check_positive_int(num_candidates, "num_candidates")
-    if method == "token" and num_candidates >= 2**32:
+    if method == "counts":
+        lm = _counts_view(lm)
+    if method != "law" and num_candidates >= 2**32:
         raise ValueError(
-            f"num_candidates must be < 2**32 at level='token', got {num_candidates}"
+            f"num_candidates must be < 2**32 at level={method!r}, got {num_candidates}"
         )
-    if method == "token":
-        _check_work(num_samples * num_candidates, lm.length,
+    if method != "law":
+        _check_work(num_samples * num_candidates, _cost_length(lm),
                     f"{what}(num_candidates={num_candidates}, "
-                    f"num_samples={num_samples}) at level='token'", _LAW_ADVICE)
+                    f"num_samples={num_samples}) at level={method!r}", _LAW_ADVICE)
     chunk_size = _check_optional_int(chunk_size, "chunk_size")
     batch_size = _check_optional_int(batch_size, "batch_size")
-    return num_candidates, num_samples, method, first, chunk_size, batch_size
+    return lm, num_candidates, num_samples, method, first, chunk_size, batch_size
 
 
 def best_of_n(
@@ -244,7 +253,9 @@ def best_of_n(
       num_candidates: ``N >= 1`` (static at the token level; any size, even
         ``10**100``, at the law level).
       num_samples: number of best-of-N draws (static).
-      level: ``"token"`` or ``"law"``.
+      level: ``"token"``, ``"counts"`` (candidates' rewards from their token
+        counts ``c ~ Multinomial(n, p)``, O(K) each whatever ``n``; see
+        :func:`rewards`) or ``"law"``.
       method: deprecated name of ``level`` (jaxalign < 0.3).
       return_tokens: also return the selected sequences (token level; they are
         regenerated from their keys, never stored during the scan).
@@ -263,28 +274,19 @@ def best_of_n(
       (3,)
     """
     method = _level(level, method)
-    num_candidates, num_samples, method, first, chunk_size, batch_size = _validate_bon(
-        key,
-        lm,
-        reward,
-        num_candidates,
-        num_samples,
-        method,
-        chunk_size,
-        batch_size,
-        first_index,
-        "best_of_n",
-    )
+    lm, num_candidates, num_samples, method, first, chunk_size, batch_size = (
+        _validate_bon(key, lm, reward, num_candidates, num_samples, method,
+                      chunk_size, batch_size, first_index, "best_of_n"))
+    _check_return_tokens(return_tokens, method, lm)
     if method == "law":
-        if return_tokens:
-            raise ValueError("return_tokens=True needs level='token', got 'law'")
-        law = _law_of(lm, reward)
+        law = _law_of(_base_model(lm), reward)
         log_num = jnp.asarray(math.log(num_candidates), law.values.dtype)
         reward_out = _law_rewards_impl(
             key, law, log_num, first, num_samples, _sizes(num_samples, 1, batch_size)
         )
         return SelectionDraws(reward_out, None, None)
-    chunk = _chunk(num_candidates, lm.length, chunk_size)
+    words = _words_length(lm)
+    chunk = _chunk(num_candidates, words, chunk_size)
     return _in_blocks(
         lambda key, first, count: _best_of_n_impl(
             key,
@@ -294,10 +296,10 @@ def best_of_n(
             num_candidates,
             count,
             chunk,
-            _sizes(count, chunk * lm.length, batch_size),
+            _sizes(count, chunk * words, batch_size),
             bool(return_tokens),
         ),
-        key, first, num_samples, num_candidates, lm.length,
+        key, first, num_samples, num_candidates, _cost_length(lm),
     )
 
 
@@ -311,7 +313,7 @@ def _best_of_n_draws_only(key: PRNGKey, lm: MemorylessLM, reward: LinearReward,
     ``benchmarks/bench_sampling.py`` divide by it, so their ratio is the share of the
     time the sampler spends drawing random bits (at most about 1).
     """
-    num_candidates, num_samples, _, first, _, _ = _validate_bon(
+    _, num_candidates, num_samples, _, first, _, _ = _validate_bon(
         key, lm, reward, num_candidates, num_samples, "token", None, None, 0,
         "_best_of_n_draws_only")
     chunk = _chunk(num_candidates, lm.length, None)
@@ -469,7 +471,8 @@ def best_of_n_curve(
       reward: per-token rewards ``(K,)``.
       num_candidates: ``N >= 1`` (static).
       num_samples: number of draws (static).
-      level: ``"token"`` or ``"law"``.
+      level: ``"token"``, ``"counts"`` (candidates' rewards from their token
+        counts, O(K) each whatever ``n``) or ``"law"``.
       method: deprecated name of ``level`` (jaxalign < 0.3).
       chunk_size: candidates per scan step (static; never changes the numbers).
       batch_size: samples per vectorised step (static).
@@ -486,20 +489,12 @@ def best_of_n_curve(
       (3, 8)
     """
     method = _level(level, method)
-    num_candidates, num_samples, method, first, chunk_size, batch_size = _validate_bon(
-        key,
-        lm,
-        reward,
-        num_candidates,
-        num_samples,
-        method,
-        chunk_size,
-        batch_size,
-        first_index,
-        "best_of_n_curve",
-    )
-    law = _law_of(lm, reward) if method == "law" else None
-    length = 1 if method == "law" else lm.length
+    lm, num_candidates, num_samples, method, first, chunk_size, batch_size = (
+        _validate_bon(key, lm, reward, num_candidates, num_samples, method,
+                      chunk_size, batch_size, first_index, "best_of_n_curve"))
+    law = _law_of(_base_model(lm), reward) if method == "law" else None
+    length = 1 if method == "law" else _words_length(lm)
+    cost = 1 if method == "law" else _cost_length(lm)
     chunk = _chunk(num_candidates, length, chunk_size)
     words = max(num_candidates, chunk * length)
     return _in_blocks(
@@ -515,7 +510,7 @@ def best_of_n_curve(
             _sizes(count, words, batch_size),
             method == "law",
         ),
-        key, first, num_samples, num_candidates, length,
+        key, first, num_samples, num_candidates, cost,
     )
 
 
@@ -602,7 +597,8 @@ def soft_best_of_n(
       num_candidates: ``N >= 1`` (static).
       temperature: ``t > 0`` (``inf`` allowed; traced).
       num_samples: number of draws (static).
-      level: ``"token"`` or ``"law"`` (candidates' rewards from the exact law).
+      level: ``"token"``, ``"counts"`` (candidates' rewards from their token
+        counts, O(K) each) or ``"law"`` (candidates' rewards from the exact law).
       method: deprecated name of ``level`` (jaxalign < 0.3).
       return_tokens: also return the selected sequences (token level).
       chunk_size: candidates per scan step (static).
@@ -624,25 +620,16 @@ def soft_best_of_n(
       (3,)
     """
     method = _level(level, method)
-    num_candidates, num_samples, method, first, chunk_size, batch_size = _validate_bon(
-        key,
-        lm,
-        reward,
-        num_candidates,
-        num_samples,
-        method,
-        chunk_size,
-        batch_size,
-        first_index,
-        "soft_best_of_n",
-    )
+    lm, num_candidates, num_samples, method, first, chunk_size, batch_size = (
+        _validate_bon(key, lm, reward, num_candidates, num_samples, method,
+                      chunk_size, batch_size, first_index, "soft_best_of_n"))
     check_real(temperature, "temperature", allow_inf=True)
     if is_concrete(temperature) and not np.all(np.asarray(temperature) > 0):
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
-    if return_tokens and method != "token":
-        raise ValueError(f"return_tokens=True needs level='token', got {method!r}")
-    law = _law_of(lm, reward) if method == "law" else None
-    length = 1 if method == "law" else lm.length
+    _check_return_tokens(return_tokens, method, lm)
+    law = _law_of(_base_model(lm), reward) if method == "law" else None
+    length = 1 if method == "law" else _words_length(lm)
+    cost = 1 if method == "law" else _cost_length(lm)
     chunk = _chunk(num_candidates, length, chunk_size)
     temperature = jnp.asarray(temperature, float_dtype(reward.token_rewards))
     return _in_blocks(
@@ -660,7 +647,7 @@ def soft_best_of_n(
             bool(return_tokens),
             method == "law",
         ),
-        key, first, num_samples, num_candidates, length,
+        key, first, num_samples, num_candidates, cost,
     )
 
 
@@ -760,7 +747,8 @@ def rejection(
       threshold: the finite reward threshold ``τ`` (a scalar).
       num_samples: number of draws (static).
       max_proposals: proposals allowed per draw (static).
-      level: ``"token"`` or ``"law"``.
+      level: ``"token"``, ``"counts"`` (proposals' rewards from their token
+        counts, O(K) each) or ``"law"``.
       method: deprecated name of ``level`` (jaxalign < 0.3).
       chunk_size: proposals per loop step (static; never changes the numbers).
       batch_size: samples per vectorised step (static).
@@ -792,10 +780,12 @@ def rejection(
     batch_size = _check_optional_int(batch_size, "batch_size")
     dtype = reward.token_rewards.dtype
     threshold = jnp.asarray(threshold, dtype)
+    if method == "counts":
+        lm = _counts_view(lm)
     if method == "law":
         from jaxalign import exact
 
-        law = exact.reward_law(lm, reward)
+        law = exact.reward_law(_base_model(lm), reward)
         values = jnp.asarray(law.values)
         log_pmf = jnp.asarray(law.log_pmf)
         log_pmf = log_pmf - jax.nn.logsumexp(log_pmf)
@@ -834,5 +824,5 @@ def rejection(
         num_samples,
         max_proposals,
         chunk,
-        _sizes(num_samples, chunk * lm.length, batch_size),
+        _sizes(num_samples, chunk * _words_length(lm), batch_size),
     )
