@@ -810,8 +810,7 @@ def summary(params, p, *, old_params=None, clip: ArrayLike = 0.2,
     bias = jnp.linalg.norm(means - ref[None, :], axis=1) / ref_norm
     variance = jnp.trace(covs, axis1=1, axis2=2)
     at_old = _at_old(problem)
-    clip_value = float(clip) if is_concrete(clip) else 0.2
-    labels = tuple(divergence_of(impl, markov=markov, clip=clip_value, at_old=at_old)
+    labels = tuple(divergence_of(impl, markov=markov, clip=float(clip), at_old=at_old)
                    for impl in impls)
     return Summary(impls, means, covs, cosine, bias, variance, labels, true.kl_qp,
                    true.kl_pq, true.grad_kl_qp, true.grad_kl_pq)
@@ -952,9 +951,15 @@ def _mc_impl(key, problem, cell, token, to_go, k, markov, length, num_samples):
         return jax.grad(_surrogate)(problem.flat, y, problem, cell, token, to_go, k,
                                     markov)
 
-    g = jax.lax.map(one, jnp.arange(num_samples), batch_size=min(num_samples, 1024))
-    mean = jnp.mean(g, axis=0)
-    var = jnp.var(g, axis=0, ddof=1)
+    # Chunks of one size (the last one padded and masked): one compiled body.
+    chunk = min(num_samples, 1024)
+    num_chunks = -(-num_samples // chunk)
+    idx = jnp.arange(num_chunks * chunk).reshape(num_chunks, chunk)
+    g = jax.lax.map(jax.vmap(one), idx).reshape(num_chunks * chunk, -1)
+    valid = (idx.reshape(-1) < num_samples)[:, None]
+    mean = jnp.sum(jnp.where(valid, g, 0.0), axis=0) / num_samples
+    var = jnp.sum(jnp.where(valid, (g - mean[None, :]) ** 2, 0.0),
+                  axis=0) / (num_samples - 1)
     return mean, jnp.sqrt(var / num_samples), jnp.sum(var)
 
 
