@@ -47,15 +47,15 @@ The identities (all exact, at ``θ = θ_old`` for the weighted rows):
   ``Σ_t E[s_t Σ_{u>t} ℓ_u]``, the effect of ``θ`` on the states visited later).
   Sequence-level ``k2`` as a loss gives ``∇KL(q‖p)``.
 - Sequence-level ``k3`` as a loss gives ``∇KL(p‖q)`` (per-token: the same for
-  memoryless models, partial for chains); ``k3`` in the reward gives
-  ``∇KL(q‖p) − ∇KL(p‖q)``.
+  memoryless models, partial for chains); sequence-level ``k3`` in the reward
+  (per-token too without memory) gives ``∇KL(q‖p) − ∇KL(p‖q)``; ``k2`` in the
+  reward is the gradient of no divergence.
 - Off-policy, ``∇(w k_3) = w ℓ ∇log q`` and ``∇(w k_2) = w ℓ (1 + ℓ/2) ∇log q``:
   at one step ``w·k3`` (and ``w·k1``) is unbiased for ``∇KL(q‖p)``, ``w·k2`` is
   not (with the whole-sequence ratio this holds at any ``θ_old``: exact
   importance sampling).  With per-token ratios, ``w_t·k3`` gives the per-token
-  ``k2`` loss.
-  Clipping is inactive at ``θ = θ_old`` for ``c > 0``; ``c = 0`` freezes the
-  weight.
+  ``k2`` loss.  Clipping is inactive at ``θ = θ_old`` for ``c > 0``; ``c = 0``
+  freezes the weight.
 
 Everything runs in the dtype of the inputs (float64 for exact values); ``p`` must
 give every token (transition) a positive probability, or ``ℓ`` is infinite.
@@ -487,8 +487,10 @@ def _cell(impl: Implementation, clip: Array) -> _Cell:
                  f(reward), clip)
 
 
-def _step_data(cell: _Cell, lq_th, lq_old, s, lp):
-    """Per-transition ``(law, x, g-vector or (s, dw, k), w)`` of one step."""
+def _step_data(cell: _Cell, lq_th, lq_old, lp):
+    """Per-transition ``(law, x, dw, w̃, w)`` of one step: the sampling law, the
+    log-ratio ``k`` is evaluated at, the weight's derivative factor ``ι w``, the
+    (clipped) weight and the ratio."""
     old = cell.use_old_law
     lq_law = old * lq_old + (1 - old) * lq_th
     x_law, x_th = lq_law - lp, lq_th - lp
@@ -536,7 +538,7 @@ def _moments_impl(problem: _Problem, cell: _Cell, structure: str, k: int,
     lq0_old, lq_old = _tables(problem.old, k, markov)
     s0, s = _scores(problem.flat, k, markov)
     d = s.shape[-1]
-    law0, x0, dw0, wt0, w0 = _step_data(cell, lq0_th, lq0_old, s0, problem.lp0)
+    law0, x0, dw0, wt0, w0 = _step_data(cell, lq0_th, lq0_old, problem.lp0)
     v0 = _start(structure, d, s.dtype)
     m0 = _matrices(structure, cell, x0, s0, dw0, wt0, w0)
     u = jnp.einsum("kij,j->ki", m0, v0)
@@ -545,7 +547,7 @@ def _moments_impl(problem: _Problem, cell: _Cell, structure: str, k: int,
 
     def body(carry, lp):
         mean, second = carry
-        law, x, dw, wt, w = _step_data(cell, lq_th, lq_old, s, lp)
+        law, x, dw, wt, w = _step_data(cell, lq_th, lq_old, lp)
         m = _matrices(structure, cell, x, s, dw, wt, w)
         mean = jnp.einsum("ab,abij,aj->bi", law, m, mean)
         t = jnp.einsum("abij,ajk->abik", m, second)
