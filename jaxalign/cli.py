@@ -428,16 +428,21 @@ def _run_exact(args: argparse.Namespace) -> int:
 
 
 def _add_kl_gradients(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--probs", required=True,
+    parser.add_argument("--config", metavar="TOML",
+                        help="read the options below from a TOML file (keys probs, "
+                             "trans, length, lam, rewards, q_probs, q_trans, clip, "
+                             "weighting; lists for vectors, lists of rows for "
+                             "matrices); options on the command line win")
+    parser.add_argument("--probs",
                         help="reference p: token probabilities (memoryless), or the "
                              "initial law with --trans; comma-separated, all > 0")
     parser.add_argument("--trans", metavar="ROWS",
                         help="reference p is a Markov chain with these transition "
                              "probabilities: rows separated by ';', entries by ','")
-    parser.add_argument("--length", required=True,
+    parser.add_argument("--length",
                         type=int_in(1, 2**31 - 1, "an int32 scan length"),
                         help="sequence length n (an integer >= 1)")
-    which = parser.add_mutually_exclusive_group(required=True)
+    which = parser.add_mutually_exclusive_group()
     which.add_argument("--lam", type=float,
                        help="q is the tilt of p at lam with --rewards (the token-"
                             "level tilt for a chain)")
@@ -447,13 +452,84 @@ def _add_kl_gradients(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rewards", help="per-token rewards r for --lam")
     parser.add_argument("--q-trans", metavar="ROWS",
                         help="q's transition probabilities (with --trans)")
-    parser.add_argument("--clip", type=float, default=0.2,
+    parser.add_argument("--clip", type=float,
                         help="clip range c >= 0 of the clipped ratio (default 0.2)")
-    parser.add_argument("--weighting", choices=("all", "on_policy", "ratio",
-                                                "clipped"), default="all",
+    parser.add_argument("--weighting", choices=_KLG_WEIGHTINGS,
                         help="which rows to print (default all)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object instead of a table")
+
+
+_KLG_WEIGHTINGS = ("all", "on_policy", "ratio", "clipped")
+_KLG_KEYS = {"probs": "vector", "trans": "matrix", "length": "int", "lam": "float",
+             "rewards": "vector", "q_probs": "vector", "q_trans": "matrix",
+             "clip": "float", "weighting": "str"}
+
+
+def _toml_value(key: str, value: Any, kind: str, path: str) -> Any:
+    """A TOML value in the form its command-line option takes."""
+    where = f"config {path!r} key {key!r}"
+
+    def number(x) -> float:
+        if isinstance(x, bool) or not isinstance(x, int | float):
+            raise ValueError(f"{where} must hold numbers, got {x!r}")
+        return float(x)
+
+    if kind == "vector":
+        if not isinstance(value, list) or not value:
+            raise ValueError(f"{where} must be a non-empty list of numbers, got "
+                             f"{value!r}")
+        return ",".join(repr(number(x)) for x in value)
+    if kind == "matrix":
+        if not isinstance(value, list) or not value or not all(
+                isinstance(row, list) and row for row in value):
+            raise ValueError(f"{where} must be a list of rows (lists of numbers), got "
+                             f"{value!r}")
+        return ";".join(",".join(repr(number(x)) for x in row) for row in value)
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int) or not (
+                1 <= value <= 2**31 - 1):
+            raise ValueError(f"{where} must be an integer in [1, 2**31 - 1], got "
+                             f"{value!r}")
+        return value
+    if kind == "float":
+        return number(value)
+    if value not in _KLG_WEIGHTINGS:
+        raise ValueError(f"{where} must be one of {_KLG_WEIGHTINGS}, got {value!r}")
+    return value
+
+
+def _kl_gradient_options(args: argparse.Namespace) -> None:
+    """Fill the options not given on the command line from ``--config``, then the
+    defaults; check that the model and the policy are given once."""
+    import tomllib
+
+    if args.config is not None:
+        try:
+            with open(args.config, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as e:
+            raise ValueError(f"cannot read --config {args.config!r}: "
+                             f"{e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"--config {args.config!r} is not valid TOML: {e}"
+                             ) from None
+        unknown = sorted(set(data) - set(_KLG_KEYS))
+        if unknown:
+            raise ValueError(f"config {args.config!r} has unknown keys {unknown}; "
+                             f"allowed: {sorted(_KLG_KEYS)}")
+        for key, value in data.items():
+            if getattr(args, key) is None:
+                setattr(args, key, _toml_value(key, value, _KLG_KEYS[key],
+                                               args.config))
+    if args.probs is None or args.length is None:
+        raise ValueError("the reference p needs --probs and --length (on the "
+                         "command line or in --config)")
+    if (args.lam is None) == (args.q_probs is None):
+        raise ValueError("give exactly one of --lam (q a tilt of p) and --q-probs, "
+                         "on the command line or in --config")
+    args.clip = 0.2 if args.clip is None else args.clip
+    args.weighting = args.weighting or "all"
 
 
 def _matrix(text: str, name: str) -> list[list[float]]:
@@ -517,6 +593,7 @@ def _run_kl_gradients(args: argparse.Namespace) -> int:
 
     from jaxalign import kl_gradients
 
+    _kl_gradient_options(args)
     if not (math.isfinite(args.clip) and args.clip >= 0):
         raise ValueError(f"--clip must be a finite number >= 0, got {args.clip}")
     rows = tuple(i for i in kl_gradients.GRID

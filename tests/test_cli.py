@@ -325,6 +325,7 @@ KLG_BAD = [
     ["--q-probs", "0.2,0.3,0.5", "--trans", "0.2,0.3,0.5;0.2,0.3,0.5;0.2,0.3,0.5"],
     ["--q-probs", "0.2,0.3,0.5", "--weighting", "offline"],
     ["--q-probs", "0.2,0.3,0.5", "--lam", "1"],
+    [],
 ]
 
 
@@ -339,3 +340,37 @@ def test_kl_gradients_zero_probability_in_p(capsys):
     code, _, err = run(capsys, ["kl-gradients", "--probs", "0.5,0.5,0", "--length",
                                 "3", "--q-probs", "0.2,0.3,0.5"])
     assert code == 2 and "positive probability" in err
+
+
+def test_kl_gradients_toml_equals_the_options(capsys, tmp_path):
+    path = tmp_path / "model.toml"
+    path.write_text('probs = [0.5, 0.3, 0.2]\nlength = 4\nlam = 0.7\n'
+                    'rewards = [0, 1, 2]\ntrans = [[0.6, 0.3, 0.1], [0.1, 0.3, 0.6], '
+                    '[0.5, 0.25, 0.25]]\nclip = 0.1\n')
+    code, from_file, err = run(capsys, ["kl-gradients", "--config", str(path),
+                                        "--json"])
+    assert (code, err) == (0, "")
+    code, from_options, _ = run(capsys, [
+        *KLG, "--rewards", "0,1,2", "--lam", "0.7", "--clip", "0.1", "--trans",
+        "0.6,0.3,0.1;0.1,0.3,0.6;0.5,0.25,0.25", "--json"])
+    assert code == 0 and json.loads(from_file) == json.loads(from_options)
+    # the command line wins over the file
+    code, out, _ = run(capsys, ["kl-gradients", "--config", str(path), "--length",
+                                "3", "--json"])
+    assert code == 0 and json.loads(out)["length"] == 3
+
+
+@pytest.mark.parametrize(("text", "extra", "message"), [
+    ("probs = [0.5, 0.5]\nlength = 2\nq_prob = [0.5, 0.5]\n", [], "unknown keys"),
+    ("probs = [0.5, 'a']\nlength = 2\n", [], "must hold numbers"),
+    ("probs = [0.5, 0.5]\nlength = 0\n", [], "must be an integer"),
+    ("probs = [0.5, 0.5]\nlength = 2\nlam = 1.0\nrewards = [0, 1]\n",
+     ["--q-probs", "0.4,0.6"], "exactly one of --lam"),
+    ("length = 2\nq_probs = [0.4, 0.6]\n", [], "needs --probs and --length"),
+    ("probs = [0.5, 0.5\n", [], "not valid TOML"),
+])
+def test_kl_gradients_bad_toml_exits_2(capsys, tmp_path, text, extra, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    code, out, err = run(capsys, ["kl-gradients", "--config", str(path), *extra])
+    assert code == 2 and out == "" and message in err and err.count("\n") == 1
