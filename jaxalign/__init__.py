@@ -12,6 +12,10 @@ Modules (each with its own ``__all__``):
 - :mod:`jaxalign.markov`: first-order Markov models (:class:`MarkovLM`): exact
   finite-n tilts by backward messages, KL, the frontier, the myopic tilt's
   look-ahead gap, the exact law of ``R`` (so every policy is exact), sampling.
+- :mod:`jaxalign.kl_gradients`: the exact expected gradient and per-sample
+  covariance of every way of sampling a KL penalty (k1/k2/k3, reward or loss,
+  token or sequence, on- or off-policy), memoryless and Markov, against
+  ``∇KL(q‖p)`` and ``∇KL(p‖q)``.
 - :mod:`jaxalign.rl`: REINFORCE / PPO / GRPO / exact-gradient training of memoryless
   policies with exact (KL, reward) trajectories; KL-estimator ground truth.
 - :mod:`jaxalign.proxy`: proxy rewards, reward hacking, ensembles.
@@ -34,8 +38,8 @@ import importlib as _importlib
 # Everything is imported on first use (PEP 562): ``import jaxalign`` loads nothing
 # heavy (not even JAX), so the CLI can catch a Ctrl-C during its first second, and
 # ``jaxalign theory`` never pays for SciPy or the samplers it does not touch.
-_SUBMODULES = ("config", "estimators", "exact", "markov", "policies", "proxy", "rl",
-               "sample", "store", "sweep", "theory")
+_SUBMODULES = ("config", "estimators", "exact", "kl_gradients", "markov", "policies",
+               "proxy", "rl", "sample", "store", "sweep", "theory")
 _CLASSES = {"LinearReward": "models", "MemorylessLM": "models",
             "PairReward": "models", "MarkovLM": "markov"}
 
@@ -64,6 +68,7 @@ __all__ = [
     "config",
     "estimators",
     "exact",
+    "kl_gradients",
     "markov",
     "policies",
     "proxy",

@@ -424,6 +424,215 @@ def _run_exact(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- KL-penalty gradients -----------------------------------------------------------
+
+
+def _add_kl_gradients(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="TOML",
+                        help="read the options below from a TOML file (keys probs, "
+                             "trans, length, lam, rewards, q_probs, q_trans, clip, "
+                             "weighting; lists for vectors, lists of rows for "
+                             "matrices); options on the command line win")
+    parser.add_argument("--probs",
+                        help="reference p: token probabilities (memoryless), or the "
+                             "initial law with --trans; comma-separated, all > 0")
+    parser.add_argument("--trans", metavar="ROWS",
+                        help="reference p is a Markov chain with these transition "
+                             "probabilities: rows separated by ';', entries by ','")
+    parser.add_argument("--length",
+                        type=int_in(1, 2**31 - 1, "an int32 scan length"),
+                        help="sequence length n (an integer >= 1)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--lam", type=float,
+                       help="q is the tilt of p at lam with --rewards (the token-"
+                            "level tilt for a chain)")
+    which.add_argument("--q-probs", metavar="PROBS",
+                       help="q's token probabilities (memoryless) or initial law "
+                            "(with --q-trans), all > 0")
+    parser.add_argument("--rewards", help="per-token rewards r for --lam")
+    parser.add_argument("--q-trans", metavar="ROWS",
+                        help="q's transition probabilities (with --trans)")
+    parser.add_argument("--clip", type=float,
+                        help="clip range c >= 0 of the clipped ratio (default 0.2)")
+    parser.add_argument("--weighting", choices=_KLG_WEIGHTINGS,
+                        help="which rows to print (default all)")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object instead of a table")
+
+
+_KLG_WEIGHTINGS = ("all", "on_policy", "ratio", "clipped")
+_KLG_KEYS = {"probs": "vector", "trans": "matrix", "length": "int", "lam": "float",
+             "rewards": "vector", "q_probs": "vector", "q_trans": "matrix",
+             "clip": "float", "weighting": "str"}
+
+
+def _toml_value(key: str, value: Any, kind: str, path: str) -> Any:
+    """A TOML value in the form its command-line option takes."""
+    where = f"config {path!r} key {key!r}"
+
+    def number(x) -> float:
+        if isinstance(x, bool) or not isinstance(x, int | float):
+            raise ValueError(f"{where} must hold numbers, got {x!r}")
+        return float(x)
+
+    if kind == "vector":
+        if not isinstance(value, list) or not value:
+            raise ValueError(f"{where} must be a non-empty list of numbers, got "
+                             f"{value!r}")
+        return ",".join(repr(number(x)) for x in value)
+    if kind == "matrix":
+        if not isinstance(value, list) or not value or not all(
+                isinstance(row, list) and row for row in value):
+            raise ValueError(f"{where} must be a list of rows (lists of numbers), got "
+                             f"{value!r}")
+        return ";".join(",".join(repr(number(x)) for x in row) for row in value)
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int) or not (
+                1 <= value <= 2**31 - 1):
+            raise ValueError(f"{where} must be an integer in [1, 2**31 - 1], got "
+                             f"{value!r}")
+        return value
+    if kind == "float":
+        return number(value)
+    if value not in _KLG_WEIGHTINGS:
+        raise ValueError(f"{where} must be one of {_KLG_WEIGHTINGS}, got {value!r}")
+    return value
+
+
+def _kl_gradient_options(args: argparse.Namespace) -> None:
+    """Fill the options not given on the command line from ``--config``, then the
+    defaults; check that the model and the policy are given once."""
+    import tomllib
+
+    if args.config is not None:
+        try:
+            with open(args.config, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as e:
+            raise ValueError(f"cannot read --config {args.config!r}: "
+                             f"{e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"--config {args.config!r} is not valid TOML: {e}"
+                             ) from None
+        unknown = sorted(set(data) - set(_KLG_KEYS))
+        if unknown:
+            raise ValueError(f"config {args.config!r} has unknown keys {unknown}; "
+                             f"allowed: {sorted(_KLG_KEYS)}")
+        for key, value in data.items():
+            if getattr(args, key) is None:
+                setattr(args, key, _toml_value(key, value, _KLG_KEYS[key],
+                                               args.config))
+    if args.probs is None or args.length is None:
+        raise ValueError("the reference p needs --probs and --length (on the "
+                         "command line or in --config)")
+    if (args.lam is None) == (args.q_probs is None):
+        raise ValueError("give exactly one of --lam (q a tilt of p) and --q-probs, "
+                         "on the command line or in --config")
+    args.clip = 0.2 if args.clip is None else args.clip
+    args.weighting = args.weighting or "all"
+
+
+def _matrix(text: str, name: str) -> list[list[float]]:
+    return [float_list(row, name) for row in text.split(";")]
+
+
+def _kl_gradient_models(args: argparse.Namespace):
+    """``(params, p, description of q)`` in float64 (under x64)."""
+    import numpy as np
+
+    from jaxalign.markov import MarkovLM
+    from jaxalign.models import MemorylessLM
+
+    probs = np.asarray(float_list(args.probs, "--probs"), np.float64)
+    k = probs.size
+    if args.trans is None:
+        if args.q_trans is not None:
+            raise ValueError("--q-trans needs --trans (a Markov reference p)")
+        p = MemorylessLM.from_probs(probs, length=args.length)
+    else:
+        trans = np.asarray(_matrix(args.trans, "--trans"), np.float64)
+        if trans.shape != (k, k):
+            raise ValueError(f"--trans must be K x K = {k} x {k} (K from --probs), "
+                             f"got {trans.shape[0]} rows of {len(trans[0])}")
+        p = MarkovLM.from_probs(probs, trans, length=args.length)
+    if args.lam is not None:
+        if not math.isfinite(args.lam):
+            raise ValueError(f"--lam must be finite, got {args.lam}")
+        if args.rewards is None:
+            raise ValueError("--lam needs --rewards (q is the tilt of p)")
+        r = np.asarray(float_list(args.rewards, "--rewards"), np.float64)
+        if r.size != k:
+            raise ValueError(f"--rewards must have K = {k} entries (K from --probs), "
+                             f"got {r.size}")
+        if not np.all(np.isfinite(r)):
+            raise ValueError(f"--rewards must be finite, got {args.rewards!r}")
+        init = np.log(probs) + args.lam * r
+        if args.trans is None:
+            return init, p, f"tilt of p at lam = {args.lam:g}"
+        return ((init, np.log(trans) + args.lam * r[None, :]), p,
+                f"token-level tilt of p at lam = {args.lam:g}")
+    if args.rewards is not None:
+        raise ValueError("--rewards goes with --lam, not --q-probs")
+    q = np.asarray(float_list(args.q_probs, "--q-probs"), np.float64)
+    if q.size != k or not np.all(q > 0):
+        raise ValueError(f"--q-probs must be K = {k} probabilities > 0 (q is given "
+                         f"by its logits log q), got {args.q_probs!r}")
+    if args.trans is None:
+        return np.log(q), p, "given by --q-probs"
+    if args.q_trans is None:
+        raise ValueError("a Markov p (--trans) needs --q-trans with --q-probs")
+    qt = np.asarray(_matrix(args.q_trans, "--q-trans"), np.float64)
+    if qt.shape != (k, k) or not np.all(qt > 0):
+        raise ValueError(f"--q-trans must be K x K = {k} x {k} probabilities > 0, "
+                         f"got {args.q_trans!r}")
+    return (np.log(q), np.log(qt)), p, "given by --q-probs and --q-trans"
+
+
+def _run_kl_gradients(args: argparse.Namespace) -> int:
+    import jax
+
+    from jaxalign import kl_gradients
+
+    _kl_gradient_options(args)
+    if not (math.isfinite(args.clip) and args.clip >= 0):
+        raise ValueError(f"--clip must be a finite number >= 0, got {args.clip}")
+    rows = tuple(i for i in kl_gradients.GRID
+                 if args.weighting in ("all", i.weighting))
+    with jax.enable_x64(True):
+        params, p, q_text = _kl_gradient_models(args)
+        s = kl_gradients.summary(params, p, clip=args.clip, implementations=rows)
+        norm_qp = float(jax.numpy.linalg.norm(s.grad_kl_qp))
+        norm_pq = float(jax.numpy.linalg.norm(s.grad_kl_pq))
+    kind = "Markov" if args.trans is not None else "memoryless"
+    table = [{"implementation": impl.name, "gradient_of": s.divergence[j],
+              "cosine": float(s.cosine[j]), "relative_bias": float(
+                  s.relative_bias[j]), "variance": float(s.variance[j])}
+             for j, impl in enumerate(s.implementations)]
+    if args.json:
+        print(json.dumps(_json_safe({
+            "model": kind, "num_tokens": len(float_list(args.probs, "--probs")),
+            "length": args.length, "q": q_text, "clip": args.clip,
+            "kl_qp": float(s.kl_qp), "kl_pq": float(s.kl_pq),
+            "grad_kl_qp_norm": norm_qp, "grad_kl_pq_norm": norm_pq, "rows": table}),
+            allow_nan=False))
+        return 0
+    print(f"KL-penalty gradients: {kind} p, n = {args.length}, q {q_text}; exact "
+          f"(float64), at theta = theta_old, clip c = {args.clip:g}")
+    print(f"KL(q||p) = {_fmt(float(s.kl_qp))}  |grad KL(q||p)| = {_fmt(norm_qp)}  "
+          f"KL(p||q) = {_fmt(float(s.kl_pq))}  |grad KL(p||q)| = {_fmt(norm_pq)}")
+    head = (f"{'implementation':<34} {'gradient of':<22} {'cos':>8} "
+            f"{'rel. bias':>10} {'var/sample':>12}")
+    print(head)
+    print("-" * len(head))
+    for row in table:
+        print(f"{row['implementation']:<34} {row['gradient_of']:<22} "
+              f"{row['cosine']:>8.4f} {row['relative_bias']:>10.4f} "
+              f"{row['variance']:>12.6g}")
+    print("cos, rel. bias: against grad KL(q||p); var/sample: trace of the "
+          "per-sample covariance (divide by the batch size)")
+    return 0
+
+
 # -- bench -------------------------------------------------------------------------
 
 
@@ -488,6 +697,9 @@ COMMANDS: list[Command] = [
             _add_sweep, _run_sweep),
     Command("exact", "exact best-of-N table (any N) beside the KL-optimal frontier",
             _add_exact, _run_exact),
+    Command("kl-gradients", "exact expected gradient and variance of every sampled "
+            "KL penalty (k1/k2/k3, reward or loss, token or sequence, on/off policy)",
+            _add_kl_gradients, _run_kl_gradients),
     Command("plot", "write the figures of a run directory (PNG and PDF)",
             _add_plot, _run_plot),
     Command("bench", "quick sampling throughput check on this device",

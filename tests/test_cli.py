@@ -282,3 +282,95 @@ def test_ctrl_c_while_importing_is_one_line(monkeypatch, capsys):
     assert entry.main() == 130
     assert capsys.readouterr().err == "jaxalign: interrupted\n"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# -- kl-gradients ----------------------------------------------------------------------
+
+KLG = ["kl-gradients", "--probs", "0.5,0.3,0.2", "--length", "4"]
+
+
+def test_kl_gradients_json_and_table(capsys):
+    code, out, err = run(capsys, [*KLG, "--q-probs", "0.2,0.3,0.5", "--json"])
+    assert (code, err) == (0, "")
+    rep = json.loads(out)
+    assert len(rep["rows"]) == 45 and rep["model"] == "memoryless"
+    # Independent check: the KLs of n i.i.d. tokens by hand.
+    p, q = [0.5, 0.3, 0.2], [0.2, 0.3, 0.5]
+    kl_qp = 4 * sum(b * math.log(b / a) for a, b in zip(p, q, strict=True))
+    kl_pq = 4 * sum(a * math.log(a / b) for a, b in zip(p, q, strict=True))
+    assert rep["kl_qp"] == pytest.approx(kl_qp, rel=1e-12)
+    assert rep["kl_pq"] == pytest.approx(kl_pq, rel=1e-12)
+    rows = {r["implementation"]: r for r in rep["rows"]}
+    assert rows["k1/reward_to_go/token/on_policy"]["relative_bias"] < 1e-12
+    assert rows["k2/loss/token/on_policy"]["gradient_of"] == "KL(q||p)"
+    assert rows["k3/loss/sequence/on_policy"]["gradient_of"] == "KL(p||q)"
+    assert rows["k1/loss/token/on_policy"]["cosine"] == "nan"  # a zero gradient
+    code, out, err = run(capsys, [*KLG, "--rewards", "0,1,2", "--lam", "0.7",
+                                  "--trans", "0.6,0.3,0.1;0.1,0.3,0.6;0.5,0.25,0.25",
+                                  "--weighting", "on_policy"])
+    assert (code, err) == (0, "")
+    assert "Markov p" in out and "partial KL(q||p)" in out
+    assert out.count("/on_policy") == 15 and "/ratio" not in out
+
+
+KLG_BAD = [
+    ["--q-probs", "0.2,0.3,0.5", "--clip", "-0.1"],
+    ["--q-probs", "0.5,0.5"],
+    ["--q-probs", "0.5,0.5,0.0"],
+    ["--lam", "1"],
+    ["--lam", "1", "--rewards", "0,1"],
+    ["--lam", "1", "--rewards", "0,1,2", "--q-trans", "0.5,0.5;0.5,0.5"],
+    ["--lam", "1", "--rewards", "0,1,2", "--trans", "0.5,0.5;0.5,0.5"],
+    ["--q-probs", "0.2,0.3,0.5", "--trans", "1,0,0;0,1,0;0,0,1"],
+    ["--q-probs", "0.2,0.3,0.5", "--trans", "0.2,0.3,0.5;0.2,0.3,0.5;0.2,0.3,0.5"],
+    ["--q-probs", "0.2,0.3,0.5", "--weighting", "offline"],
+    ["--q-probs", "0.2,0.3,0.5", "--lam", "1"],
+    [],
+]
+
+
+@pytest.mark.parametrize("args", KLG_BAD)
+def test_kl_gradients_bad_input_exits_2(capsys, args):
+    code, out, err = run(capsys, [*KLG, *args])
+    assert code == 2 and out == ""
+    assert err.startswith("jaxalign: error: ") and err.count("\n") == 1
+
+
+def test_kl_gradients_zero_probability_in_p(capsys):
+    code, _, err = run(capsys, ["kl-gradients", "--probs", "0.5,0.5,0", "--length",
+                                "3", "--q-probs", "0.2,0.3,0.5"])
+    assert code == 2 and "positive probability" in err
+
+
+def test_kl_gradients_toml_equals_the_options(capsys, tmp_path):
+    path = tmp_path / "model.toml"
+    path.write_text('probs = [0.5, 0.3, 0.2]\nlength = 4\nlam = 0.7\n'
+                    'rewards = [0, 1, 2]\ntrans = [[0.6, 0.3, 0.1], [0.1, 0.3, 0.6], '
+                    '[0.5, 0.25, 0.25]]\nclip = 0.1\n')
+    code, from_file, err = run(capsys, ["kl-gradients", "--config", str(path),
+                                        "--json"])
+    assert (code, err) == (0, "")
+    code, from_options, _ = run(capsys, [
+        *KLG, "--rewards", "0,1,2", "--lam", "0.7", "--clip", "0.1", "--trans",
+        "0.6,0.3,0.1;0.1,0.3,0.6;0.5,0.25,0.25", "--json"])
+    assert code == 0 and json.loads(from_file) == json.loads(from_options)
+    # the command line wins over the file
+    code, out, _ = run(capsys, ["kl-gradients", "--config", str(path), "--length",
+                                "3", "--json"])
+    assert code == 0 and json.loads(out)["length"] == 3
+
+
+@pytest.mark.parametrize(("text", "extra", "message"), [
+    ("probs = [0.5, 0.5]\nlength = 2\nq_prob = [0.5, 0.5]\n", [], "unknown keys"),
+    ("probs = [0.5, 'a']\nlength = 2\n", [], "must hold numbers"),
+    ("probs = [0.5, 0.5]\nlength = 0\n", [], "must be an integer"),
+    ("probs = [0.5, 0.5]\nlength = 2\nlam = 1.0\nrewards = [0, 1]\n",
+     ["--q-probs", "0.4,0.6"], "exactly one of --lam"),
+    ("length = 2\nq_probs = [0.4, 0.6]\n", [], "needs --probs and --length"),
+    ("probs = [0.5, 0.5\n", [], "not valid TOML"),
+])
+def test_kl_gradients_bad_toml_exits_2(capsys, tmp_path, text, extra, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    code, out, err = run(capsys, ["kl-gradients", "--config", str(path), *extra])
+    assert code == 2 and out == "" and message in err and err.count("\n") == 1
