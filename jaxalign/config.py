@@ -44,7 +44,7 @@ __all__ = [
     "grid_points",
 ]
 
-SAMPLING = ("token", "law")
+SAMPLING = ("token", "law", "counts")
 #: Replicates per point: its draws (float64, a few arrays) stay in memory until the
 #: point is written, about 2 GiB at this bound.
 MAX_REPLICATES = 2**26
@@ -357,20 +357,26 @@ def parse_config(data: Mapping[str, Any]) -> SweepConfig:
         models=specs,
         grid=grid,
     )
-    if sampling == "token":
+    if sampling != "law":
         _check_token_work(config)
     return config
 
 
 def _check_token_work(config: SweepConfig) -> None:
-    """Refuse token-level points above the samplers' work budget up front (each
-    draws ``replicates x N`` sequences; ``jaxalign.sample.token_budget`` opts in)."""
+    """Refuse token- or count-level points above the samplers' work budget up front
+    (each draws ``replicates x N`` sequences; ``jaxalign.sample.token_budget`` opts
+    in)."""
+    from jaxalign.sample._counts import _TOKENS_PER_BINOMIAL
     from jaxalign.sample._selection import _check_work
 
+    specs = {spec.name: spec for spec in config.models}
     for point in grid_points(config):
         num_candidates = dict(point.settings).get("num_candidates") or 1
+        cost = point.length
+        if config.sampling == "counts":  # K - 1 binomials per sequence
+            cost = max(1, len(specs[point.model].rewards) - 1) * _TOKENS_PER_BINOMIAL
         try:
-            _check_work(config.replicates * num_candidates, point.length,
+            _check_work(config.replicates * num_candidates, cost,
                         f"point {point.tag}", 'use sampling = "law"')
         except ValueError as e:
             raise ConfigError(f"config key 'sampling': {e}") from None

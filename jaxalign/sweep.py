@@ -183,6 +183,7 @@ class _Block:
     length: int | None  # static at the token level
     policy: policies.Policy | None = None
     chunk: int = 1
+    counts: bool = False  # draw token counts, not tokens (sampling = "counts")
     win: bool = False
 
     def __call__(self, key, params):
@@ -203,6 +204,8 @@ class _Block:
                 first)
         else:
             lm = MemorylessLM.unchecked(params["log_probs"], self.length)
+            if self.counts:
+                lm = sample._counts_view(lm)
             reward = LinearReward.unchecked(params["token_rewards"])
             if self.level == "token":
                 policy = self.policy.unchecked_replace(**params["traced"])
@@ -266,6 +269,13 @@ def _prepare(config: SweepConfig, spec, point: Point) -> _Prepared:
                       base_log_pmf=np.asarray(base_log_pmf, dtype))
         block_fn = _Block("law", None)  # always draws "base"; used when win
     else:
+        counts = config.sampling == "counts"
+        sampled = lm
+        if counts:
+            try:
+                sampled = sample._counts_view(lm)
+            except ValueError as e:
+                raise ValueError(f"point {point.tag}: {e}") from None
         params["log_probs"] = np.asarray(lm.log_probs)
         params["token_rewards"] = np.asarray(reward.token_rewards)
         if policy.has_token_sampler:
@@ -276,15 +286,17 @@ def _prepare(config: SweepConfig, spec, point: Point) -> _Prepared:
                 policy.check_token_sampling()
             except ValueError as e:
                 raise ValueError(f"point {point.tag}: {e}") from None
-            block_fn = _Block("token", n, static, win=win)
+            block_fn = _Block("token", n, static, win=win, counts=counts)
         else:
             try:
-                plan = sample._reweighting(policy_law, config.replicates, n)
+                plan = sample._reweighting(policy_law, config.replicates,
+                                           sample._cost_length(sampled))
             except ValueError as e:
                 raise ValueError(f"point {point.tag}: {e}") from None
             params.update(values=np.asarray(plan.values, dtype),
                           log_weight=np.asarray(plan.log_accept, dtype))
-            block_fn = _Block("reweight", n, None, plan.proposals_per_step, win=win)
+            block_fn = _Block("reweight", n, None, plan.proposals_per_step, win=win,
+                              counts=counts)
     rows = functools.partial(_rows, point=point, lm=lm, reward=reward, policy=policy,
                              law=policy_law)
     return _Prepared(point, block_fn, params, rows, win)

@@ -417,3 +417,46 @@ def test_every_policy_and_a_toy_one_run_through_config_sweep_and_plot(
         paths = plots.plot_run(out, formats=("png",))
         assert [p.name for p in paths] == ["reward_kl_three_n6.png",
                                            "win_rate_kl_three_n6.png"]
+
+
+def test_counts_sweep_agrees_with_exact_and_draws_what_sample_policy_draws(
+        tmp_path, monkeypatch):
+    captured = {}
+    rows = sweep._rows
+
+    def spy(draws, *, point, **kw):
+        captured[point.tag] = (point, np.asarray(draws["reward"]))
+        return rows(draws, point=point, **kw)
+
+    monkeypatch.setattr(sweep, "_rows", spy)
+    config = small_config(sampling="counts")
+    out = tmp_path / "run"
+    sweep.run_sweep(config, str(out))
+    checked = 0
+    for r in read_results(out):
+        assert r["sampling"] == "counts"
+        if r["mc_mean"] is not None and r["exact"] is not None and r["mc_stderr"]:
+            assert abs((r["mc_mean"] - r["exact"]) / r["mc_stderr"]) < 5, r
+            checked += 1
+    assert checked >= 5
+    # A point's draws are sample.policy's at level="counts" with the point's key.
+    import jax
+
+    from jaxalign import sample
+
+    point, drawn = next(v for v in captured.values() if v[0].method == "best_of_n")
+    policy = policies.BestOfN(dict(point.settings)["num_candidates"])
+    with jax.enable_x64(config.x64):  # the sweep's dtype (the binomials' uniforms)
+        lm, reward = config.models[0].build(point.length)
+        key = jax.random.wrap_key_data(sweep.point_key_data(config, point)[0],
+                                       impl=config.prng)
+        direct = sample.policy(key, lm, reward, policy, config.replicates,
+                               level="counts")
+    np.testing.assert_array_equal(drawn * point.length, np.asarray(direct))
+
+
+def test_counts_sweep_refuses_float32_counts_beyond_2_24(tmp_path):
+    config = small_config(sampling="counts", x64=False,
+                          grid={**small_config().grid, "length": (2**24 + 1,)})
+    with pytest.raises(ValueError, match="2\\*\\*24"):
+        sweep.run_sweep(config, str(tmp_path / "run"))

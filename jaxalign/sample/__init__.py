@@ -38,6 +38,8 @@ tie-breaking (THEORY.md §1.9).
 """
 
 from jaxalign._types import adopt_public_names
+from jaxalign.sample._counts import _cost_length as _cost_length
+from jaxalign.sample._counts import _counts_view as _counts_view
 from jaxalign.sample._kernels import RejectionResult as RejectionResult
 from jaxalign.sample._kernels import SampleResult as SampleResult
 from jaxalign.sample._kernels import SelectionDraws as SelectionDraws
