@@ -182,7 +182,9 @@ class Policy:
       compare_with_base: the sweep draws an independent base reward per sample and
         reports the Monte Carlo win rate.
       traced_fields: parameters its token sampler takes as traced values, so one
-        compiled sweep program serves all their values (``lam``, ``temperature``).
+        compiled sweep program serves all their values (``lam``, ``temperature``,
+        ``num_candidates``: integers arrive as uint32, the rest in the float
+        dtype).
     """
 
     name: ClassVar[str]
@@ -502,6 +504,7 @@ class BestOfN(_Candidates, Policy):
     colour: ClassVar[str] = "vermillion"
     marker: ClassVar[str] = "D"
     strength_keys: ClassVar[tuple[GridKey, ...]] = (NUM_CANDIDATES, DELTA)
+    traced_fields: ClassVar[tuple[str, ...]] = ("num_candidates", "log_num_candidates")
 
     num_candidates: int | None = None
     log_num_candidates: float | None = None
@@ -653,7 +656,8 @@ class SoftBestOfN(_Candidates, Policy):
     marker: ClassVar[str] = "^"
     strength_keys: ClassVar[tuple[GridKey, ...]] = (NUM_CANDIDATES, DELTA)
     required_keys: ClassVar[tuple[GridKey, ...]] = (TEMPERATURE,)
-    traced_fields: ClassVar[tuple[str, ...]] = ("temperature",)
+    traced_fields: ClassVar[tuple[str, ...]] = (
+        "temperature", "num_candidates", "log_num_candidates")
 
     num_candidates: int | None = None
     temperature: float = 1.0

@@ -2,8 +2,11 @@
 
 :func:`run_sweep` executes a :class:`~jaxalign.config.SweepConfig`:
 
-- Points sharing a compiled shape (method, sampling level, length, K, N, lattice size)
-  form a group; each group is **one compiled program**, ``vmap``-ed over work items.
+- Points sharing a compiled program form a group, ``vmap``-ed over work items.  A
+  program is one per policy and sampling level (and length at the token level, whose
+  random words depend on it): strengths, ``N``, temperatures and lattice sizes are
+  traced values or padded (laws to one power-of-two support), so a grid over them
+  compiles once.
 - A work item is a block of :data:`BLOCK` replicates of one point, with key
   ``fold_in(fold_in(key(seed), point.key_data), block)``.  The numbers therefore depend
   only on the seed and the point, never on ``chunk_size``, the device count, the
@@ -164,6 +167,7 @@ class _Prepared(NamedTuple):
     params: dict  # host arrays for one point
     rows: Callable  # draws {"name": (replicates,)} -> list of result rows
     win: bool  # compared with base draws (the law level draws them for every point)
+    bucket: tuple = ()  # points of one program run apart unless their buckets agree
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,6 +245,7 @@ def _prepare(config: SweepConfig, spec, point: Point) -> _Prepared:
     except ValueError as e:
         raise ValueError(f"point {point.tag}: {e}") from None
     law_level = config.sampling == "law"
+    bucket = ()
     needs_law = law_level or not policy.has_token_sampler
     try:
         base_law = lm.reward_law(reward)
@@ -279,13 +284,19 @@ def _prepare(config: SweepConfig, spec, point: Point) -> _Prepared:
         params["log_probs"] = np.asarray(lm.log_probs)
         params["token_rewards"] = np.asarray(reward.token_rewards)
         if policy.has_token_sampler:
-            traced = {f: getattr(policy, f) for f in type(policy).traced_fields}
-            params["traced"] = {k: np.asarray(v, dtype) for k, v in traced.items()}
-            static = policy.unchecked_replace(**dict.fromkeys(traced))
             try:
                 policy.check_token_sampling()
             except ValueError as e:
                 raise ValueError(f"point {point.tag}: {e}") from None
+            traced = {f: getattr(policy, f) for f in type(policy).traced_fields}
+            params["traced"] = {
+                k: np.asarray(v, np.uint32 if isinstance(v, int) else dtype)
+                for k, v in traced.items()}
+            # Points whose traced integers (N) are within a factor 2 run together:
+            # a traced N is a while_loop, as long as the largest N of its batch.
+            bucket = tuple(v.bit_length() for v in traced.values()
+                           if isinstance(v, int))
+            static = policy.unchecked_replace(**dict.fromkeys(traced))
             block_fn = _Block("token", n, static, win=win, counts=counts)
         else:
             try:
@@ -299,7 +310,7 @@ def _prepare(config: SweepConfig, spec, point: Point) -> _Prepared:
                               counts=counts)
     rows = functools.partial(_rows, point=point, lm=lm, reward=reward, policy=policy,
                              law=policy_law)
-    return _Prepared(point, block_fn, params, rows, win)
+    return _Prepared(point, block_fn, params, rows, win, bucket)
 
 
 def _row(quantity, estimate=None, exact_value=None, asymptotic=None):
@@ -416,7 +427,7 @@ def _groups(prepared: list[_Prepared]) -> list[list[_Prepared]]:
             (jax.tree_util.keystr(path), np.shape(v), np.asarray(v).dtype.str)
             for path, v in jax.tree_util.tree_leaves_with_path(p.params)
         )
-        groups.setdefault((p.block_fn, shapes), []).append(p)
+        groups.setdefault((p.block_fn, p.bucket, shapes), []).append(p)
     return list(groups.values())
 
 

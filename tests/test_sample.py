@@ -682,3 +682,28 @@ def test_rejection_plan_uses_the_same_budget(key, x64):
     with sample.token_budget(None):
         plan = sample._reweighting(law, 1000, 64)
     assert plan.log_accept.max() == 0.0
+
+
+def test_a_traced_num_candidates_draws_what_a_static_one_draws():
+    # A sweep vmaps one program over points with different N (a while_loop over
+    # chunks); each point's draws equal the static-N call's, index included, across
+    # the chunk boundary (256 candidates per chunk at n = 16).
+    lm = MemorylessLM.from_probs([0.4, 0.3, 0.2, 0.1], length=16)
+    reward = LinearReward([0.0, 1.0, 2.0, 3.0])
+    sizes = [2, 300, 1000]
+    data = jax.random.key_data(jax.random.split(jax.random.key(11), len(sizes)))
+
+    def traced(d, n):
+        k = jax.random.wrap_key_data(d)
+        return (sample.best_of_n(k, lm, reward, n, 8),
+                sample.soft_best_of_n(jax.random.clone(k), lm, reward, n, 0.7, 8))
+
+    bon, soft = jax.jit(jax.vmap(traced))(data, jnp.asarray(sizes, jnp.uint32))
+    for i, n in enumerate(sizes):
+        want = sample.best_of_n(jax.random.wrap_key_data(data[i]), lm, reward, n, 8)
+        want_soft = sample.soft_best_of_n(jax.random.wrap_key_data(data[i]), lm,
+                                          reward, n, 0.7, 8)
+        for got, ref in ((bon, want), (soft, want_soft)):
+            np.testing.assert_array_equal(got.reward[i], ref.reward)
+            np.testing.assert_array_equal(got.index[i], ref.index)
+    assert int(np.max(np.asarray(bon.index))) >= 256  # the boundary was crossed

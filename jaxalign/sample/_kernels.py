@@ -155,10 +155,15 @@ def _sizes(num_samples: int, words_per_sample: int, batch_size: int | None) -> i
     return max(1, min(num_samples, words // max(1, words_per_sample)))
 
 
-def _chunk(num_candidates: int, length: int, chunk_size: int | None) -> int:
+def _chunk(num_candidates: Any, length: int, chunk_size: int | None) -> int:
+    """Candidates per step: ``num_candidates`` may be traced (then the default
+    step, whatever ``N``)."""
+    cap = max(1, _CANDIDATE_WORDS * _step_scale() // length)
+    if not isinstance(num_candidates, int):
+        return chunk_size or cap
     if chunk_size is not None:
         return min(chunk_size, num_candidates)
-    return max(1, min(num_candidates, _CANDIDATE_WORDS * _step_scale() // length))
+    return min(num_candidates, cap)
 
 
 # ----------------------------------------------------------------------- alias table
@@ -456,10 +461,34 @@ def _pipeline(draw, consume, update, init, starts):
     return carry, jax.tree.map(lambda a: a[1:], ys)
 
 
+def _pipeline_while(draw, consume, update, init, start_of, count):
+    """:func:`_pipeline` over a traced number ``count`` of steps with starts
+    ``start_of(t)`` (a ``while_loop``: one program for every ``count``); the
+    carry only, no per-step outputs."""
+    count = jnp.asarray(count, jnp.int32)
+    raw_init = jax.tree.map(
+        lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(draw, start_of(0))
+    )
+
+    def body(state):
+        carry, raw, t = state
+        previous = start_of(jnp.maximum(t - 1, 0))
+        carry, _ = update(carry, consume(raw, previous), previous, t > 0)
+        raw = jax.lax.cond(
+            t < count, lambda: draw(start_of(jnp.minimum(t, count - 1))), lambda: raw
+        )
+        return carry, raw, t + 1
+
+    carry, _, _ = jax.lax.while_loop(
+        lambda state: state[2] <= count, body, (init, raw_init, jnp.int32(0))
+    )
+    return carry
+
+
 def _draw_block(stage: _Stage, key: PRNGKey, size: int):
     def draw(start):
         index = start + jnp.arange(size, dtype=jnp.uint32)
-        return jax.vmap(lambda j: stage.draw(jax.random.fold_in(key, j)))(index)
+        return jax.vmap(lambda j: stage.draw(_fold_in(key, j)))(index)
 
     return draw
 
@@ -483,10 +512,11 @@ def _per_sample(stage: _Stage, key, first_index, num_samples, batch_size):
 
 
 def _stream_max(
-    stage: _Stage, key_i: PRNGKey, num_candidates: int, chunk: int, score_fn=None
+    stage: _Stage, key_i: PRNGKey, num_candidates: Any, chunk: int, score_fn=None
 ):
-    """Running first-index argmax over candidates ``fold_in(key_i, j)``, in chunks."""
-    num_chunks = -(-num_candidates // chunk)
+    """Running first-index argmax over candidates ``fold_in(key_i, j)``, in chunks
+    (a scan over a static ``num_candidates``; a ``while_loop`` over a traced one,
+    so one program serves every ``N``: the numbers are the same either way)."""
 
     def consume(raw, start):
         index = start + jnp.arange(chunk, dtype=jnp.uint32)
@@ -505,10 +535,43 @@ def _stream_max(
             jnp.where(better, index[arg].astype(jnp.int32), best_index),
         ), None
 
-    starts = jnp.arange(num_chunks, dtype=jnp.uint32) * chunk
     dtype = jax.eval_shape(lambda: stage.consume(stage.draw(key_i))).dtype
     init = (jnp.full((), -jnp.inf, dtype), jnp.zeros((), dtype), jnp.int32(0))
-    (_, reward, index), _ = _pipeline(
-        _draw_block(stage, key_i, chunk), consume, update, init, starts
-    )
+    if isinstance(num_candidates, int):
+        num_chunks = -(-num_candidates // chunk)
+        starts = jnp.arange(num_chunks, dtype=jnp.uint32) * chunk
+        (_, reward, index), _ = _pipeline(
+            _draw_block(stage, key_i, chunk), consume, update, init, starts)
+    else:
+        num_candidates = jnp.asarray(num_candidates, jnp.uint32)
+        count = (num_candidates + (chunk - 1)) // chunk
+        _, reward, index = _pipeline_while(
+            _draw_block(stage, _KeyData.of(key_i), chunk), consume, update, init,
+            lambda t: jnp.asarray(t, jnp.uint32) * chunk, count)
     return reward, index
+
+
+class _KeyData(NamedTuple):
+    """A key carried as raw data into a ``while_loop`` and re-made at each use.
+
+    Under ``vmap`` a loop with a batched trip count selects between old and new
+    values of everything it closes over; JAX's key-reuse checker reads that
+    select as a second use of a typed key.  The same key, so the same numbers.
+    """
+
+    data: Array
+    impl: Any
+
+    @classmethod
+    def of(cls, key: PRNGKey) -> _KeyData:
+        return cls(jax.random.key_data(key), jax.random.key_impl(key))
+
+    def key(self) -> PRNGKey:
+        return jax.random.wrap_key_data(self.data, impl=self.impl)
+
+
+def _fold_in(key, index):
+    """``fold_in`` of a typed key or of a :class:`_KeyData`."""
+    if isinstance(key, _KeyData):
+        key = key.key()
+    return jax.random.fold_in(key, index)

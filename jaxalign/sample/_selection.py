@@ -41,7 +41,9 @@ from jaxalign.sample._kernels import (
     _check_optional_int,
     _check_samples_range,
     _chunk,
+    _fold_in,
     _indices,
+    _KeyData,
     _law_of,
     _law_stage,
     _level,
@@ -128,6 +130,8 @@ def _in_blocks(run, key, first, num_samples: int, num_candidates: int, length: i
     work over the default budget (allowed by :func:`token_budget`) runs in blocks
     of samples under a progress bar with an ETA.  Sample ``i`` depends only on
     ``(key, i)``, so the blocks give the numbers of one call."""
+    if not is_concrete(num_candidates):  # traced inside a program: run it
+        return run(key, first, num_samples)
     per_sample = num_candidates * (length + _SEQUENCE_OVERHEAD)
     if (num_samples * per_sample <= _TOKEN_BUDGET or num_samples == 1
             or not (is_concrete(first) and is_concrete(jax.random.key_data(key)))):
@@ -161,8 +165,25 @@ def _selected_tokens(lm, key, first_index, index):
     return jax.vmap(one)(sample, index)
 
 
-@prng_jit("num_candidates", "num_samples", "chunk", "batch_size", "return_tokens",
-          "draws_only")
+def _candidates_jit(*static_argnames: str):
+    """:func:`prng_jit` with ``num_candidates`` static (a Python int: a scan over
+    its chunks), and as ``.traced`` with it traced (a ``while_loop``: one program
+    for every ``N``, e.g. across a sweep's points)."""
+
+    def wrap(fn):
+        jitted = prng_jit("num_candidates", *static_argnames)(fn)
+        jitted.traced = prng_jit(*static_argnames)(fn)
+        return jitted
+
+    return wrap
+
+
+def _for_candidates(impl, num_candidates):
+    """``impl`` for a Python-int ``num_candidates``, ``impl.traced`` otherwise."""
+    return impl if isinstance(num_candidates, int) else impl.traced
+
+
+@_candidates_jit("num_samples", "chunk", "batch_size", "return_tokens", "draws_only")
 def _best_of_n_impl(
     key,
     lm,
@@ -204,9 +225,19 @@ def _validate_bon(
     num_samples, method, first = _validate_sampler(
         key, lm, reward, num_samples, method, first_index, any_model=True
     )
-    num_candidates = check_positive_int(num_candidates, "num_candidates")
     if method == "counts":
         lm = _counts_view(lm)
+    if not is_concrete(num_candidates):
+        # Traced N (a sweep's jitted block): one program for every N; the caller
+        # checked it.  Not at the law level, whose cost needs log N only.
+        if method == "law":
+            raise ValueError("a traced num_candidates needs level='token' or "
+                             "'counts' (the law level takes log_num_candidates)")
+        chunk_size = _check_optional_int(chunk_size, "chunk_size")
+        batch_size = _check_optional_int(batch_size, "batch_size")
+        return (lm, jnp.asarray(num_candidates, jnp.uint32), num_samples, method,
+                first, chunk_size, batch_size)
+    num_candidates = check_positive_int(num_candidates, "num_candidates")
     if method != "law" and num_candidates >= 2**32:
         raise ValueError(
             f"num_candidates must be < 2**32 at level={method!r}, got {num_candidates}"
@@ -287,8 +318,9 @@ def best_of_n(
         return SelectionDraws(reward_out, None, None)
     words = _words_length(lm)
     chunk = _chunk(num_candidates, words, chunk_size)
+    impl = _for_candidates(_best_of_n_impl, num_candidates)
     return _in_blocks(
-        lambda key, first, count: _best_of_n_impl(
+        lambda key, first, count: impl(
             key,
             lm,
             reward,
@@ -517,14 +549,7 @@ def best_of_n_curve(
 # ----------------------------------------------------------------------- soft BoN
 
 
-@prng_jit(
-    "num_candidates",
-    "num_samples",
-    "chunk",
-    "batch_size",
-    "return_tokens",
-    "law_level",
-)
+@_candidates_jit("num_samples", "chunk", "batch_size", "return_tokens", "law_level")
 def _soft_impl(
     key,
     lm,
@@ -544,11 +569,12 @@ def _soft_impl(
     indices = _indices(first_index, num_samples)
 
     def one(i):
-        key_g = jax.random.fold_in(key_gumbel, i)
+        # As data: a traced N streams in a while_loop (see _KeyData).
+        key_g = _KeyData.of(jax.random.fold_in(key_gumbel, i))
 
         def score(index, r):
             g = jax.vmap(
-                lambda j: jax.random.gumbel(jax.random.fold_in(key_g, j), (), r.dtype)
+                lambda j: jax.random.gumbel(_fold_in(key_g, j), (), r.dtype)
             )(index)
             return r / temperature.astype(r.dtype) + g
 
@@ -632,8 +658,9 @@ def soft_best_of_n(
     cost = 1 if method == "law" else _cost_length(lm)
     chunk = _chunk(num_candidates, length, chunk_size)
     temperature = jnp.asarray(temperature, float_dtype(reward.token_rewards))
+    impl = _for_candidates(_soft_impl, num_candidates)
     return _in_blocks(
-        lambda key, first, count: _soft_impl(
+        lambda key, first, count: impl(
             key,
             lm,
             reward,
