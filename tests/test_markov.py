@@ -616,3 +616,60 @@ def test_token_level_selection_samplers_take_a_chain(policy):
         np.testing.assert_array_equal(a.reward, b.reward)
     with pytest.raises(ValueError, match="level='law'"):
         sample.policy(jax.random.key(25), lm, reward, policies.Rejection(5.0), 10)
+
+
+def _assert_matches_law(r, law):
+    """The sample mean and the fraction at or below the median agree with an
+    exact law (|z| < 5 from the exact standard errors)."""
+    values = np.asarray(law.values, np.float64)
+    pmf = np.exp(np.asarray(law.log_pmf, np.float64))
+    pmf /= pmf.sum()
+    mean = float(pmf @ values)
+    var = float(pmf @ (values - mean) ** 2)
+    assert abs(r.mean() - mean) < 5 * math.sqrt(var / r.size)
+    median = values[np.searchsorted(np.cumsum(pmf), 0.5)]
+    gap = np.min(np.diff(values)) if values.size > 1 else 1.0
+    p = float(pmf[values <= median].sum())
+    frac = float(np.mean(r <= median + gap / 2))
+    assert abs(frac - p) < 5 * math.sqrt(p * (1 - p) / r.size)
+
+
+@pytest.mark.parametrize("case", ["sticky-linear", "pair"])
+def test_token_level_rewards_and_tilt_take_a_chain(case):
+    """sample.rewards, sample.tilted and sample.policy(Tilted) at the token level
+    draw a chain through its own sampler stage (the tilt is the time-inhomogeneous
+    chain markov.tilt): the mean and P(R <= median) agree with exact.reward_law and
+    exact.policy_law (|z| < 5); the numbers do not depend on batch_size; sample
+    i's tokens score to sample i's reward."""
+    from jaxalign import sample
+
+    if case == "sticky-linear":
+        lm = jaxalign.MarkovLM.sticky(np.array([0.5, 0.3, 0.2]), 0.4, length=6)
+        reward = jaxalign.LinearReward([0.0, 1.0, 2.0])
+    else:
+        lm = jaxalign.MarkovLM.from_probs(MU, P, length=N)
+        reward = jaxalign.PairReward(PAIR, PAIR_FIRST)
+    num = 4000
+    with jax.enable_x64(True):
+        base = np.asarray(sample.rewards(jax.random.key(31), lm, reward, num),
+                          np.float64)
+        _assert_matches_law(base, exact.reward_law(lm, reward))
+        tilt = sample.tilted(jax.random.key(32), lm, reward, LAM, num)
+        _assert_matches_law(np.asarray(tilt, np.float64),
+                            exact.policy_law(lm, reward, policies.Tilted(LAM)))
+        via_policy = sample.policy(jax.random.key(32), lm, reward,
+                                   policies.Tilted(LAM), num)
+    np.testing.assert_array_equal(via_policy, tilt)
+    # Batch sizes never change the numbers; tokens and rewards of one key agree.
+    a = sample.rewards(jax.random.key(33), lm, reward, 50)
+    b = sample.rewards(jax.random.key(33), lm, reward, 50, batch_size=7)
+    np.testing.assert_array_equal(a, b)
+    res = sample.tilted(jax.random.key(34), lm, reward, LAM, 50, return_tokens=True,
+                        batch_size=7)
+    np.testing.assert_array_equal(
+        res.reward, sample.tilted(jax.random.key(34), lm, reward, LAM, 50))
+    np.testing.assert_allclose(reward(res.tokens), res.reward, rtol=1e-6)
+    toks = sample.tokens(jax.random.key(33), lm, 50)
+    np.testing.assert_allclose(reward(toks), a, rtol=1e-6)
+    with pytest.raises(ValueError, match="vocabulary size"):
+        sample.rewards(jax.random.key(35), lm, jaxalign.LinearReward([0.0, 1.0]), 4)

@@ -27,7 +27,7 @@ from jaxalign.markov._model import (
 
 
 def _stage(lm: MarkovLM, reward):
-    from jaxalign.sample._kernels import _Stage
+    from jaxalign.sample._kernels import _fixed_order_sum, _Stage
 
     length, k = lm.length, lm.num_tokens
     dtype = lm.log_init.dtype
@@ -56,7 +56,8 @@ def _stage(lm: MarkovLM, reward):
 
     def consume(u):
         y = tokens_of(u)
-        return first_r[y[0]] + jnp.sum(pair_r[y[:-1], y[1:]])
+        # A fixed summation order: the same reward whatever the batch or chunk.
+        return first_r[y[0]] + _fixed_order_sum(pair_r[y[:-1], y[1:]])
 
     return _Stage(draw, consume)
 

@@ -15,7 +15,7 @@ from jaxalign._types import (
     check_real,
     prng_jit,
 )
-from jaxalign.models import LinearReward, MemorylessLM, check_compatible
+from jaxalign.models import LinearReward, MemorylessLM
 from jaxalign.sample._kernels import (
     SampleResult,
     _check_first_index,
@@ -28,7 +28,6 @@ from jaxalign.sample._kernels import (
     _level,
     _per_sample,
     _sizes,
-    _token_stage,
 )
 
 # ----------------------------------------------------------------------- tokens/rewards
@@ -36,7 +35,7 @@ from jaxalign.sample._kernels import (
 
 @prng_jit("num_samples", "batch_size")
 def _tokens_impl(key, lm, first_index, num_samples, batch_size):
-    stage = _token_stage(lm, None)
+    stage = lm.sampler_stage(None)  # the model's own token sampler (the protocol)
     return _per_sample(stage, key, first_index, num_samples, batch_size)
 
 
@@ -52,6 +51,10 @@ def tokens(
 
     .. math::
         y_i = (x_{i1}, \dots, x_{in}), \quad x_{ij} \overset{iid}{\sim} p .
+
+    Any base model is drawn through its own sampler stage
+    (:meth:`jaxalign.models.BaseModel.sampler_stage`): a :class:`jaxalign.MarkovLM`
+    token by token along the chain.
 
     Args:
       key: a typed PRNG key.
@@ -73,7 +76,7 @@ def tokens(
       (3, 5)
     """
     check_key(key)
-    _check_model(lm)
+    _check_model(lm, any_model=True)
     num_samples = check_positive_int(num_samples, "num_samples")
     batch_size = _check_optional_int(batch_size, "batch_size")
     _check_samples_range(num_samples, first_index)
@@ -88,7 +91,7 @@ def tokens(
 
 @prng_jit("num_samples", "batch_size")
 def _rewards_impl(key, lm, reward, first_index, num_samples, batch_size):
-    stage = _token_stage(lm, reward)
+    stage = lm.sampler_stage(reward)
     return _per_sample(stage, key, first_index, num_samples, batch_size)
 
 
@@ -129,7 +132,8 @@ def rewards(
       lm: the model.
       reward: per-token rewards ``(K,)``.
       num_samples: number of draws (static).
-      level: ``"token"`` (draw every token; tokens never reach memory) or
+      level: ``"token"`` (draw every token through the model's sampler stage, a
+        chain's too; tokens never reach memory) or
         ``"law"`` (invert the exact lattice CDF of ``R``; needs a concrete model
         and lattice rewards, see :func:`jaxalign.exact.reward_law`).
       batch_size: draws per vectorised step (static; never changes the numbers).
@@ -147,7 +151,7 @@ def rewards(
     """
     method = _level(level, method)
     num_samples, method, first = _validate_sampler(
-        key, lm, reward, num_samples, method, first_index
+        key, lm, reward, num_samples, method, first_index, any_model=True
     )
     batch_size = _check_optional_int(batch_size, "batch_size")
     if method == "law":
@@ -188,7 +192,9 @@ def tilted(
         \varphi_\lambda(x) = p(x)\, e^{\lambda r(x) - \Lambda(\lambda)} .
 
     Tilting the sequence law by ``e^{λR}`` is exactly i.i.d. sampling from
-    ``φ_λ``, so this is :func:`rewards` on :func:`jaxalign.theory.tilt`.
+    ``φ_λ``, so this is :func:`rewards` on :func:`jaxalign.theory.tilt`.  For a
+    :class:`jaxalign.MarkovLM` the tilt is the time-inhomogeneous chain
+    :func:`jaxalign.markov.tilt` (``lm.tilt(reward, lam)``), drawn token by token.
 
     Args:
       key: a typed PRNG key.
@@ -213,13 +219,11 @@ def tilted(
       (2,)
     """
     method = _level(level, method)
-    from jaxalign import theory
-
     _check_lam(lam)
-    check_compatible(lm, reward)
+    _check_model(lm, reward, any_model=True)
     if return_tokens and method != "token":
         raise ValueError(f"return_tokens=True needs level='token', got {method!r}")
-    tilted_lm = theory.tilt(lm, reward, lam)
+    tilted_lm = lm.tilt(reward, lam)  # a model of its own (a chain: inhomogeneous)
     if return_tokens:
         r = rewards(
             key,
