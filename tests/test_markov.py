@@ -673,3 +673,30 @@ def test_token_level_rewards_and_tilt_take_a_chain(case):
     np.testing.assert_allclose(reward(toks), a, rtol=1e-6)
     with pytest.raises(ValueError, match="vocabulary size"):
         sample.rewards(jax.random.key(35), lm, jaxalign.LinearReward([0.0, 1.0]), 4)
+
+
+def test_sampler_alias_rows_against_transition_counts():
+    """The chain sampler's per-row alias tables (K = 5: three padded columns per
+    row) draw every step with the exact transition probabilities: chi-square of
+    the pair counts (p > 1e-4, fixed key), tokens always < K, and a zero
+    transition never taken; n = 1 (a tilt with no step) draws from μ."""
+    k = 5
+    trans = np.random.default_rng(3).dirichlet(np.ones(k), size=k)
+    trans[1] = [0.0, 0.5, 0.0, 0.5, 0.0]
+    lm = jaxalign.MarkovLM.from_probs(np.full(k, 1 / k), trans, length=3)
+    y = np.asarray(markov.sample(jax.random.key(41), lm, 20_000))
+    assert y.min() >= 0 and y.max() < k
+    a, b = y[:, :-1].ravel(), y[:, 1:].ravel()
+    counts = np.zeros((k, k))
+    np.add.at(counts, (a, b), 1)
+    assert np.all(counts[trans == 0] == 0)
+    for row in range(k):
+        ok = trans[row] > 0
+        _, pval = scipy.stats.chisquare(counts[row, ok],
+                                        trans[row, ok] * counts[row].sum())
+        assert pval > 1e-4, row
+    one = jaxalign.MarkovLM.sticky(np.array([0.2, 0.8]), 0.5, length=1)
+    tilt = markov.tilt(one, jaxalign.LinearReward([0.0, 1.0]), 1.0)
+    y1 = np.asarray(markov.sample(jax.random.key(42), tilt, 4000))
+    p1 = 0.8 * math.e / (0.2 + 0.8 * math.e)
+    assert abs(y1.mean() - p1) < 5 * math.sqrt(p1 * (1 - p1) / y1.size)
