@@ -33,7 +33,8 @@ without underflow), in the dtype of the inputs (float64 for the exact checks):
   Perron–Frobenius asymptotics (``Λ(λ) = log ρ(P_λ)``, the twisted chain
   ``Q_λ``, rates per token);
 - :func:`sample`: token-level sampling of any chain (a scan over ``t``, one 32-bit
-  word per token through the alias table of the current row of ``P``).
+  word per token through the current row of ``P``: an alias table, or an integer
+  CDF searched in ``O(log K)``).
 
 A time-inhomogeneous chain (the tilt) is a :class:`MarkovLM` whose ``log_trans``
 has shape ``(n - 1, K, K)``; every function accepts it.
