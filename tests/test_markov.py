@@ -616,3 +616,128 @@ def test_token_level_selection_samplers_take_a_chain(policy):
         np.testing.assert_array_equal(a.reward, b.reward)
     with pytest.raises(ValueError, match="level='law'"):
         sample.policy(jax.random.key(25), lm, reward, policies.Rejection(5.0), 10)
+
+
+def _assert_matches_law(r, law):
+    """The sample mean and the fraction at or below the median agree with an
+    exact law (|z| < 5 from the exact standard errors)."""
+    values = np.asarray(law.values, np.float64)
+    pmf = np.exp(np.asarray(law.log_pmf, np.float64))
+    pmf /= pmf.sum()
+    mean = float(pmf @ values)
+    var = float(pmf @ (values - mean) ** 2)
+    assert abs(r.mean() - mean) < 5 * math.sqrt(var / r.size)
+    median = values[np.searchsorted(np.cumsum(pmf), 0.5)]
+    gap = np.min(np.diff(values)) if values.size > 1 else 1.0
+    p = float(pmf[values <= median].sum())
+    frac = float(np.mean(r <= median + gap / 2))
+    assert abs(frac - p) < 5 * math.sqrt(p * (1 - p) / r.size)
+
+
+@pytest.mark.parametrize("case", ["sticky-linear", "pair"])
+def test_token_level_rewards_and_tilt_take_a_chain(case):
+    """sample.rewards, sample.tilted and sample.policy(Tilted) at the token level
+    draw a chain through its own sampler stage (the tilt is the time-inhomogeneous
+    chain markov.tilt): the mean and P(R <= median) agree with exact.reward_law and
+    exact.policy_law (|z| < 5); the numbers do not depend on batch_size; sample
+    i's tokens score to sample i's reward."""
+    from jaxalign import sample
+
+    if case == "sticky-linear":
+        lm = jaxalign.MarkovLM.sticky(np.array([0.5, 0.3, 0.2]), 0.4, length=6)
+        reward = jaxalign.LinearReward([0.0, 1.0, 2.0])
+    else:
+        lm = jaxalign.MarkovLM.from_probs(MU, P, length=N)
+        reward = jaxalign.PairReward(PAIR, PAIR_FIRST)
+    num = 4000
+    with jax.enable_x64(True):
+        base = np.asarray(sample.rewards(jax.random.key(31), lm, reward, num),
+                          np.float64)
+        _assert_matches_law(base, exact.reward_law(lm, reward))
+        tilt = sample.tilted(jax.random.key(32), lm, reward, LAM, num)
+        _assert_matches_law(np.asarray(tilt, np.float64),
+                            exact.policy_law(lm, reward, policies.Tilted(LAM)))
+        via_policy = sample.policy(jax.random.key(32), lm, reward,
+                                   policies.Tilted(LAM), num)
+    np.testing.assert_array_equal(via_policy, tilt)
+    # Batch sizes never change the numbers; tokens and rewards of one key agree.
+    a = sample.rewards(jax.random.key(33), lm, reward, 50)
+    b = sample.rewards(jax.random.key(33), lm, reward, 50, batch_size=7)
+    np.testing.assert_array_equal(a, b)
+    res = sample.tilted(jax.random.key(34), lm, reward, LAM, 50, return_tokens=True,
+                        batch_size=7)
+    np.testing.assert_array_equal(
+        res.reward, sample.tilted(jax.random.key(34), lm, reward, LAM, 50))
+    np.testing.assert_allclose(reward(res.tokens), res.reward, rtol=1e-6)
+    toks = sample.tokens(jax.random.key(33), lm, 50)
+    np.testing.assert_allclose(reward(toks), a, rtol=1e-6)
+    with pytest.raises(ValueError, match="vocabulary size"):
+        sample.rewards(jax.random.key(35), lm, jaxalign.LinearReward([0.0, 1.0]), 4)
+
+
+def _assert_pairs_follow(y, trans, step=None):
+    """Chi-square (p > 1e-4) of the pair counts of ``y`` against the transition
+    matrix (every step, or one step of a time-inhomogeneous chain); zero
+    transitions never taken."""
+    k = trans.shape[-1]
+    cols = slice(None) if step is None else slice(step, step + 1)
+    a = y[:, :-1][:, cols].ravel()
+    b = y[:, 1:][:, cols].ravel()
+    counts = np.zeros((k, k))
+    np.add.at(counts, (a, b), 1)
+    assert np.all(counts[trans == 0] == 0)
+    for row in range(k):
+        ok = trans[row] > 0
+        if counts[row].sum() == 0:
+            continue
+        _, pval = scipy.stats.chisquare(counts[row, ok],
+                                        trans[row, ok] * counts[row].sum())
+        assert pval > 1e-4, row
+
+
+def test_sampler_rows_against_transition_counts():
+    """The chain sampler draws every step with the exact transition probabilities,
+    through alias tables (a homogeneous chain, K = 5: three padded columns per
+    row) and through the binary-searched integer CDF (its tilt, one table per
+    step; and K = 80 > 64): chi-square of the pair counts (fixed keys), tokens
+    always < K, zero transitions never taken; n = 1 (a tilt with no step) draws
+    from its initial law."""
+    k = 5
+    trans = np.random.default_rng(3).dirichlet(np.ones(k), size=k)
+    trans[1] = [0.0, 0.5, 0.0, 0.5, 0.0]
+    lm = jaxalign.MarkovLM.from_probs(np.full(k, 1 / k), trans, length=3)
+    y = np.asarray(markov.sample(jax.random.key(41), lm, 20_000))
+    assert y.min() >= 0 and y.max() < k
+    _assert_pairs_follow(y, trans)
+    with jax.enable_x64(True):
+        lm64 = jaxalign.MarkovLM.from_probs(np.full(k, 1 / k), trans, length=3)
+        tilt = markov.tilt(lm64, jaxalign.LinearReward([0.0, 1.0, 2.0, 0.5, 3.0]),
+                           0.8)
+        y = np.asarray(markov.sample(jax.random.key(43), tilt, 20_000))
+    assert y.min() >= 0 and y.max() < k
+    for step in range(2):
+        _assert_pairs_follow(y, np.asarray(tilt.trans_probs[step]), step)
+    big = 80
+    trans = np.random.default_rng(4).dirichlet(np.full(big, 0.5), size=big)
+    trans[:, big - 1] = 0.0  # a zero last token: the top of the CDF
+    trans /= trans.sum(1, keepdims=True)
+    lm = jaxalign.MarkovLM.from_probs(np.full(big, 1 / big), trans, length=2)
+    y = np.asarray(markov.sample(jax.random.key(44), lm, 40_000))
+    assert np.all(y[:, 1] < big - 1)
+    # Pool the rows: the law of the second token is the uniform mixture of rows.
+    counts = np.bincount(y[:, 1], minlength=big)
+    expected = trans.mean(0) * y.shape[0]
+    ok = expected > 0
+    _, pval = scipy.stats.chisquare(counts[ok], expected[ok])
+    assert pval > 1e-4
+    # Each row is the right one: E f(y_1, y_2) for a random pair function f.
+    f = np.random.default_rng(5).normal(size=(big, big))
+    mean = np.mean(np.sum(trans * f, 1))
+    sd = math.sqrt(np.mean(np.sum(trans * f**2, 1)) - mean**2)
+    z = (f[y[:, 0], y[:, 1]].mean() - mean) / (sd / math.sqrt(y.shape[0]))
+    assert abs(z) < 5, z
+    one = jaxalign.MarkovLM.sticky(np.array([0.2, 0.8]), 0.5, length=1)
+    tilt = markov.tilt(one, jaxalign.LinearReward([0.0, 1.0]), 1.0)
+    y1 = np.asarray(markov.sample(jax.random.key(42), tilt, 4000))
+    p1 = 0.8 * math.e / (0.2 + 0.8 * math.e)
+    assert abs(y1.mean() - p1) < 5 * math.sqrt(p1 * (1 - p1) / y1.size)

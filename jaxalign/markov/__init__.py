@@ -32,7 +32,9 @@ without underflow), in the dtype of the inputs (float64 for the exact checks):
   :func:`limit_reward_per_token`, :func:`rate_function`, :func:`renyi_rate`:
   Perron–Frobenius asymptotics (``Λ(λ) = log ρ(P_λ)``, the twisted chain
   ``Q_λ``, rates per token);
-- :func:`sample`: token-level sampling of any chain (a scan over ``t``).
+- :func:`sample`: token-level sampling of any chain (a scan over ``t``, one 32-bit
+  word per token through the current row of ``P``: an alias table, or an integer
+  CDF searched in ``O(log K)``).
 
 A time-inhomogeneous chain (the tilt) is a :class:`MarkovLM` whose ``log_trans``
 has shape ``(n - 1, K, K)``; every function accepts it.

@@ -15,7 +15,7 @@ from jaxalign._types import (
     check_real,
     prng_jit,
 )
-from jaxalign.models import LinearReward, MemorylessLM, check_compatible
+from jaxalign.models import LinearReward, MemorylessLM
 from jaxalign.sample._counts import _base_model, _counts_view, _words_length
 from jaxalign.sample._kernels import (
     SampleResult,
@@ -29,7 +29,6 @@ from jaxalign.sample._kernels import (
     _level,
     _per_sample,
     _sizes,
-    _token_stage,
 )
 
 # ----------------------------------------------------------------------- tokens/rewards
@@ -37,7 +36,7 @@ from jaxalign.sample._kernels import (
 
 @prng_jit("num_samples", "batch_size")
 def _tokens_impl(key, lm, first_index, num_samples, batch_size):
-    stage = _token_stage(lm, None)
+    stage = lm.sampler_stage(None)  # the model's own token sampler (the protocol)
     return _per_sample(stage, key, first_index, num_samples, batch_size)
 
 
@@ -53,6 +52,10 @@ def tokens(
 
     .. math::
         y_i = (x_{i1}, \dots, x_{in}), \quad x_{ij} \overset{iid}{\sim} p .
+
+    Any base model is drawn through its own sampler stage
+    (:meth:`jaxalign.models.BaseModel.sampler_stage`): a :class:`jaxalign.MarkovLM`
+    token by token along the chain.
 
     Args:
       key: a typed PRNG key.
@@ -74,7 +77,7 @@ def tokens(
       (3, 5)
     """
     check_key(key)
-    _check_model(lm)
+    _check_model(lm, any_model=True)
     num_samples = check_positive_int(num_samples, "num_samples")
     batch_size = _check_optional_int(batch_size, "batch_size")
     _check_samples_range(num_samples, first_index)
@@ -130,11 +133,12 @@ def rewards(
       lm: the model.
       reward: per-token rewards ``(K,)``.
       num_samples: number of draws (static).
-      level: ``"token"`` (draw every token; tokens never reach memory),
-        ``"counts"`` (draw the token counts ``c ~ Multinomial(n, p)`` by
-        conditional binomials and ``R = sum_k c_k r_k``: O(K) per sequence
-        whatever ``n``, any rewards) or ``"law"`` (invert the exact lattice CDF
-        of ``R``; needs a concrete model and lattice rewards, see
+      level: ``"token"`` (draw every token through the model's sampler stage, a
+        chain's too; tokens never reach memory), ``"counts"`` (draw the token
+        counts ``c ~ Multinomial(n, p)`` by conditional binomials and
+        ``R = sum_k c_k r_k``: O(K) per sequence whatever ``n``, any rewards; a
+        memoryless model) or ``"law"`` (invert the exact lattice CDF of ``R``;
+        needs a concrete model and lattice rewards, see
         :func:`jaxalign.exact.reward_law`).
       batch_size: draws per vectorised step (static; never changes the numbers).
       first_index: index of the first sample of the run.
@@ -151,7 +155,7 @@ def rewards(
     """
     method = _level(level, method)
     num_samples, method, first = _validate_sampler(
-        key, lm, reward, num_samples, method, first_index
+        key, lm, reward, num_samples, method, first_index, any_model=True
     )
     batch_size = _check_optional_int(batch_size, "batch_size")
     if method == "law":
@@ -193,7 +197,9 @@ def tilted(
         \varphi_\lambda(x) = p(x)\, e^{\lambda r(x) - \Lambda(\lambda)} .
 
     Tilting the sequence law by ``e^{λR}`` is exactly i.i.d. sampling from
-    ``φ_λ``, so this is :func:`rewards` on :func:`jaxalign.theory.tilt`.
+    ``φ_λ``, so this is :func:`rewards` on :func:`jaxalign.theory.tilt`.  For a
+    :class:`jaxalign.MarkovLM` the tilt is the time-inhomogeneous chain
+    :func:`jaxalign.markov.tilt` (``lm.tilt(reward, lam)``), drawn token by token.
 
     Args:
       key: a typed PRNG key.
@@ -218,15 +224,11 @@ def tilted(
       (2,)
     """
     method = _level(level, method)
-    from jaxalign import theory
-
     _check_lam(lam)
-    check_compatible(_base_model(lm), reward)
+    _check_model(lm, reward, any_model=True)
     if return_tokens and method != "token":
         raise ValueError(f"return_tokens=True needs level='token', got {method!r}")
-    tilted_lm = theory.tilt(_base_model(lm), reward, lam)
-    if lm is not _base_model(lm):  # a counts view: tilt the model behind it
-        tilted_lm = _counts_view(tilted_lm)
+    tilted_lm = lm.tilt(reward, lam)  # a model of its own (a chain: inhomogeneous)
     if return_tokens:
         r = rewards(
             key,
