@@ -30,6 +30,7 @@ import jaxalign
 from jaxalign import sample
 from jaxalign._types import classic_threefry
 from jaxalign.sample._counts import _binomial
+from jaxalign.sample._kernels import _step_scale
 
 K = 16
 LENGTHS = [4**k for k in range(3, 9)]  # 64 .. 65536
@@ -88,8 +89,11 @@ def main():
                         help="PRNG impl of the key (philox4x32 compiles fastest)")
     args = parser.parse_args()
     repeats = 1 if args.quick else args.repeats
-    token_words = 1 << (21 if args.quick else 23)  # tokens per token-level call
-    count_sequences = 1 << (11 if args.quick else 14)
+    # Sizes scale with the device: an accelerator takes 64x more work per call
+    # (as the samplers' own steps do), or it times launch overhead.
+    scale = _step_scale()
+    token_words = scale << (21 if args.quick else 23)  # tokens per token-level call
+    count_sequences = scale << (11 if args.quick else 14)
     key = jax.random.key(0, impl=args.prng)
     device = jax.devices()[0]
     print(f"device: {device.platform} {device.device_kind}; JAX {jax.__version__}; "
@@ -109,7 +113,7 @@ def main():
     cross = crossover(LENGTHS, ratios)
     print("crossover: " + ("none in range" if cross is None else
                            f"the count level wins from n ~ {cross:.0f}"))
-    flat, ours = binomial_rates(key, 1 << (16 if args.quick else 18), repeats)
+    flat, ours = binomial_rates(key, scale << (16 if args.quick else 18), repeats)
     print(f"binomial draws/s at n = 65536, p = 1/16: jax.random.binomial (flat) "
           f"{flat:.3g}; count stage's binomial (vmapped keys) {ours:.3g}")
 
