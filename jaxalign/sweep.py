@@ -240,7 +240,9 @@ def _prepare(config: SweepConfig, spec, point: Point) -> _Prepared:
     dtype = lm.log_probs.dtype
     n = point.length
     settings = dict(point.settings)
+    counts = config.sampling == "counts"
     try:
+        sampled = sample._counts_view(lm) if counts else lm  # refused before any law
         policy = point.policy.from_settings(settings, lm, reward)
     except ValueError as e:
         raise ValueError(f"point {point.tag}: {e}") from None
@@ -274,13 +276,6 @@ def _prepare(config: SweepConfig, spec, point: Point) -> _Prepared:
                       base_log_pmf=np.asarray(base_log_pmf, dtype))
         block_fn = _Block("law", None)  # always draws "base"; used when win
     else:
-        counts = config.sampling == "counts"
-        sampled = lm
-        if counts:
-            try:
-                sampled = sample._counts_view(lm)
-            except ValueError as e:
-                raise ValueError(f"point {point.tag}: {e}") from None
         params["log_probs"] = np.asarray(lm.log_probs)
         params["token_rewards"] = np.asarray(reward.token_rewards)
         if policy.has_token_sampler:
