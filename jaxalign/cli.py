@@ -458,6 +458,11 @@ def _add_kl_gradients(parser: argparse.ArgumentParser) -> None:
                         help="which rows to print (default all)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON object instead of a table")
+    parser.add_argument("--plot", metavar="FILE",
+                        help="also save the figure (jaxalign.plots."
+                             "kl_penalty_gradients: cosine, relative bias and "
+                             "variance per row, value variance vs n) to FILE "
+                             "(.png, .pdf, .svg)")
 
 
 _KLG_WEIGHTINGS = ("all", "on_policy", "ratio", "clipped")
@@ -588,6 +593,16 @@ def _kl_gradient_models(args: argparse.Namespace):
     return (np.log(q), np.log(qt)), p, "given by --q-probs and --q-trans"
 
 
+def _save_kl_gradients_plot(path: str, summary, values) -> None:
+    from jaxalign import plots
+
+    fig = plots.kl_penalty_gradients(summary, values)
+    try:
+        fig.savefig(path, dpi=110)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot write --plot {path!r}: {e}") from None
+
+
 def _run_kl_gradients(args: argparse.Namespace) -> int:
     import jax
 
@@ -603,6 +618,9 @@ def _run_kl_gradients(args: argparse.Namespace) -> int:
         s = kl_gradients.summary(params, p, clip=args.clip, implementations=rows)
         norm_qp = float(jax.numpy.linalg.norm(s.grad_kl_qp))
         norm_pq = float(jax.numpy.linalg.norm(s.grad_kl_pq))
+        if args.plot is not None:
+            _save_kl_gradients_plot(args.plot, s, kl_gradients.value_moments(
+                params, p))
     kind = "Markov" if args.trans is not None else "memoryless"
     table = [{"implementation": impl.name, "gradient_of": s.divergence[j],
               "cosine": float(s.cosine[j]), "relative_bias": float(

@@ -533,7 +533,7 @@ def _sequence_coef(cell: _Cell) -> Array:
 
 
 def _moments_impl(problem: _Problem, cell: _Cell, structure: str, k: int,
-                  markov: bool, length: int):
+                  markov: bool, length: int, covariance: bool = True):
     lq0_th, lq_th = _tables(problem.flat, k, markov)
     lq0_old, lq_old = _tables(problem.old, k, markov)
     s0, s = _scores(problem.flat, k, markov)
@@ -543,20 +543,25 @@ def _moments_impl(problem: _Problem, cell: _Cell, structure: str, k: int,
     m0 = _matrices(structure, cell, x0, s0, dw0, wt0, w0)
     u = jnp.einsum("kij,j->ki", m0, v0)
     mean = law0[:, None] * u
-    second = law0[:, None, None] * u[:, :, None] * u[:, None, :]
+    # Without the covariance (training), the second moments are not carried.
+    second = (law0[:, None, None] * u[:, :, None] * u[:, None, :] if covariance
+              else jnp.zeros((), u.dtype))
 
     def body(carry, lp):
         mean, second = carry
         law, x, dw, wt, w = _step_data(cell, lq_th, lq_old, lp)
         m = _matrices(structure, cell, x, s, dw, wt, w)
         mean = jnp.einsum("ab,abij,aj->bi", law, m, mean)
-        t = jnp.einsum("abij,ajk->abik", m, second)
-        second = jnp.einsum("ab,abik,ablk->bil", law, t, m)
+        if covariance:
+            t = jnp.einsum("abij,ajk->abik", m, second)
+            second = jnp.einsum("ab,abik,ablk->bil", law, t, m)
         return (mean, second), None
 
     (mean, second), _ = jax.lax.scan(body, (mean, second), problem.lp)
     readout = _readout(structure, d, _sequence_coef(cell))
     g = readout @ jnp.sum(mean, axis=0)
+    if not covariance:
+        return g, None
     gg = readout @ jnp.sum(second, axis=0) @ readout.T
     return g, gg - g[:, None] * g[None, :]
 

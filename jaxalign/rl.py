@@ -1,4 +1,5 @@
-r"""RL baselines for memoryless policies: REINFORCE, PPO, GRPO, exact-gradient ascent.
+r"""RL baselines for memoryless and Markov policies: REINFORCE, PPO, GRPO,
+exact-gradient ascent.
 
 A memoryless policy is a vector of per-token logits ``θ (K,)``; it samples ``length``
 tokens i.i.d. from ``π = softmax(θ)``.  All methods maximise the sequence-level
@@ -26,6 +27,16 @@ loss-k2 gives ``∇KL(π‖P)`` and loss-k3 gives ``∇KL(P‖π)`` (the *revers
 
 Training loops are ``lax.scan`` over steps inside one jit; :func:`train_sweep` vmaps
 them over seeds and ``beta`` values.
+
+Markov policies (issue 13): with a :class:`jaxalign.MarkovLM` reference the same
+:func:`train` / :func:`train_sweep` train a homogeneous chain with tabular logits
+``(init (K,), trans (K, K))``, the penalty any cell of
+:data:`jaxalign.kl_gradients.GRID` (``kl_estimator``, ``kl_mode`` = the placement,
+``kl_level``, ``kl_weighting``), with exact ``(KL, reward)`` trajectories by the
+forward recursions of :mod:`jaxalign.markov`; ``algorithm="exact"`` follows each
+cell's exact expected gradient to its stationary point.  The loop is a second step
+function behind the same entry points: the memoryless one leans on closed forms (an
+``O(K)`` policy value, an alias sampler, two KL choices) that a chain does not have.
 """
 
 from __future__ import annotations
@@ -39,6 +50,7 @@ import numpy as np
 import optax
 
 from jaxalign import estimators, theory
+from jaxalign import kl_gradients as kg
 from jaxalign._types import (
     Array,
     ArrayLike,
@@ -50,6 +62,8 @@ from jaxalign._types import (
     prng_jit,
     renamed_keyword,
 )
+from jaxalign.markov._finite import _chain_kl, _chain_mean
+from jaxalign.markov._model import MarkovLM, _prepare
 from jaxalign.models import LinearReward, MemorylessLM, check_compatible
 from jaxalign.sample._kernels import _alias_table, _alias_tokens
 from jaxalign.theory._renyi import _categorical_kl
@@ -126,15 +140,23 @@ def _check_logits(logits: ArrayLike, lm: MemorylessLM, name: str = "logits") -> 
     return logits
 
 
-def evaluate(logits: ArrayLike, lm: MemorylessLM, reward: LinearReward) -> PolicyValue:
-    r"""Exact KL to the base model and expected reward of ``softmax(logits)``.
+def evaluate(logits, lm: MemorylessLM | MarkovLM, reward) -> PolicyValue:
+    r"""Exact KL to the base model and expected reward of a policy.
+
+    Memoryless (``logits (K,)``, ``π = softmax(logits)``):
 
     .. math::
         \mathrm{KL} = n \sum_x \pi(x) \log\frac{\pi(x)}{p(x)}, \qquad
         \mathbb{E}_\pi R = n \sum_x \pi(x) r(x).
 
+    Markov (``lm`` a :class:`jaxalign.MarkovLM`, ``logits`` the pair
+    ``(init_logits (K,), trans_logits (K, K))`` of a homogeneous chain ``Q``):
+    ``KL(Q‖P)`` and ``E_Q R`` by the forward recursions of
+    :func:`jaxalign.markov.chain_kl` and :func:`jaxalign.markov.chain_expected_reward`
+    (``reward`` a :class:`jaxalign.LinearReward` or :class:`jaxalign.PairReward`).
+
     Args:
-      logits: ``(K,)`` policy logits.
+      logits: ``(K,)`` policy logits, or the Markov pair.
       lm: the base model ``P`` (its ``length`` is ``n``).
       reward: the reward used for scoring (e.g. the gold reward).
 
@@ -147,18 +169,28 @@ def evaluate(logits: ArrayLike, lm: MemorylessLM, reward: LinearReward) -> Polic
       >>> r = jaxalign.LinearReward([0.0, 1.0])
       >>> float(evaluate(lm.log_probs, lm, r).reward)
       2.0
+      >>> chain = jaxalign.MarkovLM.sticky([0.5, 0.5], 0.5, length=4)
+      >>> v = evaluate((chain.log_init, chain.log_trans + 0.3), chain, r)  # Q = P
+      >>> round(float(v.kl), 12), round(float(v.reward), 12)
+      (0.0, 2.0)
     """
+    if isinstance(lm, MarkovLM):
+        chain, flat = _markov_setup(lm, reward, logits, "logits")
+        return _markov_value_jit(flat, chain, lm.num_tokens, lm.length)
     check_compatible(lm, reward)
     logits = _check_logits(logits, lm)
     return _policy_value(logits, lm.log_probs, reward.token_rewards, lm.length)
 
 
-def objective(logits: ArrayLike, lm: MemorylessLM, reward: LinearReward,
+def objective(logits, lm: MemorylessLM | MarkovLM, reward,
               beta: ArrayLike) -> Array:
     r"""Exact KL-regularised objective ``E_π R − β KL(π^{⊗n}‖P)`` of a policy.
 
-    Its maximiser over logits is the tilt ``p_λ`` with ``λ = 1/β``, with value
-    ``n Λ(λ)/λ`` (THEORY.md §1.3).
+    Memoryless: its maximiser over logits is the tilt ``p_λ`` with ``λ = 1/β``,
+    with value ``n Λ(λ)/λ`` (THEORY.md §1.3).  Markov (``logits`` the pair of
+    :func:`evaluate`): the maximiser over all laws is the time-inhomogeneous tilt
+    :func:`jaxalign.markov.tilt`, which a homogeneous chain reaches only for
+    ``n <= 2``.
 
     Examples:
       >>> import jaxalign
@@ -360,14 +392,175 @@ def _sweep_impl(key, base_log_probs, token_rewards, betas, learning_rate, clip_e
 _sweep_jit = prng_jit("cfg", "num_seeds")(_sweep_impl)
 
 
-def _validate(lm, reward, algorithm, learning_rate, num_steps, batch_size, group_size,
-              num_epochs, kl_mode, kl_estimator, clip_eps, optimizer_fn, init_logits,
-              scale_rewards):
-    check_compatible(lm, reward)
-    _check_base(lm)
+# -- Markov policies -----------------------------------------------------------------
+# The memoryless loop above leans on closed forms (a policy value in O(K), an alias
+# sampler, two KL choices); a chain needs forward recursions, a scan per sequence and
+# the 45 cells of jaxalign.kl_gradients.  The step below is the same algorithm
+# structure (exact / REINFORCE / PPO / GRPO, optax, leave-one-out or group baselines,
+# a lax.scan over steps vmapped over betas and seeds) on those pieces.
+
+
+class _Chain(NamedTuple):
+    """The reference chain and the reward as arrays (a pytree)."""
+
+    lp0: Array  # (K,) log p(y_1)
+    lp: Array  # (n - 1, K, K) log p_t(a, b)
+    first: Array  # (K,) r_1
+    pair: Array  # (K, K) r(a, b)
+
+
+class _MarkovConfig(NamedTuple):
+    algorithm: str
+    length: int
+    num_steps: int
+    batch_size: int
+    group_size: int
+    num_epochs: int
+    structure: str  # the penalty's recursion (kl_gradients._structure); the rest of
+    # the cell is data (_Penalty), so cells of one structure share a compilation
+    optimizer_fn: Callable
+    scale_rewards: bool
+
+
+class _Penalty(NamedTuple):
+    """The penalty cell as arrays (a pytree)."""
+
+    cell: kg._Cell
+    token: Array  # 0-d bool: level == "token"
+    to_go: Array  # 0-d bool: placement == "reward_to_go"
+
+
+def _markov_setup(lm: MarkovLM, reward, logits, name: str):
+    """``(_Chain, θ flat (K + K²,))`` with validation (``logits=None``: ``P``'s own)."""
+    log_init, log_trans, first, pair, dtype = _prepare(lm, reward)
+    if is_concrete(log_trans) and not (np.all(np.isfinite(np.asarray(log_init)))
+                                       and np.all(np.isfinite(np.asarray(log_trans)))):
+        raise ValueError(
+            "lm must give every token and transition a positive probability for "
+            "training (the KL of a softmax policy is infinite otherwise), got a zero")
+    k, n = lm.num_tokens, lm.length
+    lp = log_trans if log_trans.ndim == 3 else jnp.broadcast_to(log_trans[None],
+                                                                (n - 1, k, k))
+    if logits is None:
+        if log_trans.ndim == 3:
+            raise ValueError(
+                "init_logits must be given for a time-inhomogeneous lm (the policy is "
+                "a homogeneous chain: pass (init_logits (K,), trans_logits (K, K)))")
+        logits = (log_init, log_trans)
+    flat = kg._flatten(logits, k, True, dtype, name)
+    return _Chain(log_init, lp.astype(dtype), first, pair), flat
+
+
+def _per_token_log_q(flat: Array, y: Array, k: int) -> Array:
+    """``(..., n)`` ``log q(y_t | y_{t-1})`` of sequences ``y (..., n)``."""
+    lq0, lq = kg._tables(flat, k, True)
+    return jnp.concatenate([lq0[y[..., :1]], lq[y[..., :-1], y[..., 1:]]], axis=-1)
+
+
+def _markov_value(flat: Array, chain: _Chain, k: int, length: int) -> PolicyValue:
+    lq0, lq = kg._tables(flat, k, True)
+    return PolicyValue(_chain_kl(lq0, lq, chain.lp0, chain.lp, length),
+                       _chain_mean(lq0, lq, chain.first, chain.pair, length))
+
+
+_markov_value_jit = jax.jit(_markov_value, static_argnames=("k", "length"))
+
+
+def _markov_reward(flat: Array, chain: _Chain, k: int, length: int) -> Array:
+    lq0, lq = kg._tables(flat, k, True)
+    return _chain_mean(lq0, lq, chain.first, chain.pair, length)
+
+
+def _markov_train_one(key, chain: _Chain, penalty: _Penalty, beta, learning_rate,
+                      clip_eps, init_flat, cfg: _MarkovConfig) -> TrainResult:
+    optimizer = cfg.optimizer_fn(learning_rate)
+    k, n = chain.lp0.shape[0], cfg.length
+    cell, token, to_go = penalty
+    structure = cfg.structure
+
+    def k_value(y, lq_tok):
+        x = lq_tok - jnp.concatenate(
+            [chain.lp0[y[..., :1]], chain.lp[jnp.arange(n - 1), y[..., :-1],
+                                               y[..., 1:]]], axis=-1)
+        per_token = jnp.sum(kg._basis(x) @ cell.c, axis=-1)
+        sequence = kg._basis(jnp.sum(x, axis=-1)) @ cell.c
+        return jnp.where(token, per_token, sequence)
+
+    def step(carry, t):
+        theta, opt_state = carry
+        value = _markov_value(theta, chain, k, n)
+        problem = kg._Problem(theta, theta, chain.lp0, chain.lp)
+        if cfg.algorithm == "exact":
+            g_reward = jax.grad(_markov_reward)(theta, chain, k, n)
+            g_kl, _ = kg._moments_impl(problem, cell, structure, k, True, n,
+                                       covariance=False)
+            grads = -g_reward + beta * g_kl
+            theta, opt_state = _opt_update(optimizer, grads, opt_state, theta)
+            return (theta, opt_state), (value.kl, value.reward, value.kl, value.reward)
+
+        lq0, lq = kg._tables(theta, k, True)
+        draw_key = jax.random.fold_in(key, t)
+        y = jax.vmap(lambda i: kg._draw(jax.random.fold_in(draw_key, i), lq0, lq, n))(
+            jnp.arange(cfg.batch_size))
+        rewards = chain.first[y[:, 0]] + jnp.sum(chain.pair[y[:, :-1], y[:, 1:]], -1)
+        old_lq_tok = _per_token_log_q(theta, y, k)
+        adv = jax.lax.stop_gradient(_group_advantages(rewards, cfg))
+
+        def sampled_loss(th):
+            lq_tok = _per_token_log_q(th, y, k)
+            if cfg.algorithm == "reinforce":
+                surr = adv * jnp.sum(lq_tok, axis=-1)
+            else:
+                ratio = jnp.exp(lq_tok - old_lq_tok)
+                a = adv[:, None]
+                clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps)
+                surr = jnp.sum(jnp.minimum(ratio * a, clipped * a), axis=-1)
+            pen = jax.vmap(lambda yi: kg._surrogate(th, yi, problem, cell, token, to_go,
+                                                    k, True))(y)
+            return -jnp.mean(surr) + beta * jnp.mean(pen)
+
+        def epoch(c, _):
+            th, st = c
+            return _opt_update(optimizer, jax.grad(sampled_loss)(th), st, th), None
+
+        (theta, opt_state), _ = jax.lax.scan(epoch, (theta, opt_state), None,
+                                             length=cfg.num_epochs)
+        out = (value.kl, value.reward, jnp.mean(k_value(y, old_lq_tok)),
+               jnp.mean(rewards))
+        return (theta, opt_state), out
+
+    with jax.numpy_dtype_promotion("standard"):
+        carry = (init_flat, optimizer.init(init_flat))
+    (theta, _), (kl, rew, kl_hat, rew_hat) = jax.lax.scan(
+        step, carry, jnp.arange(cfg.num_steps))
+    final = _markov_value(theta, chain, k, n)
+    return TrainResult(
+        (theta[:k], theta[k:].reshape(k, k)),
+        jnp.concatenate([kl, final.kl[None]]),
+        jnp.concatenate([rew, final.reward[None]]),
+        kl_hat,
+        rew_hat,
+    )
+
+
+def _markov_sweep_impl(key, chain, penalty, betas, learning_rate, clip_eps, init_flat,
+                       cfg: _MarkovConfig, num_seeds: int) -> TrainResult:
+    def per_beta(beta):
+        return jax.vmap(
+            lambda i: _markov_train_one(jax.random.fold_in(key, i), chain, penalty,
+                                        beta, learning_rate, clip_eps, init_flat, cfg)
+        )(jnp.arange(num_seeds))
+
+    return jax.vmap(per_beta)(betas)
+
+
+_markov_sweep_jit = prng_jit("cfg", "num_seeds")(_markov_sweep_impl)
+
+
+def _check_hyper(algorithm, learning_rate, num_steps, batch_size, group_size,
+                 num_epochs, clip_eps, optimizer_fn):
+    """The hyperparameters shared by memoryless and Markov training."""
     _check_choice(algorithm, "algorithm", ALGORITHMS)
-    _check_choice(kl_mode, "kl_mode", KL_MODES)
-    _check_choice(kl_estimator, "kl_estimator", KL_ESTIMATORS)
     if is_concrete(learning_rate):
         lr = np.asarray(learning_rate)
         if lr.ndim != 0 or not np.isfinite(lr) or lr <= 0:
@@ -397,6 +590,25 @@ def _validate(lm, reward, algorithm, learning_rate, num_steps, batch_size, group
             "optimizer_fn must be a callable learning_rate -> optax."
             f"GradientTransformation (e.g. optax.adam), got {optimizer_fn!r}"
         )
+    return num_steps, batch_size, group_size, num_epochs
+
+
+def _validate(lm, reward, algorithm, learning_rate, num_steps, batch_size, group_size,
+              num_epochs, kl_mode, kl_estimator, clip_eps, optimizer_fn, init_logits,
+              scale_rewards, kl_level="token", kl_weighting="on_policy"):
+    check_compatible(lm, reward)
+    _check_base(lm)
+    _check_choice(algorithm, "algorithm", ALGORITHMS)
+    _check_choice(kl_mode, "kl_mode", KL_MODES)
+    _check_choice(kl_estimator, "kl_estimator", KL_ESTIMATORS)
+    if kl_level != "token" or kl_weighting != "on_policy":
+        raise ValueError(
+            f"kl_level and kl_weighting choose a cell of jaxalign.kl_gradients for a "
+            f"MarkovLM only; a MemorylessLM needs kl_level='token' and "
+            f"kl_weighting='on_policy', got {kl_level!r} and {kl_weighting!r}")
+    num_steps, batch_size, group_size, num_epochs = _check_hyper(
+        algorithm, learning_rate, num_steps, batch_size, group_size, num_epochs,
+        clip_eps, optimizer_fn)
     init = lm.log_probs if init_logits is None else _check_logits(
         init_logits, lm, "init_logits")
     dtype = lm.log_probs.dtype
@@ -412,6 +624,33 @@ def _validate(lm, reward, algorithm, learning_rate, num_steps, batch_size, group
     return cfg, lr, ce, init
 
 
+def _validate_markov(lm, reward, algorithm, learning_rate, num_steps, batch_size,
+                     group_size, num_epochs, kl_mode, kl_estimator, kl_level,
+                     kl_weighting, clip_eps, optimizer_fn, init_logits, scale_rewards):
+    chain, init = _markov_setup(lm, reward, init_logits, "init_logits")
+    _check_choice(kl_estimator, "kl_estimator", kg.ESTIMATORS)
+    _check_choice(kl_mode, "kl_mode", kg.PLACEMENTS)
+    _check_choice(kl_level, "kl_level", kg.LEVELS)
+    _check_choice(kl_weighting, "kl_weighting", kg.WEIGHTINGS)
+    if kl_level == "sequence" and kl_mode == "reward_to_go":
+        raise ValueError(
+            "kl_mode='reward_to_go' needs kl_level='token', got kl_level='sequence' "
+            "(a sequence-level penalty arrives at the last token: use kl_mode="
+            "'reward')")
+    num_steps, batch_size, group_size, num_epochs = _check_hyper(
+        algorithm, learning_rate, num_steps, batch_size, group_size, num_epochs,
+        clip_eps, optimizer_fn)
+    impl = kg.Implementation(kl_estimator, kl_mode, kl_level, kl_weighting)
+    cfg = _MarkovConfig(algorithm, lm.length, num_steps, batch_size, group_size,
+                        num_epochs, kg._structure(impl), optimizer_fn,
+                        bool(scale_rewards))
+    dtype = init.dtype
+    ce = jnp.asarray(clip_eps, dtype=dtype)
+    penalty = _Penalty(kg._cell(impl, ce), jnp.asarray(kl_level == "token"),
+                       jnp.asarray(kl_mode == "reward_to_go"))
+    return cfg, chain, penalty, jnp.asarray(learning_rate, dtype=dtype), ce, init
+
+
 def _default_kl(algorithm, kl_mode, kl_estimator):
     if kl_mode is None:
         kl_mode = "loss" if algorithm == "grpo" else "reward"
@@ -420,15 +659,17 @@ def _default_kl(algorithm, kl_mode, kl_estimator):
     return kl_mode, kl_estimator
 
 
-def train_sweep(key: PRNGKey, lm: MemorylessLM, reward: LinearReward,
+def train_sweep(key: PRNGKey, lm: MemorylessLM | MarkovLM, reward,
                 betas: ArrayLike, *, num_seeds: int = 1, algorithm: str | None = None,
                 learning_rate: float = 0.05, num_steps: int = 200,
                 batch_size: int = 32, group_size: int = 8, num_epochs: int = 4,
                 kl_mode: str | None = None, kl_estimator: str | None = None,
+                kl_level: str = "token", kl_weighting: str = "on_policy",
                 clip_eps: float = 0.2, optimizer_fn: Callable = optax.adam,
-                init_logits: ArrayLike | None = None,
+                init_logits=None,
                 scale_rewards: bool = True, method: str | None = None) -> TrainResult:
-    r"""Train memoryless policies for every ``beta`` and seed, in one compiled call.
+    r"""Train memoryless or Markov policies for every ``beta`` and seed, in one
+    compiled call.
 
     Maximises ``E_π R − β KL(π^{⊗n}‖P)`` (see the module docstring) with:
 
@@ -446,10 +687,36 @@ def train_sweep(key: PRNGKey, lm: MemorylessLM, reward: LinearReward,
 
     Seeds use ``fold_in(key, seed_index)``; the same seeds are used for every ``beta``.
 
+    **Markov policies** (``lm`` a :class:`jaxalign.MarkovLM`, every transition
+    ``> 0``; ``reward`` a :class:`jaxalign.LinearReward` or
+    :class:`jaxalign.PairReward`): the policy is a homogeneous chain with tabular
+    logits ``θ = (init_logits (K,), trans_logits (K, K))`` and the penalty is one
+    cell ``(kl_estimator, kl_mode, kl_level, kl_weighting)`` of
+    :data:`jaxalign.kl_gradients.GRID` (``kl_mode`` is the placement:
+    ``"reward"``, ``"reward_to_go"`` or ``"loss"``).  ``"exact"`` follows
+    ``∇E_Q[R] − β E[g]`` with ``∇E_Q[R]`` by autodiff of the forward recursion of
+    :func:`jaxalign.markov.chain_expected_reward` and ``E[g]`` the cell's exact
+    expected gradient at ``θ = θ_old`` (:func:`jaxalign.kl_gradients.gradient_moments`),
+    so it converges to the cell's stationary point; the sampled algorithms draw
+    ``batch_size`` chains from ``Q_θ``, use the score function of ``R`` with the
+    leave-one-out (REINFORCE) or group (GRPO) baseline, PPO's per-token clipped
+    ratio ``q_θ(y_t|y_{t−1})/q_old(y_t|y_{t−1})``, and add ``β`` times the mean
+    of the cell's surrogate loss (the one
+    :func:`jaxalign.kl_gradients.monte_carlo_gradient` differentiates; weighted
+    cells use ``θ_old`` of the rollout and ``clip_eps``).
+    The trajectories are exact: ``KL(Q_t‖P)`` by
+    :func:`jaxalign.markov.chain_kl` and ``E_{Q_t} R`` by
+    :func:`jaxalign.markov.chain_expected_reward`.  The maximiser of the objective
+    over all laws is the time-inhomogeneous tilt :func:`jaxalign.markov.tilt`; a
+    homogeneous chain reaches it for ``n <= 2`` only, so for longer chains even the
+    true gradient stops below the frontier :func:`jaxalign.markov.optimal_reward`.
+
     Args:
       key: typed PRNG key.
       lm: base model ``P`` (all ``p(x) > 0``); its ``length`` is ``n``.
-      reward: the training reward (gold, or a proxy).
+      reward: the training reward (gold, or a proxy); a
+        :class:`jaxalign.LinearReward` (or a :class:`jaxalign.PairReward` for a
+        Markov ``lm``).
       betas: ``(num_betas,)`` KL coefficients ``β ≥ 0`` (``β = 1/λ``).
       num_seeds: independent runs per ``beta``.
       algorithm: one of :data:`ALGORITHMS` (default ``"reinforce"``; the former
@@ -460,16 +727,23 @@ def train_sweep(key: PRNGKey, lm: MemorylessLM, reward: LinearReward,
       group_size: GRPO group size ``>= 2``, dividing ``batch_size``.
       num_epochs: PPO/GRPO optimisation passes over each batch.
       kl_mode: ``"reward"`` or ``"loss"`` (default ``"loss"`` for GRPO, else
-        ``"reward"``).
+        ``"reward"``); ``"reward_to_go"`` too for a Markov ``lm``.
       kl_estimator: ``"k1"``, ``"k2"`` or ``"k3"`` (default ``"k3"`` for GRPO, else
         ``"k1"``).
+      kl_level: ``"token"`` (``Σ_t k(ℓ_t)``) or ``"sequence"`` (``k(ℓ)``); Markov
+        only.
+      kl_weighting: ``"on_policy"``, ``"ratio"`` or ``"clipped"`` (clip range
+        ``clip_eps``); Markov only.
       clip_eps: PPO/GRPO clipping ``ε > 0``.
       optimizer_fn: ``learning_rate -> optax.GradientTransformation``.
-      init_logits: ``(K,)`` initial logits (default: the base ``log_probs``).
+      init_logits: ``(K,)`` initial logits (default: the base ``log_probs``); for a
+        Markov ``lm`` the pair ``(init_logits (K,), trans_logits (K, K))``
+        (default: ``P``'s own, when ``P`` is homogeneous).
       scale_rewards: GRPO divides advantages by the group std.
 
     Returns:
-      A :class:`TrainResult` with leading axes ``(num_betas, num_seeds)``.
+      A :class:`TrainResult` with leading axes ``(num_betas, num_seeds)``
+      (``logits`` the pair ``(init, trans)`` for a Markov ``lm``).
 
     Examples:
       >>> import jax, jaxalign
@@ -484,23 +758,34 @@ def train_sweep(key: PRNGKey, lm: MemorylessLM, reward: LinearReward,
     algorithm = renamed_keyword(algorithm, method, old="method", new="algorithm",
                                 default="reinforce")
     kl_mode, kl_estimator = _default_kl(algorithm, kl_mode, kl_estimator)
-    cfg, lr, ce, init = _validate(
-        lm, reward, algorithm, learning_rate, num_steps, batch_size, group_size,
-        num_epochs, kl_mode, kl_estimator, clip_eps, optimizer_fn, init_logits,
-        scale_rewards)
+    markov = isinstance(lm, MarkovLM)
+    if markov:
+        cfg, chain, penalty, lr, ce, init = _validate_markov(
+            lm, reward, algorithm, learning_rate, num_steps, batch_size, group_size,
+            num_epochs, kl_mode, kl_estimator, kl_level, kl_weighting, clip_eps,
+            optimizer_fn, init_logits, scale_rewards)
+    else:
+        cfg, lr, ce, init = _validate(
+            lm, reward, algorithm, learning_rate, num_steps, batch_size, group_size,
+            num_epochs, kl_mode, kl_estimator, clip_eps, optimizer_fn, init_logits,
+            scale_rewards, kl_level, kl_weighting)
     num_seeds = check_positive_int(num_seeds, "num_seeds")
     betas = jnp.asarray(betas)
     if betas.ndim != 1:
         raise ValueError(f"betas must have shape (num_betas,), got {betas.shape}")
     check_real(betas, "betas", minimum=0.0)
-    betas = betas.astype(lm.log_probs.dtype)
+    betas = betas.astype(init.dtype)
+    if markov:
+        return _markov_sweep_jit(key, chain, penalty, betas, lr, ce, init, cfg=cfg,
+                                 num_seeds=num_seeds)
     return _sweep_jit(key, lm.log_probs, reward.token_rewards, betas, lr, ce, init,
                       cfg=cfg, num_seeds=num_seeds)
 
 
-def train(key: PRNGKey, lm: MemorylessLM, reward: LinearReward, beta: float,
+def train(key: PRNGKey, lm: MemorylessLM | MarkovLM, reward, beta: float,
           **kwargs) -> TrainResult:
-    r"""Train one memoryless policy for one ``beta`` (see :func:`train_sweep`).
+    r"""Train one memoryless or Markov policy for one ``beta`` (see
+    :func:`train_sweep`).
 
     Returns a :class:`TrainResult` without batch axes.  Bad hyperparameters (``beta <
     0``, ``learning_rate <= 0``, ``num_steps < 1``, GRPO ``group_size < 2``) raise
@@ -514,13 +799,20 @@ def train(key: PRNGKey, lm: MemorylessLM, reward: LinearReward, beta: float,
       ...             optimizer_fn=optax.sgd, learning_rate=0.5, num_steps=500)
       >>> round(float(jax.nn.softmax(res.logits)[1]), 4)  # e/(1+e)
       0.7311
+      >>> chain = jaxalign.MarkovLM.sticky([0.5, 0.5], 0.5, length=3)
+      >>> res = train(jax.random.key(0), chain, r, 1.0, algorithm="reinforce",
+      ...             kl_mode="loss", kl_estimator="k2", kl_level="sequence",
+      ...             num_steps=5, batch_size=4)
+      >>> res.logits[1].shape, res.kl.shape
+      ((2, 2), (6,))
     """
     if "num_seeds" in kwargs:
         raise ValueError("train runs one seed; use train_sweep for num_seeds")
     check_real(beta, "beta", minimum=0.0)
     if is_concrete(beta) and np.ndim(beta) != 0:
         raise ValueError(f"beta must be a scalar, got shape {np.shape(beta)}")
-    betas = jnp.reshape(jnp.asarray(beta, dtype=lm.log_probs.dtype), (1,))
+    dtype = lm.log_init.dtype if isinstance(lm, MarkovLM) else lm.log_probs.dtype
+    betas = jnp.reshape(jnp.asarray(beta, dtype=dtype), (1,))
     res = train_sweep(key, lm, reward, betas, num_seeds=1, **kwargs)
     return jax.tree.map(lambda x: x[0, 0], res)
 

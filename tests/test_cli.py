@@ -313,6 +313,17 @@ def test_kl_gradients_json_and_table(capsys):
     assert out.count("/on_policy") == 15 and "/ratio" not in out
 
 
+def test_kl_gradients_plot_writes_the_figure(capsys, tmp_path):
+    path = tmp_path / "klg.png"
+    code, out, err = run(capsys, [*KLG, "--q-probs", "0.2,0.3,0.5", "--weighting",
+                                  "on_policy", "--plot", str(path)])
+    assert (code, err) == (0, "") and "KL-penalty gradients" in out
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    code, out, err = run(capsys, [*KLG, "--q-probs", "0.2,0.3,0.5", "--plot",
+                                  str(tmp_path / "missing" / "klg.png")])
+    assert code == 2 and out == "" and "cannot write --plot" in err
+
+
 KLG_BAD = [
     ["--q-probs", "0.2,0.3,0.5", "--clip", "-0.1"],
     ["--q-probs", "0.5,0.5"],

@@ -17,6 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.py"))
 EXPECTED = {
     "beirami2024_best_of_n",
+    "kl_penalties",
     "markov_memory",
     "mroueh2024_bounds",
     "paes2026_limits",

@@ -321,3 +321,36 @@ def test_win_rate_kl_needs_the_reward_without_rows():
     lm = jaxalign.MemorylessLM.bernoulli(Q, length=4)
     with pytest.raises(ValueError, match="reward"):
         plots.win_rate_kl(None, lm, None, length=4)
+
+
+def test_kl_penalty_gradients_bars_and_value_lines(tmp_path):
+    from jaxalign import kl_gradients as kg
+
+    with jax.enable_x64(True):
+        p = jaxalign.MarkovLM.sticky([0.6, 0.4], 0.5, length=4)
+        params = (jax.numpy.array([0.3, 0.0]),
+                  jax.numpy.array([[0.5, 0.0], [0.0, 0.2]]))
+        rows = [i for i in kg.GRID if i.weighting == "on_policy"]
+        s = kg.summary(params, p, implementations=rows)
+        v = kg.value_moments(params, p)
+    fig = plots.kl_penalty_gradients(s, v)
+    ax_cos, ax_bias, ax_var, ax_val = fig.axes
+    labels = [t.get_text() for t in ax_cos.get_yticklabels()]
+    assert labels[0] == "k1/reward/token" and len(labels) == 15
+    widths = [b.get_width() for b in ax_cos.patches]
+    cos = np.asarray(s.cosine)
+    np.testing.assert_allclose(widths, np.where(np.isfinite(cos), cos, 0.0))
+    assert sum("zero gradient" in t.get_text() for t in ax_cos.texts) == 2  # k1 loss
+    np.testing.assert_allclose([b.get_width() for b in ax_bias.patches],
+                               np.asarray(s.relative_bias))
+    assert ax_var.get_xscale() == "log" and ax_val.get_yscale() == "log"
+    assert len(ax_val.lines) == 6 and len(_legend_texts(ax_val)) == 6
+    np.testing.assert_allclose(ax_val.lines[1].get_ydata(),
+                               np.asarray(v.sequence_variance[0]))
+    legend = fig.legends[0]
+    assert "∇ KL(q||p)" in [t.get_text() for t in legend.get_texts()]
+    fig.savefig(tmp_path / "klg.png")
+    assert (tmp_path / "klg.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(plots.kl_penalty_gradients(s).axes) == 3  # no value panel
+    with pytest.raises(ValueError, match="at least one implementation"):
+        plots.kl_penalty_gradients(s._replace(implementations=()))

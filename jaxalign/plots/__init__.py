@@ -29,6 +29,9 @@ Figures (numbers refer to the issue / THEORY.md):
    bounds (Mroueh, §4 M1–M4).
 7. :func:`win_rate_kl` — win rate against the base vs KL under the win-rate frontier
    (Gui et al. 2024): best-of-N below it with ties, every other policy beside.
+8. :func:`kl_penalty_gradients` — every KL-penalty implementation against
+   ``∇KL(q‖p)`` (cosine, relative bias, variance per sample) and the variance of
+   the KL values vs ``n`` (issue 13).
 
 :func:`plot_run` writes the figures that apply to a sweep run directory.
 """
@@ -45,6 +48,7 @@ from jaxalign.plots._common import KLPanel as KLPanel
 from jaxalign.plots._common import Points as Points
 from jaxalign.plots._frontiers import reward_kl as reward_kl
 from jaxalign.plots._frontiers import win_rate_kl as win_rate_kl
+from jaxalign.plots._kl_gradients import kl_penalty_gradients as kl_penalty_gradients
 from jaxalign.plots._run import plot_run as plot_run
 from jaxalign.plots._training import plot_frontier as plot_frontier
 from jaxalign.plots._training import plot_goodhart as plot_goodhart
@@ -57,6 +61,7 @@ __all__ = [
     "best_of_n_kl",
     "bon_vs_rl",
     "bounds",
+    "kl_penalty_gradients",
     "large_deviations",
     "plot_frontier",
     "plot_goodhart",

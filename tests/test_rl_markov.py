@@ -1,0 +1,222 @@
+"""rl.train for Markov policies (issue 13, step 2): every number against an
+independent route: the exact finite-n tilt (jaxalign.markov.tilt_summary, backward
+messages), the frontier (markov.optimal_reward), brute-force enumeration of all K^n
+sequences in NumPy with central finite differences for the gradient of the
+objective, and Monte Carlo z-scores from the spread over seeds."""
+
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxalign
+from jaxalign import markov, rl
+
+MU = np.array([0.6, 0.3, 0.1])
+TRANS = np.array([[0.7, 0.2, 0.1], [0.2, 0.5, 0.3], [0.3, 0.3, 0.4]])
+R = np.array([0.0, 0.5, 1.0])
+BETA = 0.5
+# Cells of three recursions (cells of one recursion share a compilation).
+CELLS = {"k1/reward_to_go/token": ("k1", "reward_to_go", "token"),
+         "k2/loss/token": ("k2", "loss", "token"),
+         "k3/loss/token": ("k3", "loss", "token"),
+         "k2/loss/sequence": ("k2", "loss", "sequence"),
+         "k3/loss/sequence": ("k3", "loss", "sequence")}
+
+
+def _models(n):
+    lm = jaxalign.MarkovLM.from_probs(jnp.asarray(MU), jnp.asarray(TRANS), length=n)
+    return lm, jaxalign.LinearReward(jnp.asarray(R))
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _enum_value(flat, n, k=3):
+    """``(KL(Q‖P), E_Q R)`` of the chain with logits ``flat``: a sum over all
+    ``K^n`` sequences."""
+    flat = np.asarray(flat, dtype=np.float64)
+    q0, q = _softmax(flat[:k]), _softmax(flat[k:].reshape(k, k))
+    y = np.array(list(itertools.product(range(k), repeat=n)))
+    a, b = y[:, :-1], y[:, 1:]
+    qy = q0[y[:, 0]] * np.prod(q[a, b], axis=1)
+    py = MU[y[:, 0]] * np.prod(TRANS[a, b], axis=1)
+    return np.sum(qy * np.log(qy / py)), np.sum(qy * R[y].sum(axis=1))
+
+
+def _enum_grad(fn, flat, h=1e-5):
+    """Central finite differences of a NumPy function of the logits."""
+    flat = np.asarray(flat, dtype=np.float64)
+    out = np.zeros_like(flat)
+    for i in range(flat.size):
+        e = np.zeros_like(flat)
+        e[i] = h
+        out[i] = (fn(flat + e) - fn(flat - e)) / (2 * h)
+    return out
+
+
+def _flat(logits):
+    return np.concatenate([np.asarray(logits[0]), np.asarray(logits[1]).ravel()])
+
+
+@functools.cache
+def _exact_runs(n):
+    """Exact-gradient training of the cells (all of CELLS for n = 3, the token-level
+    ones for n = 2), SGD to convergence."""
+    with jax.enable_x64(True):
+        lm, reward = _models(n)
+        out = {}
+        for name, (est, mode, level) in CELLS.items():
+            if n == 2 and level == "sequence":
+                continue
+            res = rl.train(jax.random.key(0), lm, reward, BETA, algorithm="exact",
+                           kl_estimator=est, kl_mode=mode, kl_level=level,
+                           optimizer_fn=optax.sgd, learning_rate=0.5, num_steps=2000)
+            out[name] = jax.tree.map(np.asarray, res)
+        return out
+
+
+def test_true_gradient_reaches_the_finite_n_tilt(x64):
+    # n = 2: a homogeneous chain (init, trans) is every law on K^2 sequences, so the
+    # maximiser of E R - β KL is the tilt φ_{1/β} itself.
+    lm, reward = _models(2)
+    res = _exact_runs(2)["k1/reward_to_go/token"]
+    s = markov.tilt_summary(lm, reward, 1 / BETA)
+    np.testing.assert_allclose(res.kl[-1], s.kl, atol=1e-6)
+    np.testing.assert_allclose(res.reward[-1], s.mean, atol=1e-6)
+    phi = markov.tilt(lm, reward, 1 / BETA)
+    np.testing.assert_allclose(_softmax(np.asarray(res.logits[0])), phi.init_probs,
+                               atol=1e-6)
+    np.testing.assert_allclose(_softmax(np.asarray(res.logits[1])),
+                               np.asarray(phi.trans_probs)[0], atol=1e-6)
+    # the exact trajectory is the value of each iterate: check the last by enumeration
+    np.testing.assert_allclose(_enum_value(_flat(res.logits), 2),
+                               (res.kl[-1], res.reward[-1]), rtol=1e-10)
+
+
+def test_biased_cell_stops_below_the_frontier(x64):
+    # Per-token k2 as a loss drops E[s_t Σ_{u>t} ℓ_u]: its stationary point is not
+    # the tilt even where the policy class holds the tilt (n = 2).
+    lm, reward = _models(2)
+    runs = _exact_runs(2)
+    for name, res in runs.items():
+        front = float(markov.optimal_reward(lm, reward, float(res.kl[-1])))
+        gap = front - res.reward[-1]
+        assert gap >= -1e-9, (name, gap)
+        if name == "k1/reward_to_go/token":
+            assert abs(gap) < 1e-9, (name, gap)  # the true gradient: on it
+        else:
+            assert gap > 1e-4, (name, gap)  # the biased ones: strictly below
+    # k2/loss/token at n = 2: gap 4.3e-4 in reward at its own KL
+    res = runs["k2/loss/token"]
+    gap = float(markov.optimal_reward(lm, reward, float(res.kl[-1]))) - res.reward[-1]
+    np.testing.assert_allclose(gap, 4.285e-4, rtol=1e-3)
+
+
+def test_every_iterate_on_or_below_the_frontier(x64):
+    lm, reward = _models(3)
+    for name, res in _exact_runs(3).items():
+        for kl, rew in zip(res.kl[::100], res.reward[::100], strict=True):
+            front = float(markov.optimal_reward(lm, reward, max(float(kl), 0.0)))
+            assert rew <= front + 1e-9, (name, kl, rew, front)
+
+
+def test_stationary_points_by_enumeration(x64):
+    # n = 3: the homogeneous class misses the (inhomogeneous) tilt.  Every run has
+    # stopped (its exact trajectory is flat); the true gradient (and sequence-level
+    # k2 as a loss) stops where ∇J = 0 (J = E R - β KL by enumeration, finite
+    # differences); a biased cell stops where ∇J ≠ 0, at a lower J.
+    lm, reward = _models(3)
+    runs = _exact_runs(3)
+
+    def objective(f):
+        kl, rew = _enum_value(f, 3)
+        return rew - BETA * kl
+
+    values = {}
+    for name, res in runs.items():
+        np.testing.assert_allclose(res.kl[-100:], res.kl[-1], atol=1e-10)
+        np.testing.assert_allclose(res.reward[-100:], res.reward[-1], atol=1e-10)
+        flat = _flat(res.logits)
+        grad_j = _enum_grad(objective, flat)
+        values[name] = objective(flat)
+        if name in ("k1/reward_to_go/token", "k2/loss/sequence"):
+            np.testing.assert_allclose(grad_j, 0.0, atol=1e-7, err_msg=name)
+        else:
+            assert np.linalg.norm(grad_j) > 1e-3, name
+            assert values[name] < values["k1/reward_to_go/token"] - 1e-4, name
+    # the class gap of the true gradient: below the frontier, above no other cell
+    best = runs["k1/reward_to_go/token"]
+    s = markov.tilt_summary(lm, reward, 1 / BETA)
+    assert values["k1/reward_to_go/token"] < float(s.mean - BETA * s.kl) - 1e-4
+    assert float(markov.optimal_reward(lm, reward, float(best.kl[-1]))) \
+        > best.reward[-1] + 1e-4
+
+
+def test_sampled_mode_lands_on_the_exact_stationary_point(x64):
+    # REINFORCE (leave-one-out baseline) with per-token k2 in the loss, 16 seeds:
+    # the mean final (KL, E R) is within Monte Carlo error (|z| < 5, z from the
+    # spread over seeds) of the exact mode's stationary point, and far (in z) from
+    # the true gradient's.
+    lm, reward = _models(3)
+    res = rl.train_sweep(jax.random.key(7), lm, reward, jnp.asarray([BETA]),
+                         num_seeds=16, algorithm="reinforce", kl_estimator="k2",
+                         kl_mode="loss", kl_level="token", optimizer_fn=optax.adam,
+                         learning_rate=0.02, num_steps=500, batch_size=64)
+    final = np.stack([np.asarray(res.kl[0, :, -1]), np.asarray(res.reward[0, :, -1])])
+    mean, se = final.mean(1), final.std(1, ddof=1) / np.sqrt(final.shape[1])
+    runs = _exact_runs(3)
+    for name, near in (("k2/loss/token", True), ("k1/reward_to_go/token", False)):
+        target = np.array([runs[name].kl[-1], runs[name].reward[-1]])
+        z = (mean - target) / se
+        if near:
+            assert np.all(np.abs(z) < 5), (name, z)
+        else:
+            assert np.max(np.abs(z)) > 5, (name, z)
+    # the estimates along the way are of the batch: finite, and the trajectory exact
+    np.testing.assert_allclose(_enum_value(_flat(jax.tree.map(lambda x: x[0, 0],
+                                                              res.logits)), 3),
+                               final[:, 0], rtol=1e-10)
+
+
+def test_evaluate_markov_by_enumeration(x64):
+    lm, reward = _models(3)
+    logits = (jnp.array([0.2, -0.1, 0.0]),
+              jnp.array([[0.5, 0.0, -0.5], [0.0, 1.0, 0.2], [-0.3, 0.4, 0.1]]))
+    kl, rew = _enum_value(_flat(logits), 3)
+    value = rl.evaluate(logits, lm, reward)
+    np.testing.assert_allclose([value.kl, value.reward], [kl, rew], rtol=1e-12)
+    np.testing.assert_allclose(rl.objective(logits, lm, reward, 0.7), rew - 0.7 * kl,
+                               rtol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"kl_mode": "reward_to_go", "kl_level": "sequence"}, "kl_mode='reward_to_go'"),
+    ({"kl_level": "tokens"}, "kl_level must be one of"),
+    ({"kl_weighting": "is"}, "kl_weighting must be one of"),
+    ({"kl_mode": "penalty"}, "kl_mode must be one of"),
+    ({"init_logits": jnp.zeros(3)}, "init_logits must be a pair"),
+])
+def test_markov_bad_input(x64, kwargs, match):
+    lm, reward = _models(3)
+    with pytest.raises(ValueError, match=match):
+        rl.train(jax.random.key(0), lm, reward, 1.0, **kwargs)
+
+
+def test_memoryless_rejects_markov_options(x64):
+    lm = jaxalign.MemorylessLM.from_probs(jnp.asarray(MU), length=3)
+    reward = jaxalign.LinearReward(jnp.asarray(R))
+    with pytest.raises(ValueError, match="kl_level and kl_weighting"):
+        rl.train(jax.random.key(0), lm, reward, 1.0, kl_level="sequence")
+    with pytest.raises(ValueError, match="kl_mode must be one of"):
+        rl.train(jax.random.key(0), lm, reward, 1.0, kl_mode="reward_to_go")
+    zero = jaxalign.MarkovLM.from_probs(jnp.asarray(MU), jnp.asarray(
+        [[1.0, 0.0, 0.0], [0.2, 0.5, 0.3], [0.3, 0.3, 0.4]]), length=3)
+    with pytest.raises(ValueError, match="positive probability"):
+        rl.train(jax.random.key(0), zero, reward, 1.0)
