@@ -105,9 +105,16 @@ def _compiled(block_fn: Callable, prng: str, mesh: Mesh):
     """One jitted program per block function (shapes add entries to jit's own cache)."""
     sharding = NamedSharding(mesh, PartitionSpec("items"))
 
-    def run(key_data, params):
+    def run(key_data, items, shared):
+        # Item i reads its point's row of the shared (per-point) arrays: a point's
+        # parameters (a law of size M) are sent once, not once per block.
         keys = jax.random.wrap_key_data(key_data, impl=prng)
-        return jax.vmap(block_fn)(keys, params)
+
+        def one(key, item):
+            params = jax.tree.map(lambda a: a[item["point"]], shared)
+            return block_fn(key, dict(params, first=item["first"]))
+
+        return jax.vmap(one)(keys, items)
 
     return jax.jit(run, out_shardings=sharding), sharding
 
@@ -117,15 +124,20 @@ def _global(host: np.ndarray, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
 
-def run_items(block_fn, prng, key_data, params, *, items_per_chunk):
-    """Evaluate ``block_fn(key, params_i)`` for every work item, sharded and chunked.
+def run_items(block_fn, prng, key_data, items, shared, *, items_per_chunk):
+    """Evaluate ``block_fn(key_i, shared[point_i] | {"first": first_i})`` for every
+    work item, sharded and chunked.
 
-    ``key_data`` is ``(I, ...)`` raw key data, ``params`` a pytree of ``(I, ...)``
-    host arrays.  Yields ``(stop, outputs)`` per chunk, where ``outputs`` is the pytree
-    of numpy results of items ``[stop - len, stop)``, in order.
+    ``key_data`` is ``(I, ...)`` raw key data, ``items`` ``{"point": (I,) int32,
+    "first": (I,) uint32}``, ``shared`` a pytree of ``(P, ...)`` host arrays (one
+    row per point, replicated on every device).  Yields ``(stop, outputs)`` per
+    chunk, where ``outputs`` is the pytree of numpy results of items
+    ``[stop - len, stop)``, in order.
     """
     mesh = _mesh(prng)
     program, sharding = _compiled(block_fn, prng, mesh)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    shared = jax.tree.map(lambda a: _global(np.asarray(a), replicated), shared)
     num_items = key_data.shape[0]
     num_dev = mesh.devices.size
     # Never pad a small group up to a full chunk: that would compute discarded items.
@@ -137,9 +149,9 @@ def run_items(block_fn, prng, key_data, params, *, items_per_chunk):
         take = np.minimum(np.arange(start, start + chunk), stop - 1)
         args = jax.tree.map(
             lambda a, take=take: _global(np.asarray(a)[take], sharding),
-            (key_data, params),
+            (key_data, items),
         )
-        out = multihost_utils.process_allgather(program(*args), tiled=True)
+        out = multihost_utils.process_allgather(program(*args, shared), tiled=True)
         yield stop, jax.tree.map(lambda a, n=stop - start: np.asarray(a)[:n], out)
 
 
@@ -505,20 +517,21 @@ def run_sweep(
                     ]
                 )
                 firsts = np.arange(num_blocks, dtype=np.uint32) * BLOCK
-                params = jax.tree.map(
-                    lambda *xs: np.concatenate(
-                        [np.repeat(np.asarray(x)[None], num_blocks, axis=0) for x in xs]
-                    ),
-                    *[dict(g.params, first=firsts[0]) for g in group],
-                )
-                params["first"] = np.tile(firsts, len(group))
+                items = {
+                    "point": np.repeat(np.arange(len(group), dtype=np.int32),
+                                       num_blocks),
+                    "first": np.tile(firsts, len(group)),
+                }
+                shared = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]),
+                                      *[g.params for g in group])
                 pending: list = []
                 flushed = 0
                 for stop, chunk_out in run_items(
                     block_fn,
                     config.prng,
                     key_data,
-                    params,
+                    items,
+                    shared,
                     items_per_chunk=items_per_chunk,
                 ):
                     pending.append(chunk_out)
