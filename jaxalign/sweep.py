@@ -247,8 +247,19 @@ def _law_draw(key, values, log_neg, log_num, first):
     return jax.vmap(stage.consume)(raw)
 
 
+@functools.lru_cache(maxsize=64)
+def _model(spec, length: int):
+    """``(lm, reward, base law or the ValueError saying why there is none)`` of a
+    model at a length, built once for all the points that share them."""
+    lm, reward = spec.build(length)
+    try:
+        return lm, reward, lm.reward_law(reward)
+    except ValueError as e:
+        return lm, reward, e
+
+
 def _prepare(config: SweepConfig, spec, point: Point) -> _Prepared:
-    lm, reward = spec.build(point.length)
+    lm, reward, base_law = _model(spec, point.length)
     dtype = lm.log_probs.dtype
     n = point.length
     settings = dict(point.settings)
@@ -261,11 +272,9 @@ def _prepare(config: SweepConfig, spec, point: Point) -> _Prepared:
     law_level = config.sampling == "law"
     bucket = ()
     needs_law = law_level or not policy.has_token_sampler
-    try:
-        base_law = lm.reward_law(reward)
-    except ValueError as e:
+    if isinstance(base_law, ValueError):
         if needs_law:
-            raise ValueError(f"point {point.tag}: {e}") from None
+            raise ValueError(f"point {point.tag}: {base_law}") from None
         base_law = None
     policy_law = None
     if base_law is not None:
