@@ -223,6 +223,12 @@ def test_summary_numbers(reference_run):
         (("num_candidates = [4]", "num_candidates = [0]"), "num_candidates"),
         (("kl_budget = [0.5, 2.0]", "kl_budget = [0.5, 100.0]"), "not below the max"),
         (("seed = 5", "seed = 5\ncolour = 1"), "colour"),
+        (("probs = [0.5, 0.3, 0.2]",
+          "markov = { sticky = 1.5, probs = [0.5, 0.3, 0.2] }"),
+         "'model[0].markov.sticky'"),
+        (("probs = [0.5, 0.3, 0.2]", "markov = { init = [0.5, 0.3, 0.2], trans = "
+          "[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.9]] }"),
+         "'model[0].markov': trans rows must sum to 1"),
     ],
 )
 def test_cli_bad_config_exits_2(tmp_path, capsys, change, message):
