@@ -51,7 +51,13 @@ MAX_REPLICATES = 2**26
 #: Sequence lengths: an int32 (``x64 = false`` runs in 32 bits).
 MAX_LENGTH = 2**31 - 1
 PRNG_IMPLS = ("threefry2x32", "philox4x32", "rbg", "unsafe_rbg")
-MODEL_KINDS = ("probs", "logits", "bernoulli", "uniform", "zipf", "dirichlet")
+MODEL_KINDS = ("probs", "logits", "bernoulli", "uniform", "zipf", "dirichlet", "markov")
+#: The forms of a ``markov = {...}`` table: its keys, the first one naming the form.
+MARKOV_FORMS = {
+    "sticky": ("sticky", "probs"),
+    "init": ("init", "trans"),
+    "dirichlet": ("dirichlet", "concentration", "seed"),
+}
 _TOP_KEYS = {
     "name",
     "seed",
@@ -73,20 +79,67 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """One base model and its reward, as written in the config."""
+    """One base model and its reward, as written in the config.
+
+    ``kind == "markov"`` is a :class:`jaxalign.MarkovLM`, with ``params`` one of
+    ``("sticky", s, probs)``, ``("init", init, trans)`` or
+    ``("dirichlet", K, concentration, seed)``; its reward is the per-token
+    ``rewards`` or, when ``pair_rewards`` (``K x K``) is given, the
+    :class:`jaxalign.PairReward` ``(pair_rewards, first_rewards)`` (first-token
+    rewards zero when not given, as ``PairReward``'s own default).
+    """
 
     name: str
     kind: str  # one of MODEL_KINDS
     params: tuple  # kind-specific: probs/logits vector, q, K, (K, s), (K, alpha, seed)
     rewards: tuple[float, ...]
+    pair_rewards: tuple[tuple[float, ...], ...] = ()
+    first_rewards: tuple[float, ...] = ()
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> ModelSpec:
+        """The spec of :meth:`SweepConfig.to_dict`'s ``models`` entries (lists back
+        to tuples)."""
+
+        def tup(x):
+            return tuple(tup(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: tup(v) for k, v in d.items() if k in fields})
+
+    @property
+    def num_tokens(self) -> int:
+        """K, the vocabulary size of the model."""
+        return len(self.rewards) or len(self.pair_rewards)
 
     def build(self, length: int):
-        """The ``(MemorylessLM, LinearReward)`` pair at sequence length ``length``."""
+        """The ``(model, reward)`` pair at sequence length ``length``: a
+        ``(MemorylessLM, LinearReward)``, or a :class:`jaxalign.MarkovLM` with a
+        ``LinearReward`` or a ``PairReward`` (kind ``"markov"``)."""
         import jax
 
-        from jaxalign.models import LinearReward, MemorylessLM
+        from jaxalign.markov import MarkovLM
+        from jaxalign.models import LinearReward, MemorylessLM, PairReward
 
-        if self.kind == "probs":
+        if self.pair_rewards:
+            reward = PairReward([list(row) for row in self.pair_rewards],
+                                list(self.first_rewards) or None)
+        else:
+            reward = LinearReward(list(self.rewards))
+        if self.kind == "markov":
+            form = self.params[0]
+            if form == "sticky":
+                lm = MarkovLM.sticky(list(self.params[2]), self.params[1],
+                                     length=length)
+            elif form == "init":
+                lm = MarkovLM.from_probs(list(self.params[1]),
+                                         [list(row) for row in self.params[2]],
+                                         length=length)
+            else:
+                _, num_tokens, concentration, seed = self.params
+                lm = MarkovLM.dirichlet(jax.random.key(seed), num_tokens,
+                                        concentration, length=length)
+        elif self.kind == "probs":
             lm = MemorylessLM.from_probs(list(self.params), length=length)
         elif self.kind == "logits":
             lm = MemorylessLM.from_logits(list(self.params), length=length)
@@ -100,7 +153,7 @@ class ModelSpec:
             num_tokens, concentration, seed = self.params
             key = jax.random.key(seed)
             lm = MemorylessLM.dirichlet(key, num_tokens, concentration, length=length)
-        return lm, LinearReward(list(self.rewards))
+        return lm, reward
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,11 +259,82 @@ def _floats(value, key) -> tuple[float, ...]:
     return tuple(float(v) for v in value)
 
 
-def _parse_model(i: int, m: Any) -> ModelSpec:
+def _matrix(value, key) -> tuple[tuple[float, ...], ...]:
+    """A square matrix of finite numbers, at least 2 x 2, as nested tuples."""
+    if (not isinstance(value, list) or len(value) < 2
+            or not all(isinstance(row, list) for row in value)):
+        raise _fail(key, value, "a K x K matrix (a list of K lists of K numbers), "
+                    "K >= 2")
+    rows = tuple(_floats(row, f"{key}[{j}]") for j, row in enumerate(value))
+    for j, row in enumerate(rows):
+        if len(row) != len(rows):
+            raise _fail(f"{key}[{j}]", list(row),
+                        f"{len(rows)} numbers (a square K x K matrix, K = {len(rows)})")
+    return rows
+
+
+def _num_tokens(value, key) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        raise _fail(key, value, "the number of tokens K, an integer >= 2")
+    return value
+
+
+def _concentration(table, key) -> float:
+    conc = table.get("concentration", 1.0)
+    if (isinstance(conc, bool) or not isinstance(conc, (int, float))
+            or not 0 < conc < math.inf):
+        raise _fail(key, conc, "a finite number > 0")
+    return float(conc)
+
+
+def _parse_markov(value, where: str) -> tuple[tuple, int]:
+    """``(params, K)`` of a ``markov = {...}`` table (shapes and types; the chain's
+    own constructors check the probabilities when the spec is built)."""
+    where = f"{where}.markov"
+    forms = " or ".join("{" + ", ".join(keys) + "}" for keys in MARKOV_FORMS.values())
+    if not isinstance(value, dict):
+        raise _fail(where, value, f"a table {forms}")
+    named = [form for form in MARKOV_FORMS if form in value]
+    if len(named) != 1:
+        raise _fail(where, sorted(value), f"exactly one of the forms {forms}")
+    form = named[0]
+    extra = sorted(set(value) - set(MARKOV_FORMS[form]))
+    if extra:
+        raise _fail(f"{where}.{extra[0]}", value[extra[0]],
+                    f"the keys of the {form!r} form, {list(MARKOV_FORMS[form])}")
+    missing = [k for k in MARKOV_FORMS[form][:2] if k not in value
+               and form != "dirichlet"]  # dirichlet's other keys have defaults
+    if missing:
+        raise _fail(f"{where}.{missing[0]}", None,
+                    f"the {form!r} form needs {list(MARKOV_FORMS[form])}")
+    if form == "sticky":
+        s = value["sticky"]
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 <= s <= 1:
+            raise _fail(f"{where}.sticky", s, "a stay probability s in [0, 1]")
+        probs = _floats(value["probs"], f"{where}.probs")
+        return ("sticky", float(s), probs), len(probs)
+    if form == "init":
+        init = _floats(value["init"], f"{where}.init")
+        trans = _matrix(value["trans"], f"{where}.trans")
+        if len(trans) != len(init):
+            raise _fail(f"{where}.trans", value["trans"],
+                        f"a {len(init)} x {len(init)} matrix (K = {len(init)} from "
+                        "init)")
+        return ("init", init, trans), len(init)
+    num_tokens = _num_tokens(value["dirichlet"], f"{where}.dirichlet")
+    seed = value.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise _fail(f"{where}.seed", seed, "an integer >= 0")
+    return ("dirichlet", num_tokens, _concentration(value, f"{where}.concentration"),
+            seed), num_tokens
+
+
+def _parse_model(i: int, m: Any, x64: bool = True) -> ModelSpec:
     where = f"model[{i}]"
     if not isinstance(m, dict):
         raise _fail(where, m, "a table with a model kind and rewards")
-    known = {"name", "rewards", "exponent", "concentration", "seed"}
+    known = {"name", "rewards", "pair_rewards", "first_rewards", "exponent",
+             "concentration", "seed"}
     unknown = set(m) - known - set(MODEL_KINDS)
     if unknown:
         raise _fail(
@@ -222,11 +346,36 @@ def _parse_model(i: int, m: Any) -> ModelSpec:
     if len(kinds) != 1:
         raise _fail(where, sorted(m), f"exactly one model kind of {list(MODEL_KINDS)}")
     kind = kinds[0]
-    if "rewards" not in m:
-        raise _fail(f"{where}.rewards", None, "a list of per-token rewards")
-    rewards = _floats(m["rewards"], f"{where}.rewards")
     value = m[kind]
-    if kind in ("probs", "logits"):
+    if kind == "markov":
+        for key in ("exponent", "concentration", "seed"):
+            if key in m:
+                raise _fail(f"{where}.{key}", m[key],
+                            "inside the markov table (markov = { dirichlet = K, "
+                            "concentration = ..., seed = ... })")
+    elif "pair_rewards" in m:
+        raise _fail(f"{where}.pair_rewards", m["pair_rewards"],
+                    "only with markov = {...} (pair rewards need a chain); "
+                    "use rewards = [...]")
+    if "first_rewards" in m and "pair_rewards" not in m:
+        raise _fail(f"{where}.first_rewards", m["first_rewards"],
+                    "only with pair_rewards (a per-token reward is rewards = [...])")
+    if ("rewards" in m) == ("pair_rewards" in m):
+        raise _fail(f"{where}.rewards", m.get("rewards"),
+                    "exactly one of rewards = [...] (per-token) and, for markov, "
+                    "pair_rewards = [[...], ...] (K x K)")
+    rewards: tuple = ()
+    pair: tuple = ()
+    first: tuple = ()
+    if "rewards" in m:
+        rewards = _floats(m["rewards"], f"{where}.rewards")
+    else:
+        pair = _matrix(m["pair_rewards"], f"{where}.pair_rewards")
+        if "first_rewards" in m:
+            first = _floats(m["first_rewards"], f"{where}.first_rewards")
+    if kind == "markov":
+        params, num_tokens = _parse_markov(value, where)
+    elif kind in ("probs", "logits"):
         params = _floats(value, f"{where}.{kind}")
         num_tokens = len(params)
     elif kind == "bernoulli":
@@ -238,11 +387,7 @@ def _parse_model(i: int, m: Any) -> ModelSpec:
             raise _fail(f"{where}.bernoulli", value, "a probability q in [0, 1]")
         params, num_tokens = (float(value),), 2
     else:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
-            raise _fail(
-                f"{where}.{kind}", value, "the number of tokens K, an integer >= 2"
-            )
-        num_tokens = value
+        num_tokens = _num_tokens(value, f"{where}.{kind}")
         if kind == "uniform":
             params = (value,)
         elif kind == "zipf":
@@ -251,24 +396,27 @@ def _parse_model(i: int, m: Any) -> ModelSpec:
                 raise _fail(f"{where}.exponent", exponent, "a finite number >= 0")
             params = (value, float(exponent))
         else:
-            conc = m.get("concentration", 1.0)
-            if not isinstance(conc, (int, float)) or not 0 < conc < math.inf:
-                raise _fail(f"{where}.concentration", conc, "a finite number > 0")
-            params = (value, float(conc), _int(m, "seed", 0, minimum=0))
-    if len(rewards) != num_tokens:
-        raise _fail(
-            f"{where}.rewards",
-            list(rewards),
-            f"{num_tokens} rewards, one per token of the model",
-        )
+            params = (value, _concentration(m, f"{where}.concentration"),
+                      _int(m, "seed", 0, minimum=0))
+    for key, got in (("rewards", rewards), ("pair_rewards", pair),
+                     ("first_rewards", first)):
+        if got and len(got) != num_tokens:
+            shape = "K x K" if key == "pair_rewards" else "K"
+            raise _fail(f"{where}.{key}", m[key],
+                        f"{shape} rewards with K = {num_tokens}, the model's tokens")
     name = m.get("name", f"model{i}")
     if not isinstance(name, str) or not name:
         raise _fail(f"{where}.name", name, "a non-empty string")
-    spec = ModelSpec(name=name, kind=kind, params=params, rewards=rewards)
+    spec = ModelSpec(name=name, kind=kind, params=params, rewards=rewards,
+                     pair_rewards=pair, first_rewards=first)
+    import jax
+
     try:
-        spec.build(1)
+        with jax.enable_x64(x64):  # the constructors' checks, in the run's dtype
+            spec.build(2 if kind == "markov" else 1)
     except ValueError as e:
-        raise ConfigError(f"config key {where!r}: {e}") from None
+        key = f"{where}.markov" if kind == "markov" else where
+        raise ConfigError(f"config key {key!r}: {e}") from None
     return spec
 
 
@@ -307,7 +455,7 @@ def parse_config(data: Mapping[str, Any]) -> SweepConfig:
     models = data.get("model")
     if not isinstance(models, list) or not models:
         raise _fail("model", models, "one or more [[model]] tables")
-    specs = tuple(_parse_model(i, m) for i, m in enumerate(models))
+    specs = tuple(_parse_model(i, m, x64) for i, m in enumerate(models))
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise _fail("model.name", names, "distinct names")
@@ -357,9 +505,31 @@ def parse_config(data: Mapping[str, Any]) -> SweepConfig:
         models=specs,
         grid=grid,
     )
+    _check_chains(config)
     if sampling != "law":
         _check_token_work(config)
     return config
+
+
+def _check_chains(config: SweepConfig) -> None:
+    """Refuse what a Markov chain cannot be sampled by: token counts (a chain's reward
+    is not a function of its counts) and, at the token level, the policies without
+    a token sampler of their own (they reweight memoryless draws)."""
+    chains = [spec.name for spec in config.models if spec.kind == "markov"]
+    if not chains or config.sampling == "law":
+        return
+    if config.sampling == "counts":
+        raise _fail("sampling", config.sampling,
+                    f'"token" or "law" for Markov model {chains[0]!r} (counts '
+                    "sampling needs a memoryless model)")
+    samplers = [m for m in policies.names()
+                if policies.get(m).sample_tokens is not policies.Policy.sample_tokens]
+    for method in config.methods:
+        if method not in samplers:
+            raise _fail("methods", method,
+                        f"methods with a token sampler {samplers} for Markov model "
+                        f'{chains[0]!r} at sampling = "token" ({method!r} reweights '
+                        'memoryless draws; sampling = "law" runs it exactly)')
 
 
 def _check_token_work(config: SweepConfig) -> None:
@@ -374,7 +544,7 @@ def _check_token_work(config: SweepConfig) -> None:
         num_candidates = dict(point.settings).get("num_candidates") or 1
         cost = point.length
         if config.sampling == "counts":  # K - 1 binomials per sequence
-            cost = max(1, len(specs[point.model].rewards) - 1) * _TOKENS_PER_BINOMIAL
+            cost = max(1, specs[point.model].num_tokens - 1) * _TOKENS_PER_BINOMIAL
         try:
             _check_work(config.replicates * num_candidates, cost,
                         f"point {point.tag}", 'use sampling = "law"')

@@ -446,13 +446,34 @@ class Tilted(Policy):
         return cls(float(lm.lam_for_kl(reward, budget)))
 
     def sweep_values(self, lm, reward, settings, law):
+        from jaxalign.models import MemorylessLM
+
         n = lm.length
         closed = lm.tilt_summary(reward, self.lam)
         mean, var = float(closed.mean) / n, float(closed.variance) / n
         kl = float(closed.kl) / n
         delta = settings.get("delta")
-        return {"reward_per_token": (mean, mean), "variance_per_token": (var, var),
-                "kl_per_token": (kl, delta if delta else kl)}
+        if isinstance(lm, MemorylessLM):
+            # i.i.d. tokens: the per-token values are those of every n.
+            return {"reward_per_token": (mean, mean), "variance_per_token": (var, var),
+                    "kl_per_token": (kl, delta if delta else kl)}
+        # A model with memory (a MarkovLM): per-token values move with n; the limit
+        # is the model's own x*(delta) at a per-token budget, else not reported.
+        x_star = _limit_reward(lm, reward, delta)
+        return {"reward_per_token": (mean, x_star), "variance_per_token": (var, None),
+                "kl_per_token": (kl, delta if x_star is not None else None)}
+
+
+def _limit_reward(lm, reward, delta) -> float | None:
+    """The model's own ``lim_n E_Φ[R]/n`` at a per-token budget ``delta``, or
+    ``None`` (no ``delta``, or a model whose limit is not defined: a chain that is
+    not primitive)."""
+    if delta is None:
+        return None
+    try:
+        return float(lm.limit_reward_per_token(reward, delta))
+    except ValueError:
+        return None
 
 
 class _Candidates:
@@ -562,8 +583,8 @@ class BestOfN(_Candidates, Policy):
         bound = float(theory.best_of_n_kl_bound(log_num_candidates=log_n))
         out = {"kl_bound_per_token": (bound / lm.length, None)}
         delta = settings.get("delta")
-        if delta is not None:
-            x_star = float(lm.limit_reward_per_token(reward, delta))
+        x_star = _limit_reward(lm, reward, delta)
+        if x_star is not None:
             out["reward_per_token"] = (None, x_star)
             out["kl_per_token"] = (None, delta)
             if law is not None:

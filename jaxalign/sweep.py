@@ -41,7 +41,6 @@ import jaxalign
 from jaxalign import estimators, exact, policies, sample
 from jaxalign._types import classic_threefry
 from jaxalign.config import Point, SweepConfig, grid_points
-from jaxalign.models import LinearReward, MemorylessLM
 from jaxalign.store import RunStore
 
 __all__ = ["BLOCK", "SweepSummary", "environment", "run_sweep", "summary_table"]
@@ -219,10 +218,11 @@ class _Block:
                 jnp.stack([params["log_num"], jnp.zeros_like(params["log_num"])]),
                 first)
         else:
-            lm = MemorylessLM.unchecked(params["log_probs"], self.length)
+            # The point's model and reward travel as pytrees (a MemorylessLM, a
+            # MarkovLM; a LinearReward, a PairReward): one route for every family.
+            lm, reward = params["lm"], params["reward"]
             if self.counts:
                 lm = sample._counts_view(lm)
-            reward = LinearReward.unchecked(params["token_rewards"])
             if self.level == "token":
                 policy = self.policy.unchecked_replace(**params["traced"])
                 r = policy.sample_tokens(key, lm, reward, BLOCK, first_index=first)
@@ -248,9 +248,10 @@ def _law_draw(key, values, log_neg, log_num, first):
 
 
 @functools.lru_cache(maxsize=64)
-def _model(spec, length: int):
+def _model(spec, length: int, x64: bool):
     """``(lm, reward, base law or the ValueError saying why there is none)`` of a
-    model at a length, built once for all the points that share them."""
+    model at a length (in the precision ``x64`` it is built in), built once for
+    all the points that share them."""
     lm, reward = spec.build(length)
     try:
         return lm, reward, lm.reward_law(reward)
@@ -259,8 +260,8 @@ def _model(spec, length: int):
 
 
 def _prepare(config: SweepConfig, spec, point: Point) -> _Prepared:
-    lm, reward, base_law = _model(spec, point.length)
-    dtype = lm.log_probs.dtype
+    lm, reward, base_law = _model(spec, point.length, bool(jax.config.jax_enable_x64))
+    dtype = jnp.result_type(*jax.tree.leaves(lm))
     n = point.length
     settings = dict(point.settings)
     counts = config.sampling == "counts"
@@ -297,8 +298,8 @@ def _prepare(config: SweepConfig, spec, point: Point) -> _Prepared:
                       base_log_pmf=np.asarray(base_log_pmf, dtype))
         block_fn = _Block("law", None)  # always draws "base"; used when win
     else:
-        params["log_probs"] = np.asarray(lm.log_probs)
-        params["token_rewards"] = np.asarray(reward.token_rewards)
+        params["lm"] = jax.tree.map(np.asarray, lm)  # unflattened unchecked
+        params["reward"] = jax.tree.map(np.asarray, reward)
         if policy.has_token_sampler:
             try:
                 policy.check_token_sampling()
@@ -443,7 +444,9 @@ def _groups(prepared: list[_Prepared]) -> list[list[_Prepared]]:
             (jax.tree_util.keystr(path), np.shape(v), np.asarray(v).dtype.str)
             for path, v in jax.tree_util.tree_leaves_with_path(p.params)
         )
-        groups.setdefault((p.block_fn, p.bucket, shapes), []).append(p)
+        # The tree structure too: a model's family and static length.
+        groups.setdefault((p.block_fn, p.bucket, jax.tree.structure(p.params), shapes),
+                          []).append(p)
     return list(groups.values())
 
 

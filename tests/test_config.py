@@ -156,3 +156,138 @@ length = [3]
     a = c.models[1].build(3)[0].probs
     b = c.models[1].build(5)[0].probs
     assert a.tolist() == b.tolist()
+
+
+MARKOV = """
+methods = ["tilted"]
+[[model]]
+name = "sticky"
+markov = { sticky = 0.5, probs = [0.4, 0.3, 0.2, 0.1] }
+rewards = [0.0, 1.0, 2.0, 3.0]
+[[model]]
+name = "explicit"
+markov = { init = [0.5, 0.5], trans = [[0.9, 0.1], [0.2, 0.8]] }
+pair_rewards = [[1.0, 0.0], [0.0, 1.0]]
+first_rewards = [0.5, 0.0]
+[[model]]
+name = "random"
+markov = { dirichlet = 3, concentration = 2.0, seed = 1 }
+pair_rewards = [[0.0, 1.0, 2.0], [1.0, 0.0, 1.0], [2.0, 1.0, 0.0]]
+[grid]
+length = [4]
+lam = [0.5]
+"""
+
+
+def test_markov_models_build_through_the_chain_constructors(x64):
+    import json
+
+    import jax
+    import numpy as np
+
+    import jaxalign
+
+    c = parse(MARKOV)
+    sticky, explicit, random = (spec.build(5) for spec in c.models)
+    direct = [
+        (jaxalign.MarkovLM.sticky([0.4, 0.3, 0.2, 0.1], 0.5, length=5),
+         jaxalign.LinearReward([0.0, 1.0, 2.0, 3.0])),
+        (jaxalign.MarkovLM.from_probs([0.5, 0.5], [[0.9, 0.1], [0.2, 0.8]], length=5),
+         jaxalign.PairReward([[1.0, 0.0], [0.0, 1.0]], [0.5, 0.0])),
+        (jaxalign.MarkovLM.dirichlet(jax.random.key(1), 3, 2.0, length=5),
+         jaxalign.PairReward([[0.0, 1.0, 2.0], [1.0, 0.0, 1.0], [2.0, 1.0, 0.0]])),
+    ]
+    for built, want in zip((sticky, explicit, random), direct, strict=True):
+        assert jax.tree.structure(built) == jax.tree.structure(want)
+        for a, b in zip(jax.tree.leaves(built), jax.tree.leaves(want), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # First-token rewards default to zero, as PairReward's own.
+    assert np.asarray(random[1].first_rewards).tolist() == [0.0, 0.0, 0.0]
+    # The run directory's config.json rebuilds the same specs.
+    stored = json.loads(json.dumps(c.to_dict()))["models"]
+    assert tuple(cfg.ModelSpec.from_dict(m) for m in stored) == c.models
+    assert [s.num_tokens for s in c.models] == [4, 2, 3]
+
+
+@pytest.mark.parametrize(
+    "change, key, allowed",
+    [
+        (("probs = [0.4, 0.3, 0.2, 0.1]", "probs = [0.4, 0.3, 0.2, 0.2]"),
+         "model[0].markov", "sum to 1"),
+        (("sticky = 0.5", "sticky = 1.5"), "model[0].markov.sticky", "[0, 1]"),
+        (("sticky = 0.5", "sticky = true"), "model[0].markov.sticky", "[0, 1]"),
+        (("sticky = 0.5, ", ""), "model[0].markov", "exactly one of the forms"),
+        (("sticky = 0.5, probs = [0.4, 0.3, 0.2, 0.1]", "sticky = 0.5"),
+         "model[0].markov.probs", "needs"),
+        (("sticky = 0.5,", "sticky = 0.5, init = [1.0, 0.0, 0.0, 0.0],"),
+         "model[0].markov", "exactly one of the forms"),
+        (("sticky = 0.5,", "sticky = 0.5, seed = 1,"), "model[0].markov.seed",
+         "keys of the 'sticky' form"),
+        (("{ sticky = 0.5, probs = [0.4, 0.3, 0.2, 0.1] }", "3"), "model[0].markov",
+         "a table"),
+        (("rewards = [0.0, 1.0, 2.0, 3.0]", "rewards = [0.0, 1.0]"),
+         "model[0].rewards", "K = 4"),
+        (("rewards = [0.0, 1.0, 2.0, 3.0]", ""), "model[0].rewards", "exactly one"),
+        (("rewards = [0.0, 1.0, 2.0, 3.0]",
+          "rewards = [0.0, 1.0, 2.0, 3.0]\nseed = 2"), "model[0].seed",
+         "inside the markov table"),
+        (("[[0.9, 0.1], [0.2, 0.8]]", "[[0.9, 0.1], [0.2, 0.7]]"),
+         "model[1].markov", "sum to 1"),
+        (("[[0.9, 0.1], [0.2, 0.8]]", "[[0.9, -0.1], [0.2, 0.8]]"),
+         "model[1].markov", "non-negative"),
+        (("[[0.9, 0.1], [0.2, 0.8]]", "[[0.9, 0.1], [0.2]]"),
+         "model[1].markov.trans[1]", "at least 2 numbers"),
+        (("[[0.9, 0.1], [0.2, 0.8]]", "[[0.8, 0.1, 0.1], [0.2, 0.7, 0.1]]"),
+         "model[1].markov.trans[0]", "square"),
+        (("[[0.9, 0.1], [0.2, 0.8]]",
+          "[[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.2, 0.7, 0.1]]"),
+         "model[1].markov.trans", "K = 2 from init"),
+        (("trans = [[0.9, 0.1], [0.2, 0.8]]", "trans = [0.9, 0.1]"),
+         "model[1].markov.trans", "K x K matrix"),
+        (("init = [0.5, 0.5]", "init = [0.5, nan]"), "model[1].markov.init",
+         "finite"),
+        (("pair_rewards = [[1.0, 0.0], [0.0, 1.0]]",
+          "pair_rewards = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]"),
+         "model[1].pair_rewards", "K = 2"),
+        (("first_rewards = [0.5, 0.0]", "first_rewards = [0.5, 0.0, 1.0]"),
+         "model[1].first_rewards", "K = 2"),
+        (("first_rewards = [0.5, 0.0]", "first_rewards = [0.5, inf]"),
+         "model[1].first_rewards", "finite"),
+        (("pair_rewards = [[1.0, 0.0], [0.0, 1.0]]\n", ""),
+         "model[1].first_rewards", "only with pair_rewards"),
+        (("pair_rewards = [[1.0, 0.0], [0.0, 1.0]]",
+          "pair_rewards = [[1.0, 0.0], [0.0, 1.0]]\nrewards = [0.0, 1.0]"),
+         "model[1].rewards", "exactly one"),
+        (("dirichlet = 3", "dirichlet = 1"), "model[2].markov.dirichlet", ">= 2"),
+        (("concentration = 2.0", "concentration = 0.0"),
+         "model[2].markov.concentration", "> 0"),
+        (("seed = 1", "seed = -1"), "model[2].markov.seed", ">= 0"),
+        (("seed = 1 }", "seed = 1, probs = [0.5, 0.5] }"),
+         "model[2].markov.probs", "keys of the 'dirichlet' form"),
+    ],
+)
+def test_bad_markov_model_names_the_key(change, key, allowed):
+    assert change[0] in MARKOV
+    pattern = re.escape(f"config key {key!r}") + ".*" + re.escape(allowed)
+    with pytest.raises(cfg.ConfigError, match=pattern):
+        parse(MARKOV.replace(*change, 1))
+
+
+def test_pair_rewards_need_a_chain():
+    text = BASE.replace("rewards = [0.0, 1.0]",
+                        "pair_rewards = [[0.0, 1.0], [1.0, 0.0]]")
+    with pytest.raises(cfg.ConfigError, match=r"'model\[0\].pair_rewards'.*markov"):
+        parse(text)
+
+
+def test_chains_refuse_counts_and_reweighting_at_the_token_level():
+    with pytest.raises(cfg.ConfigError, match=r"config key 'sampling': got 'counts'"
+                                              r".*Markov model 'sticky'"):
+        parse('sampling = "counts"\n' + MARKOV)
+    text = MARKOV.replace('methods = ["tilted"]', 'methods = ["tilted", "rejection"]'
+                          ).replace("lam = [0.5]", "lam = [0.5]\nthreshold = [2.0]")
+    with pytest.raises(cfg.ConfigError, match=r"config key 'methods': got 'rejection'"
+                                              r".*token sampler.*best_of_n"):
+        parse('sampling = "token"\n' + text)
+    assert parse('sampling = "law"\n' + text).methods == ("tilted", "rejection")
+    assert parse('sampling = "token"\n' + MARKOV).sampling == "token"

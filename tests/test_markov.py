@@ -618,6 +618,22 @@ def test_token_level_selection_samplers_take_a_chain(policy):
         sample.policy(jax.random.key(25), lm, reward, policies.Rejection(5.0), 10)
 
 
+def test_token_level_soft_best_of_n_takes_a_pair_reward():
+    """Soft best-of-N on a chain with a PairReward (its temperature takes the
+    reward's dtype, whatever the reward family): |z| < 5 against the exact law."""
+    from jaxalign import sample
+
+    lm = jaxalign.MarkovLM.from_probs([0.5, 0.5], [[0.9, 0.1], [0.2, 0.8]], length=5)
+    reward = jaxalign.PairReward([[1.0, 0.0], [0.0, 1.0]], [0.5, 0.0])
+    policy = policies.SoftBestOfN(3, 0.5)
+    with jax.enable_x64(True):
+        exact_law = exact.policy_law(lm, reward, policy)
+        r = np.asarray(sample.policy(jax.random.key(26), lm, reward, policy, 2000),
+                       np.float64)
+    se = math.sqrt(float(exact_law.variance) / r.size)
+    assert abs(r.mean() - float(exact_law.expected_reward)) < 5 * se
+
+
 def _assert_matches_law(r, law):
     """The sample mean and the fraction at or below the median agree with an
     exact law (|z| < 5 from the exact standard errors)."""

@@ -223,6 +223,12 @@ def test_summary_numbers(reference_run):
         (("num_candidates = [4]", "num_candidates = [0]"), "num_candidates"),
         (("kl_budget = [0.5, 2.0]", "kl_budget = [0.5, 100.0]"), "not below the max"),
         (("seed = 5", "seed = 5\ncolour = 1"), "colour"),
+        (("probs = [0.5, 0.3, 0.2]",
+          "markov = { sticky = 1.5, probs = [0.5, 0.3, 0.2] }"),
+         "'model[0].markov.sticky'"),
+        (("probs = [0.5, 0.3, 0.2]", "markov = { init = [0.5, 0.3, 0.2], trans = "
+          "[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.9]] }"),
+         "'model[0].markov': trans rows must sum to 1"),
     ],
 )
 def test_cli_bad_config_exits_2(tmp_path, capsys, change, message):
@@ -460,3 +466,123 @@ def test_counts_sweep_refuses_float32_counts_beyond_2_24(tmp_path):
                           grid={**small_config().grid, "length": (2**24 + 1,)})
     with pytest.raises(ValueError, match="2\\*\\*24"):
         sweep.run_sweep(config, str(tmp_path / "run"))
+
+
+MARKOV = """
+name = "chain"
+seed = 7
+replicates = {replicates}
+methods = ["base", "tilted", "best_of_n"]
+sampling = "{sampling}"
+
+[[model]]
+name = "sticky"
+markov = {{ sticky = 0.5, probs = [0.5, 0.3, 0.2] }}
+rewards = [0.0, 1.0, 2.0]
+
+[grid]
+length = [{length}]
+lam = [0.5]
+{strength}
+"""
+
+
+def _spy_rows(monkeypatch):
+    captured = {}
+    rows = sweep._rows
+
+    def spy(draws, *, point, **kw):
+        captured[point.tag] = (point, np.asarray(draws["reward"]))
+        return rows(draws, point=point, **kw)
+
+    monkeypatch.setattr(sweep, "_rows", spy)
+    return captured
+
+
+def _z_checked(rows) -> set:
+    checked = set()
+    for r in rows:
+        if r["mc_mean"] is not None and r["exact"] is not None and r["mc_stderr"]:
+            assert abs((r["mc_mean"] - r["exact"]) / r["mc_stderr"]) < 5, r
+            checked.add((r["point"], r["quantity"]))
+    return checked
+
+
+def test_markov_law_sweep_agrees_with_the_chain_exactly_and_plots(tmp_path):
+    import jax
+
+    from jaxalign import exact, markov, plots
+
+    config = cfg.parse_config(tomllib.loads(MARKOV.format(
+        replicates=2000, sampling="law", length=6,
+        strength="delta = [0.1]\nnum_candidates = [4]")))
+    out = tmp_path / "run"
+    sweep.run_sweep(config, str(out))
+    rows = read_results(out)
+    checked = _z_checked(rows)
+    by = {(r["method"], r["lam"], r["delta"], r["num_candidates"], r["quantity"]): r
+          for r in rows}
+    assert len(checked) >= 12
+    with jax.enable_x64(True):
+        lm, reward = config.models[0].build(6)
+        assert isinstance(lm, markov.MarkovLM)
+        # Exact values: the chain's own closed forms and exact.policy_law.
+        closed = markov.tilt_summary(lm, reward, 0.5)
+        tilted = by["tilted", 0.5, None, None, "reward_per_token"]
+        assert tilted["exact"] == pytest.approx(float(closed.mean) / 6, rel=1e-12)
+        assert tilted["asymptotic"] is None  # no per-token limit at a fixed lam
+        kl = by["tilted", 0.5, None, None, "kl_per_token"]["exact"]
+        assert kl == pytest.approx(float(closed.kl) / 6, rel=1e-9)
+        law = exact.policy_law(lm, reward, policies.Tilted(0.5))
+        assert tilted["exact"] == pytest.approx(float(law.expected_reward) / 6,
+                                                rel=1e-9)
+        for n_cand in (4,):
+            law = exact.policy_law(lm, reward, policies.BestOfN(n_cand))
+            for quantity, value in (("reward_per_token", law.expected_reward / 6),
+                                    ("kl_per_token", law.kl / 6),
+                                    ("win_rate", law.win_rate)):
+                row = by["best_of_n", None, None, n_cand, quantity]
+                assert row["exact"] == pytest.approx(float(value), rel=1e-12)
+        # The asymptotic x*(delta) is the chain's own limit, not a memoryless one.
+        x_star = float(markov.limit_reward_per_token(lm, reward, 0.1))
+        for method in ("tilted", "best_of_n"):
+            row, = (r for r in rows if r["method"] == method and r["delta"] == 0.1
+                    and r["quantity"] == "reward_per_token")
+            assert row["asymptotic"] == pytest.approx(x_star, rel=1e-12)
+        base = markov.expected_reward(lm, reward, 0.0)
+        row = by["base", None, None, None, "reward_per_token"]
+        assert row["exact"] == pytest.approx(float(base) / 6, rel=1e-12)
+    paths = plots.plot_run(out, formats=("png",))
+    assert [p.name for p in paths] == ["reward_kl_sticky_n6.png",
+                                       "win_rate_kl_sticky_n6.png"]
+
+
+def test_markov_token_sweep_agrees_with_exact_and_draws_what_sample_policy_draws(
+        tmp_path, monkeypatch):
+    import jax
+
+    from jaxalign import sample
+
+    captured = _spy_rows(monkeypatch)
+    config = cfg.parse_config(tomllib.loads(MARKOV.format(
+        replicates=300, sampling="token", length=4, strength="num_candidates = [4]")))
+    out = tmp_path / "run"
+    sweep.run_sweep(config, str(out))
+    rows = read_results(out)
+    assert {r["sampling"] for r in rows} == {"token"}
+    checked = _z_checked(rows)
+    assert {q for _, q in checked} >= {"reward_per_token", "variance_per_token",
+                                       "win_rate", "kl_per_token"}
+    assert len({p for p, _ in checked}) == 3
+    # A point's draws are sample.policy's at level="token" with the point's key.
+    with jax.enable_x64(config.x64):
+        lm, reward = config.models[0].build(4)
+        for point, drawn in captured.values():
+            if point.method == "base":
+                continue
+            policy = point.policy.from_settings(dict(point.settings), lm, reward)
+            key = jax.random.wrap_key_data(sweep.point_key_data(config, point)[0],
+                                           impl=config.prng)
+            direct = sample.policy(key, lm, reward, policy, config.replicates,
+                                   level="token")
+            np.testing.assert_array_equal(drawn * point.length, np.asarray(direct))

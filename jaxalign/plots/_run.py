@@ -29,9 +29,7 @@ def _models(run_dir: pathlib.Path) -> dict:
     cfg = json.loads(path.read_text())
     specs = {}
     for m in cfg.get("models", []):
-        specs[m["name"]] = ModelSpec(
-            m["name"], m["kind"], tuple(m["params"]), tuple(m["rewards"])
-        )
+        specs[m["name"]] = ModelSpec.from_dict(m)
     return specs
 
 
@@ -39,7 +37,7 @@ def plot_run(run_dir, *, formats: Sequence[str] = ("png", "pdf")) -> list[pathli
     """Write the figures that apply to a run directory, as PNG and PDF.
 
     Reads ``results.csv`` (and ``config.json`` to rebuild the models for the theory
-    curves) and writes into ``run_dir/plots/``:
+    curves, drawn for memoryless models) and writes into ``run_dir/plots/``:
 
     - ``bon_vs_rl_<model>_delta<δ>.{png,pdf}`` (:func:`bon_vs_rl`) for each model and
       ``δ`` with points at two or more lengths;
@@ -61,6 +59,7 @@ def plot_run(run_dir, *, formats: Sequence[str] = ("png", "pdf")) -> list[pathli
     import jax
 
     from jaxalign import policies
+    from jaxalign.models import MemorylessLM
     from jaxalign.store import read_results
 
     run_dir = pathlib.Path(run_dir)
@@ -94,6 +93,11 @@ def plot_run(run_dir, *, formats: Sequence[str] = ("png", "pdf")) -> list[pathli
             mine = [p for p in points if p["model"] == model]
             spec = specs.get(model)
             lm, reward = spec.build(1) if spec is not None else (None, None)
+            if not isinstance(lm, MemorylessLM):
+                # The theory curves (frontiers, exact best-of-N along N, limits) are
+                # drawn for memoryless models; a chain's figures show its points
+                # with their exact values.
+                lm, reward = None, None
             safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in model)
             deltas = sorted({p["delta"] for p in mine if p.get("delta") is not None})
             single = set()

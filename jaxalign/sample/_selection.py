@@ -657,7 +657,8 @@ def soft_best_of_n(
     length = 1 if method == "law" else _words_length(lm)
     cost = 1 if method == "law" else _cost_length(lm)
     chunk = _chunk(num_candidates, length, chunk_size)
-    temperature = jnp.asarray(temperature, float_dtype(reward.token_rewards))
+    # The reward's dtype, whatever its family (a LinearReward, a PairReward).
+    temperature = jnp.asarray(temperature, float_dtype(*jax.tree.leaves(reward)))
     impl = _for_candidates(_soft_impl, num_candidates)
     return _in_blocks(
         lambda key, first, count: impl(
