@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _timing import best_time
 
 import jaxalign
 from jaxalign import sample
@@ -35,16 +35,6 @@ from jaxalign.sample._kernels import _step_scale
 K = 16
 LENGTHS = [4**k for k in range(3, 9)]  # 64 .. 65536
 NUM_SAMPLES = 16
-
-
-def best_time(fn, repeats):
-    jax.block_until_ready(fn())
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def model(n):

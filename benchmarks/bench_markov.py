@@ -31,6 +31,7 @@ import time
 
 import jax
 import numpy as np
+from _timing import best_time
 
 import jaxalign
 from jaxalign import policies, sample
@@ -38,16 +39,6 @@ from jaxalign._types import classic_threefry
 
 LENGTH = 256
 S_NUMPY = 4096  # NumPy baseline: at most this many sequences, timed and scaled
-
-
-def best_time(fn, repeats):
-    jax.block_until_ready(fn())
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def numpy_chain(rng, init_cdf, offset_cdf, token_rewards, num):

@@ -16,18 +16,12 @@ import time
 
 import jax
 import jax.numpy as jnp
+from _timing import best_time
 
 import jaxalign
 from jaxalign import rl
 
-
-def _time(fn, repeats: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        best = min(best, time.perf_counter() - t0)
-    return best
+_time = best_time
 
 
 def main() -> None:

@@ -35,6 +35,7 @@ import time
 
 import jax
 import numpy as np
+from _timing import best_time
 
 import jaxalign
 from jaxalign import exact, sample
@@ -42,16 +43,6 @@ from jaxalign._types import classic_threefry
 
 S, N, LENGTH = 256, 64, 256
 S_NUMPY = 256  # NumPy baselines: this many samples, timed and scaled to S
-
-
-def best_time(fn, repeats):
-    jax.block_until_ready(fn())
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def numpy_searchsorted(rng, cdf, rewards, chunk=8):

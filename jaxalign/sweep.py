@@ -249,18 +249,25 @@ def _law_draw(key, values, log_neg, log_num, first):
 
 @functools.lru_cache(maxsize=64)
 def _model(spec, length: int, x64: bool):
-    """``(lm, reward, base law or the ValueError saying why there is none)`` of a
-    model at a length (in the precision ``x64`` it is built in), built once for
-    all the points that share them."""
-    lm, reward = spec.build(length)
+    """``(lm, reward)`` of a model at a length (in the precision ``x64`` it is
+    built in), built once for all the points that share them."""
+    return spec.build(length)
+
+
+@functools.lru_cache(maxsize=64)
+def _base_law(spec, length: int, x64: bool):
+    """The model's exact law of ``R``, or the ``ValueError`` saying why there is
+    none; computed once for all the points that share it."""
+    lm, reward = _model(spec, length, x64)
     try:
-        return lm, reward, lm.reward_law(reward)
+        return lm.reward_law(reward)
     except ValueError as e:
-        return lm, reward, e
+        return e
 
 
 def _prepare(config: SweepConfig, spec, point: Point) -> _Prepared:
-    lm, reward, base_law = _model(spec, point.length, bool(jax.config.jax_enable_x64))
+    x64 = bool(jax.config.jax_enable_x64)
+    lm, reward = _model(spec, point.length, x64)
     dtype = jnp.result_type(*jax.tree.leaves(lm))
     n = point.length
     settings = dict(point.settings)
@@ -273,6 +280,7 @@ def _prepare(config: SweepConfig, spec, point: Point) -> _Prepared:
     law_level = config.sampling == "law"
     bucket = ()
     needs_law = law_level or not policy.has_token_sampler
+    base_law = _base_law(spec, point.length, x64)  # after the refusals above
     if isinstance(base_law, ValueError):
         if needs_law:
             raise ValueError(f"point {point.tag}: {base_law}") from None

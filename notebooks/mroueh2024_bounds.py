@@ -38,9 +38,6 @@
 
 # %%
 # %matplotlib inline
-import builtins
-import os
-import pathlib
 
 import jax
 import numpy as np
@@ -48,25 +45,7 @@ import numpy as np
 import jaxalign
 from jaxalign import exact, plots, proxy, theory
 
-SMALL = os.environ.get("JAXALIGN_NOTEBOOK_SMALL") == "1"
-IN_JUPYTER = hasattr(builtins, "get_ipython")
-OUT = os.environ.get("JAXALIGN_NOTEBOOK_OUT") or (None if IN_JUPYTER else
-                                                  "runs/notebooks")
-if not jax.config.jax_enable_x64:  # (the tests run this inside jax.enable_x64)
-    jax.config.update("jax_enable_x64", True)
-
-
-def show(fig, name):
-    """Display inline in Jupyter; save a PNG into OUT when set (always, as a script)."""
-    if OUT:
-        path = pathlib.Path(OUT) / f"mroueh2024_{name}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=80)
-        print(f"figure saved to {path}")
-    if IN_JUPYTER:
-        from IPython.display import display
-
-        display(fig)
+SMALL, show = plots.notebook("mroueh2024")
 
 
 n = 4 if SMALL else 16

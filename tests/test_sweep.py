@@ -461,9 +461,15 @@ def test_counts_sweep_agrees_with_exact_and_draws_what_sample_policy_draws(
     np.testing.assert_array_equal(drawn * point.length, np.asarray(direct))
 
 
-def test_counts_sweep_refuses_float32_counts_beyond_2_24(tmp_path):
+def test_counts_sweep_refuses_float32_counts_beyond_2_24(tmp_path, monkeypatch):
     config = small_config(sampling="counts", x64=False,
                           grid={**small_config().grid, "length": (2**24 + 1,)})
+    from jaxalign.models import MemorylessLM
+
+    def no_law(*args, **kwargs):  # refused before any exact law (minutes at 2**24)
+        raise AssertionError("the exact law was computed before the refusal")
+
+    monkeypatch.setattr(MemorylessLM, "reward_law", no_law)
     with pytest.raises(ValueError, match="2\\*\\*24"):
         sweep.run_sweep(config, str(tmp_path / "run"))
 

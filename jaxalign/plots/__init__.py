@@ -33,7 +33,8 @@ Figures (numbers refer to the issue / THEORY.md):
    ``∇KL(q‖p)`` (cosine, relative bias, variance per sample) and the variance of
    the KL values vs ``n`` (issue 13).
 
-:func:`plot_run` writes the figures that apply to a sweep run directory.
+:func:`plot_run` writes the figures that apply to a sweep run directory;
+:func:`notebook` gives the paper notebooks their size switch and ``show``.
 """
 
 from jaxalign._types import adopt_public_names
@@ -49,6 +50,8 @@ from jaxalign.plots._common import Points as Points
 from jaxalign.plots._frontiers import reward_kl as reward_kl
 from jaxalign.plots._frontiers import win_rate_kl as win_rate_kl
 from jaxalign.plots._kl_gradients import kl_penalty_gradients as kl_penalty_gradients
+from jaxalign.plots._notebook import Notebook as Notebook
+from jaxalign.plots._notebook import notebook as notebook
 from jaxalign.plots._run import plot_run as plot_run
 from jaxalign.plots._training import plot_frontier as plot_frontier
 from jaxalign.plots._training import plot_goodhart as plot_goodhart
@@ -57,12 +60,14 @@ __all__ = [
     "PALETTE",
     "Curve",
     "KLPanel",
+    "Notebook",
     "Points",
     "best_of_n_kl",
     "bon_vs_rl",
     "bounds",
     "kl_penalty_gradients",
     "large_deviations",
+    "notebook",
     "plot_frontier",
     "plot_goodhart",
     "plot_run",
