@@ -536,7 +536,7 @@ def _check_token_work(config: SweepConfig) -> None:
     """Refuse token- or count-level points above the samplers' work budget up front
     (each draws ``replicates x N`` sequences; ``jaxalign.sample.token_budget`` opts
     in)."""
-    from jaxalign.sample._counts import _TOKENS_PER_BINOMIAL
+    from jaxalign.sample._counts import _sequence_cost
     from jaxalign.sample._selection import _check_work
 
     specs = {spec.name: spec for spec in config.models}
@@ -544,7 +544,7 @@ def _check_token_work(config: SweepConfig) -> None:
         num_candidates = dict(point.settings).get("num_candidates") or 1
         cost = point.length
         if config.sampling == "counts":  # K - 1 binomials per sequence
-            cost = max(1, specs[point.model].num_tokens - 1) * _TOKENS_PER_BINOMIAL
+            cost = _sequence_cost(specs[point.model].num_tokens)
         try:
             _check_work(config.replicates * num_candidates, cost,
                         f"point {point.tag}", 'use sampling = "law"')

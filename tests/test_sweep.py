@@ -427,14 +427,7 @@ def test_every_policy_and_a_toy_one_run_through_config_sweep_and_plot(
 
 def test_counts_sweep_agrees_with_exact_and_draws_what_sample_policy_draws(
         tmp_path, monkeypatch):
-    captured = {}
-    rows = sweep._rows
-
-    def spy(draws, *, point, **kw):
-        captured[point.tag] = (point, np.asarray(draws["reward"]))
-        return rows(draws, point=point, **kw)
-
-    monkeypatch.setattr(sweep, "_rows", spy)
+    captured = _spy_rows(monkeypatch)
     config = small_config(sampling="counts")
     out = tmp_path / "run"
     sweep.run_sweep(config, str(out))

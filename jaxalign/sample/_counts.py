@@ -32,6 +32,12 @@ _TOKENS_PER_BINOMIAL = 320
 _WORDS_PER_COUNT = 16
 
 
+def _sequence_cost(num_tokens: int) -> int:
+    """Token-equivalents of one count-level sequence (K - 1 binomials), for the
+    work budget."""
+    return max(1, num_tokens - 1) * _TOKENS_PER_BINOMIAL
+
+
 def _conditional_probs(log_probs: Array) -> Array:
     r"""``q_k = p_k / sum_{j >= k} p_j`` for ``k < K - 1``, from log-probabilities.
 
@@ -206,7 +212,7 @@ class _CountsView(NamedTuple):
     @property
     def cost(self) -> int:
         """Token-equivalents of one sequence (the work budget)."""
-        return max(1, self.num_tokens - 1) * _TOKENS_PER_BINOMIAL
+        return _sequence_cost(self.num_tokens)
 
     @property
     def words(self) -> int:
