@@ -121,6 +121,21 @@ class BaseModel(Protocol):
         """``lim_n E_Φ[R]/n`` for the tilt with per-token budget ``δ`` (also the
         limit of best-of-``e^{nδ}``, Yang et al. 2024)."""
 
+    def optimal_reward(self, reward: Any, kl_budget: Any) -> Array:
+        """The finite-n frontier ``max E_Q R`` over ``KL(Q‖P) <= kl_budget``
+        (the top reward once the budget reaches :meth:`max_kl`; ``inf`` allowed)."""
+
+    def tilt_rates(self, reward: Any, lam: Any) -> TiltSummary:
+        """The per-token limits of :meth:`tilt_summary` at a fixed ``λ``:
+        ``Λ(λ)``, ``Λ'(λ)``, ``Λ''(λ)`` and the KL rate ``λΛ' - Λ`` (``ValueError``
+        where the model has none)."""
+
+    def lam_for_kl_rate(self, reward: Any, delta: Any) -> Array:
+        """The ``λ_δ`` whose KL rate ``λΛ'(λ) - Λ(λ)`` is ``δ`` (per token)."""
+
+    def replace(self, **changes) -> BaseModel:
+        """A copy with some fields changed (e.g. ``length``), validated."""
+
 
 def _new(cls, **fields):
     obj = object.__new__(cls)
@@ -337,6 +352,23 @@ class MemorylessLM:
         from jaxalign import theory
 
         return theory.best_of_n_asymptotic_reward(self, reward, delta)
+
+    def optimal_reward(self, reward: LinearReward, kl_budget) -> Array:
+        """:func:`jaxalign.theory.optimal_reward`."""
+        from jaxalign import theory
+
+        return theory.optimal_reward(self, reward, kl_budget)
+
+    def tilt_rates(self, reward: LinearReward, lam) -> TiltSummary:
+        """The per-token values of the tilt, those of every ``n`` (i.i.d. tokens):
+        :meth:`tilt_summary` at length 1."""
+        return self.replace(length=1).tilt_summary(reward, lam)
+
+    def lam_for_kl_rate(self, reward: LinearReward, delta) -> Array:
+        """:func:`jaxalign.theory.lam_for_kl` at length 1 (per-token budget)."""
+        from jaxalign import theory
+
+        return theory.lam_for_kl(self.replace(length=1), reward, delta)
 
 
 @jax.tree_util.register_pytree_node_class

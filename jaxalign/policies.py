@@ -561,7 +561,7 @@ class BestOfN(_Candidates, Policy):
 
         log_max = max(s["log_num_candidates"] for s in settings)
         grid = np.linspace(0.0, 1.1 * log_max + 0.1, num)
-        res = exact.best_of_n(lm, reward, log_num_candidates=grid)
+        res = exact.best_of_n_from_law(lm.reward_law(reward), log_num_candidates=grid)
         return ExactCurve(res.kl, res.expected_reward, res.win_rate)
 
     @classmethod

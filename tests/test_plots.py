@@ -354,3 +354,122 @@ def test_kl_penalty_gradients_bars_and_value_lines(tmp_path):
     assert len(plots.kl_penalty_gradients(s).axes) == 3  # no value panel
     with pytest.raises(ValueError, match="at least one implementation"):
         plots.kl_penalty_gradients(s._replace(implementations=()))
+
+
+# ------------------------------------------------------------ chains (memory)
+
+CHAIN_P = np.array([[0.75, 0.15, 0.1], [0.25, 0.65, 0.1], [0.25, 0.15, 0.6]])
+CHAIN_MU = np.array([0.5, 0.3, 0.2])  # the sticky chain s = 0.5, p = mu
+CHAIN_R = np.array([0.0, 1.0, 2.0])
+CHAIN_LENGTHS = (4, 6)
+
+
+@pytest.fixture(scope="module")
+def chain_run(tmp_path_factory):
+    cfg = config.parse_config({
+        "name": "chain-plots", "seed": 0, "replicates": 256,
+        "methods": ["tilted", "best_of_n"], "sampling": "law",
+        "model": [{"name": "sticky", "rewards": list(CHAIN_R),
+                   "markov": {"sticky": 0.5, "probs": list(CHAIN_MU)}}],
+        "grid": {"length": list(CHAIN_LENGTHS), "delta": [0.1], "kl_budget": [0.5]},
+    })
+    out = tmp_path_factory.mktemp("chain")
+    sweep.run_sweep(cfg, str(out))
+    return out, cfg.models[0]
+
+
+def _enumerated_frontier(n, kl_per_token):
+    """E_φ[R]/n of the tilt with KL(φ‖P) = n x, over all 3^n sequences (brentq on
+    λ), independent of jaxalign.markov."""
+    import itertools
+
+    seqs = np.array(list(itertools.product(range(3), repeat=n)))
+    logp = np.log(CHAIN_MU[seqs[:, 0]]) + np.log(
+        CHAIN_P[seqs[:, :-1], seqs[:, 1:]]).sum(axis=1)
+    rew = CHAIN_R[seqs].sum(axis=1)
+
+    def mean_kl(lam):
+        w = logp + lam * rew
+        q = np.exp(w - np.logaddexp.reduce(w))
+        return q @ rew, q @ (np.log(np.maximum(q, 1e-300)) - logp)
+
+    lam = scipy.optimize.brentq(lambda lam: mean_kl(lam)[1] - n * kl_per_token,
+                                1e-12, 50.0, xtol=1e-15)
+    return mean_kl(lam)[0] / n
+
+
+def _eig_scgf(lam):
+    """Λ(λ) = log ρ(P_λ), P_λ(a, b) = P(a, b) e^{λ r(b)}, by numpy.linalg.eigvals."""
+    return math.log(max(np.linalg.eigvals(CHAIN_P * np.exp(lam * CHAIN_R)[None, :])
+                        .real))
+
+
+def _eig_rates(lam, h=1e-5):
+    """(Λ'(λ), λΛ' - Λ) from the eigen-solve, Λ' by a central difference."""
+    d = (_eig_scgf(lam + h) - _eig_scgf(lam - h)) / (2 * h)
+    return d, lam * d - _eig_scgf(lam)
+
+
+def test_chain_reward_kl_draws_the_exact_frontier_and_the_perron_limit(chain_run):
+    run_dir, spec = chain_run
+    rows = store.read_results(run_dir)
+    n = 4
+    with jax.enable_x64(True):
+        lm, reward = spec.build(n)
+        fig = plots.reward_kl(rows, lm, reward, length=n)
+    ax = fig.axes[0]
+    by_label = {ln.get_label(): ln for ln in ax.lines}
+    frontier = by_label[f"optimal frontier, exact at n = {n}"]
+    limit, = (ln for label, ln in by_label.items() if label.startswith(r"$n\to\infty$"))
+    assert limit.get_linestyle() == "--"
+    assert "best-of-N, exact" in by_label
+    # The exact finite-n frontier, by enumeration of the 81 sequences.
+    x, y = frontier.get_data()
+    for i in (len(x) // 4, len(x) // 2, len(x) - 3):
+        assert y[i] == pytest.approx(_enumerated_frontier(n, x[i]), rel=1e-9)
+    # The n -> infinity frontier: (λΛ' - Λ, Λ') of the eigen-solve, at the λ whose
+    # Λ' is the line's y.
+    xl, yl = limit.get_data()
+    for i in (len(xl) // 3, 2 * len(xl) // 3):
+        lam = scipy.optimize.brentq(lambda lam, i=i: _eig_rates(lam)[0] - yl[i],
+                                    1e-9, 50.0, xtol=1e-13)
+        assert xl[i] == pytest.approx(_eig_rates(lam)[1], rel=1e-6)
+    # Memory costs reward at finite n: the finite frontier is below the limit.
+    assert np.interp(xl[len(xl) // 2], x, y) < yl[len(xl) // 2]
+    # The run's exact tilted and best-of-N values sit on their exact curves.
+    for method, curve in (("tilted", frontier), ("best_of_n", by_label[
+            "best-of-N, exact"])):
+        pts = {}
+        for r in rows:
+            if r["length"] == n and r["method"] == method and r["quantity"] in (
+                    "reward_per_token", "kl_per_token"):
+                pts.setdefault(r["point"], {})[r["quantity"]] = r["exact"]
+        for v in pts.values():
+            xc, yc = curve.get_data()
+            assert abs(np.interp(v["kl_per_token"], xc, yc)
+                       - v["reward_per_token"]) < 2e-3, (method, v)
+
+
+def test_chain_bon_vs_rl_uses_the_perron_rates(chain_run):
+    run_dir, spec = chain_run
+    rows = store.read_results(run_dir)
+    with jax.enable_x64(True):
+        lm, reward = spec.build(CHAIN_LENGTHS[0])
+        fig = plots.bon_vs_rl(rows, lm, reward)
+    ax_r, _, ax_gap = fig.axes[:3]
+    lam = scipy.optimize.brentq(lambda lam: _eig_rates(lam)[1] - 0.1, 1e-6, 20.0,
+                                xtol=1e-13)
+    x_star = _eig_rates(lam)[0]
+    hline, = (ln for ln in ax_r.lines if ln.get_linestyle() == "--")
+    assert hline.get_ydata()[0] == pytest.approx(x_star, rel=1e-7)
+    pred, = (ln for ln in ax_gap.lines if ln.get_linestyle() == "--")
+    xs, ys = pred.get_data()
+    np.testing.assert_allclose(ys, np.log(xs) / (2 * lam * xs), rtol=1e-6)
+
+
+def test_chain_plot_run_writes_every_figure_kind(chain_run):
+    run_dir, _ = chain_run
+    names = sorted(p.name for p in plots.plot_run(run_dir, formats=("png",)))
+    assert names == sorted(["bon_vs_rl_sticky_delta0.1.png"]
+                           + [f"{kind}_sticky_n{n}.png" for n in CHAIN_LENGTHS
+                              for kind in ("reward_kl", "win_rate_kl")])

@@ -28,7 +28,8 @@ without underflow), in the dtype of the inputs (float64 for the exact checks):
   DP over (state, reward)), the same :class:`jaxalign.exact.RewardLaw` as the
   memoryless law, so :func:`jaxalign.exact.policy_law` makes every policy of
   :mod:`jaxalign.policies` exact for Markov models;
-- :func:`perron`, :func:`scgf`, :func:`cumulant_rates`,
+- :func:`perron`, :func:`scgf`, :func:`cumulant_rates`, :func:`tilt_rates` (the
+  per-token limits of :func:`tilt_summary` at a fixed λ), :func:`lam_for_kl_rate`,
   :func:`limit_reward_per_token`, :func:`rate_function`, :func:`renyi_rate`:
   Perron–Frobenius asymptotics (``Λ(λ) = log ρ(P_λ)``, the twisted chain
   ``Q_λ``, rates per token);
@@ -66,11 +67,13 @@ from jaxalign.markov._law import reward_law as reward_law
 from jaxalign.markov._model import MarkovLM as MarkovLM
 from jaxalign.markov._perron import PerronResult as PerronResult
 from jaxalign.markov._perron import cumulant_rates as cumulant_rates
+from jaxalign.markov._perron import lam_for_kl_rate as lam_for_kl_rate
 from jaxalign.markov._perron import limit_reward_per_token as limit_reward_per_token
 from jaxalign.markov._perron import perron as perron
 from jaxalign.markov._perron import rate_function as rate_function
 from jaxalign.markov._perron import renyi_rate as renyi_rate
 from jaxalign.markov._perron import scgf as scgf
+from jaxalign.markov._perron import tilt_rates as tilt_rates
 from jaxalign.markov._sample import sample as sample
 
 __all__ = [
@@ -98,6 +101,8 @@ __all__ = [
     "scgf",
     "cumulant_rates",
     "limit_reward_per_token",
+    "tilt_rates",
+    "lam_for_kl_rate",
     "rate_function",
     "renyi_rate",
     "sample",

@@ -261,6 +261,11 @@ class MarkovLM:
         """``(K,)`` initial law ``μ``."""
         return jnp.exp(self.log_init)
 
+    def replace(self, **changes) -> MarkovLM:
+        """A copy with some fields changed (validated: a time-inhomogeneous chain
+        keeps its length, ``log_trans`` having one matrix per step)."""
+        return dataclasses.replace(self, **changes)
+
     @property
     def trans_probs(self) -> Array:
         """``(K, K)`` (or ``(n - 1, K, K)``) transition probabilities."""
@@ -295,6 +300,18 @@ class MarkovLM:
     def limit_reward_per_token(self, reward, delta) -> Array:
         """:func:`jaxalign.markov.limit_reward_per_token`."""
         return _api().limit_reward_per_token(self, reward, delta)
+
+    def optimal_reward(self, reward, kl_budget) -> Array:
+        """:func:`jaxalign.markov.optimal_reward` (the finite-n frontier)."""
+        return _api().optimal_reward(self, reward, kl_budget)
+
+    def tilt_rates(self, reward, lam) -> TiltSummary:
+        """:func:`jaxalign.markov.tilt_rates` (Perron root of ``P_λ``)."""
+        return _api().tilt_rates(self, reward, lam)
+
+    def lam_for_kl_rate(self, reward, delta) -> Array:
+        """:func:`jaxalign.markov.lam_for_kl_rate`."""
+        return _api().lam_for_kl_rate(self, reward, delta)
 
 
 def _api():

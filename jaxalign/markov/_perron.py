@@ -21,6 +21,7 @@ from jaxalign.markov._finite import (
 )
 from jaxalign.markov._model import (
     MarkovLM,
+    TiltSummary,
     _check_model,
     _prepare,
     _scalar,
@@ -259,12 +260,81 @@ def _solve_rate(log_trans, pair, delta):
     return _solve_kl(kl_and_slope, delta, jnp.max(pair) - jnp.min(pair))
 
 
-@jax.jit
-def _limit_reward(log_trans, pair, delta):
+def _lam_rate(log_trans, pair, delta):
     safe = jnp.where(delta > 0, delta, 1.0)
     lam = _solve_rate(log_trans, pair, safe)
-    lam = jnp.where(delta > 0, lam, 0.0)
-    return _rates(log_trans, pair, lam)[0]
+    return jnp.where(delta > 0, lam, 0.0)
+
+
+_lam_rate_jit = jax.jit(_lam_rate)
+
+
+@jax.jit
+def _limit_reward(log_trans, pair, delta):
+    return _rates(log_trans, pair, _lam_rate(log_trans, pair, delta))[0]
+
+
+def lam_for_kl_rate(lm: MarkovLM, reward, delta: ArrayLike) -> Array:
+    r"""The ``λ_δ >= 0`` whose twisted chain has KL rate ``δ``:
+    ``λ_δ Λ'(λ_δ) - Λ(λ_δ) = δ`` (``lim_n λ_{nδ}`` of :func:`lam_for_kl`).
+
+    Safeguarded Newton in ``log λ`` on the KL rate (``d/dλ = λ Λ''(λ)``); at or
+    beyond the largest KL rate ``λ`` runs up to the dtype's max.
+
+    Raises:
+      ValueError: a time-inhomogeneous chain, or one that is not irreducible and
+        aperiodic.
+
+    Examples:
+      >>> import jaxalign
+      >>> lm = jaxalign.MarkovLM.sticky([0.5, 0.5], 0.5, length=1)
+      >>> r = jaxalign.LinearReward([0.0, 1.0])
+      >>> lam = lam_for_kl_rate(lm, r, 0.05)
+      >>> round(float(tilt_rates(lm, r, lam).kl), 12)
+      0.05
+    """
+    log_trans, pair, dtype = _prepare_perron(lm, reward, "lam_for_kl_rate")
+    delta = _scalar(delta, "delta", dtype, minimum=0.0)
+    return _lam_rate_jit(log_trans, pair, delta)
+
+
+@jax.jit
+def _tilt_rates(log_trans, pair, lam) -> TiltSummary:
+    # Λ'' = dΛ'/dλ: one forward-mode derivative of the rates (as _solve_rate).
+    (mean, kl_), (variance, _) = jax.jvp(lambda l: _rates(log_trans, pair, l),
+                                         (lam,), (jnp.ones_like(lam),))
+    return TiltSummary(_log_rho(_tilted_matrix(log_trans, pair, lam)), mean,
+                       variance, kl_)
+
+
+def tilt_rates(lm: MarkovLM, reward, lam: ArrayLike) -> TiltSummary:
+    r"""The per-token limits of :func:`tilt_summary` at a fixed ``λ``, from the
+    Perron root of ``P_λ``:
+
+    .. math::
+        rac{\log Z_n}{n} 	o \Lambda(\lambda) = \log
+ho(P_\lambda), \quad
+        rac{E_arphi R}{n} 	o \Lambda'(\lambda), \quad
+        rac{\mathrm{Var}_arphi R}{n} 	o \Lambda''(\lambda), \quad
+        rac{\mathrm{KL}(arphi_\lambda\|P)}{n} 	o \lambda\Lambda' - \Lambda,
+
+    the KL rate as ``Σ π_λ(a) KL(Q_λ(a, ·)‖P(a, ·))`` (non-negative terms); the
+    gaps to the finite-n values shrink like ``1/n``.
+
+    Raises:
+      ValueError: a time-inhomogeneous chain, or one that is not irreducible and
+        aperiodic.
+
+    Examples:
+      >>> import jaxalign
+      >>> lm = jaxalign.MarkovLM.sticky([0.5, 0.5], 0.0, length=1)
+      >>> s = tilt_rates(lm, jaxalign.LinearReward([0.0, 1.0]), 0.0)
+      >>> float(s.mean), round(float(s.variance), 12), float(s.kl)
+      (0.5, 0.25, 0.0)
+    """
+    log_trans, pair, dtype = _prepare_perron(lm, reward, "tilt_rates")
+    lam = _scalar(lam, "lam", dtype)
+    return _tilt_rates(log_trans, pair, lam)
 
 
 def limit_reward_per_token(lm: MarkovLM, reward, delta: ArrayLike) -> Array:

@@ -25,6 +25,21 @@ from jaxalign.plots._common import (
 # ------------------------------------------------------------------ 2. BoN vs RL
 
 
+def _lam_delta(lm, reward, delta: float) -> float | None:
+    """``λ_δ``, the tilt whose KL rate is ``δ`` per token, from the model's own
+    ``lam_for_kl_rate`` (a chain's Perron root), or ``None`` without a model or
+    where the model has no rate (a chain that is not primitive)."""
+    if lm is None:
+        return None
+    if reward is None:
+        raise ValueError("reward must be given with lm, got None")
+    try:
+        return float(lm.lam_for_kl_rate(reward, delta))
+    except ValueError:
+        return None
+
+
+
 def bon_vs_rl(
     rows, lm=None, reward=None, *, model: str | None = None, delta: float | None = None
 ):
@@ -175,7 +190,7 @@ def bon_vs_rl(
     ax_kl.set_xlabel("sequence length n")
     ax_kl.set_ylabel("KL per token (nats)")
     ax_kl.set_title("(b) KL divergences", fontsize="medium")
-    _legend(ax_kl, loc="center right")
+    _legend(ax_kl, loc="best")
     # (c) the gap and its (log n)/n prediction
     if bon and x_star is not None:
         gap = x_star - ex
@@ -200,13 +215,8 @@ def bon_vs_rl(
                 marker="D",
                 filled=False,
             )
-        if lm is not None:
-            from jaxalign import theory
-
-            if reward is None:
-                raise ValueError("reward must be given with lm, got None")
-            lm1 = lm.replace(length=1)
-            lam = float(theory.lam_for_kl(lm1, reward, delta))
+        lam = _lam_delta(lm, reward, delta)
+        if lam is not None:
             fine = np.geomspace(ns.min(), ns.max(), 64)
             ax_gap.plot(
                 fine,

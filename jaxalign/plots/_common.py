@@ -3,6 +3,7 @@ the reading of run rows."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -132,7 +133,7 @@ def _log_x(ax, y=False, ticks=None):
     """Log axes with plain-number tick labels (``4``, ``8``, not ``4×10^0``).
 
     ``ticks``: x values to label (e.g. the sequence lengths), if few."""
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from matplotlib.ticker import FuncFormatter, NullFormatter, ScalarFormatter
 
     axis_list = [ax.xaxis] + ([ax.yaxis] if y else [])
     ax.set_xscale("log")
@@ -150,7 +151,10 @@ def _log_x(ax, y=False, ticks=None):
             fmt = ScalarFormatter()
             fmt.set_scientific(False)
             axis.set_major_formatter(fmt)
-            axis.set_minor_formatter(NullFormatter())
+            # Within one decade there is no major tick: label the minor ones.
+            decade = math.floor(math.log10(hi)) > math.floor(math.log10(lo))
+            axis.set_minor_formatter(NullFormatter() if decade else
+                                     FuncFormatter(lambda v, _: f"{v:.3g}"))
 
 
 def _legend(ax, **kw):
@@ -213,16 +217,6 @@ def _mc(points, quantity, x_fn) -> Points | None:
         ys.append(y)
         es.append(_val(p, quantity, "mc_stderr") or 0.0)
     return Points(np.array(xs), np.array(ys), np.array(es)) if xs else None
-
-
-def _vmap_scalar(fn, lm, reward, values) -> np.ndarray:
-    import jax
-
-    return np.asarray(
-        jax.vmap(fn, in_axes=(None, None, 0))(
-            lm, reward, np.asarray(values, dtype=np.asarray(lm.log_probs).dtype)
-        )
-    )
 
 
 def _seq_axes(ax, n: int, *, x=True, y=True):

@@ -9,6 +9,7 @@ import numpy as np
 
 from jaxalign.plots._common import (
     PALETTE,
+    Curve,
     Points,
     _arr,
     _check_rows,
@@ -21,7 +22,6 @@ from jaxalign.plots._common import (
     _points,
     _seq_axes,
     _val,
-    _vmap_scalar,
 )
 
 # ------------------------------------------------------------------- 1. reward-KL
@@ -53,6 +53,59 @@ def _by_policy(points, quantity):
         for cls in map(policies.get, policies.names())
     ]
     return [(cls, pts) for cls, pts in out if pts]
+
+
+def _frontier(lm, reward, x_hi: float, num: int) -> Curve:
+    """The exact finite-n frontier per token up to KL ``x_hi`` per token, through
+    the model's own protocol (:class:`jaxalign.models.BaseModel`): parametrically in
+    ``λ``, ``(KL(Φ_λ), E_{Φ_λ} R) / n`` from ``tilt_summary`` is exactly
+    ``optimal_reward`` (no root finding per point), then flat at the top reward
+    beyond ``max_kl``."""
+    import jax
+
+    n = lm.length
+    lam_hi = np.asarray(lm.lam_for_kl(reward, x_hi * n))
+    dtype, lam_hi = lam_hi.dtype, float(lam_hi)
+    top = math.inf
+    if not math.isfinite(lam_hi):  # slack constraint beyond max_kl: flat part
+        top = float(lm.max_kl(reward)) / n
+        lam_hi = float(lm.lam_for_kl(reward, 0.999 * top * n))
+    lams = np.linspace(0.0, lam_hi, num).astype(dtype)
+    summary = jax.vmap(lambda lam: lm.tilt_summary(reward, lam))(lams)
+    budgets, reward_n = np.asarray(summary.kl), np.asarray(summary.mean)
+    if math.isfinite(top):
+        r_top = float(lm.optimal_reward(reward, math.inf))
+        budgets = np.r_[budgets, top * n, x_hi * n]
+        reward_n = np.r_[reward_n, r_top, r_top]
+    return Curve(budgets / n, reward_n / n)
+
+
+def _limit_frontier(lm, reward, x_hi: float, num: int) -> Curve | None:
+    """The ``n → ∞`` frontier per token, ``(λΛ'(λ) - Λ(λ), Λ'(λ))`` from the model's
+    ``tilt_rates`` (a chain's Perron root), or ``None`` where the model has no such
+    limit (``ValueError``: a chain that is not primitive, or time-inhomogeneous)
+    or where it is the finite-n frontier itself (i.i.d. tokens)."""
+    import jax
+
+    try:
+        lam_hi = np.asarray(lm.lam_for_kl_rate(reward, x_hi))
+    except ValueError:
+        return None
+    dtype, lam_hi = lam_hi.dtype, float(lam_hi)
+    lam_hi = lam_hi if math.isfinite(lam_hi) and lam_hi < 1e6 else 1e6
+    lams = np.r_[np.linspace(0.0, min(lam_hi, 50.0), num - 1), lam_hi].astype(dtype)
+    rates = jax.vmap(lambda lam: lm.tilt_rates(reward, lam))(lams)
+    x, y = np.asarray(rates.kl), np.asarray(rates.mean)
+    # i.i.d. tokens: the limit is the finite-n frontier itself (checked at two λ).
+    tol = 64 * np.finfo(y.dtype).eps
+    if all(abs(float(lm.tilt_summary(reward, lams[i]).mean) / lm.length - y[i])
+           <= tol * max(1.0, abs(y[i])) for i in (num // 2, num - 2)):
+        return None
+    keep = np.isfinite(x) & np.isfinite(y) & (x <= x_hi * (1 + 1e-9))
+    if not np.any(keep):
+        return None
+    x, y = x[keep], y[keep]
+    return Curve(x, y)
 
 
 def reward_kl(
@@ -134,34 +187,19 @@ def reward_kl(
         xs.append((math.log(big) - (big - 1) / big) / n)
     lm_n = None
     if lm is not None:
-        from jaxalign import theory
-
         if reward is None:
             raise ValueError("reward must be given with lm, got None")
         lm_n = lm.replace(length=n)
     x_hi = 1.15 * max(xs + [1e-3])
     if lm_n is not None:
-        # Parametrically in λ, (KL(Φ_λ), E_{Φ_λ} R) is exactly the frontier
-        # theory.optimal_reward (no root finding per point).
-        lam_hi = float(theory.lam_for_kl(lm_n, reward, x_hi * n))
-        top = math.inf
-        if not math.isfinite(lam_hi):  # slack constraint beyond max_kl: flat part
-            top = float(theory.max_kl(lm_n, reward)) / n
-            lam_hi = float(theory.lam_for_kl(lm_n, reward, 0.999 * top * n))
-        lams = np.linspace(0.0, lam_hi, num_curve)
-        budgets = _vmap_scalar(theory.kl, lm_n, reward, lams)
-        frontier = _vmap_scalar(theory.expected_reward, lm_n, reward, lams)
-        if math.isfinite(top):
-            r_top = float(theory.expected_reward(lm_n, reward, math.inf))
-            budgets = np.r_[budgets, top * n, x_hi * n]
-            frontier = np.r_[frontier, r_top, r_top]
-        ax.plot(
-            budgets / n,
-            frontier / n,
-            color=PALETTE["black"],
-            lw=2,
-            label=r"optimal frontier $\Lambda'(\lambda_\delta)$",
-        )
+        frontier = _frontier(lm_n, reward, x_hi, num_curve)
+        ax.plot(frontier.x, frontier.y, color=PALETTE["black"], lw=2,
+                label=rf"optimal frontier, exact at n = {n}")
+        limit = _limit_frontier(lm_n, reward, x_hi, num_curve)
+        if limit is not None:
+            ax.plot(limit.x, limit.y, color=PALETTE["black"], lw=1.2, ls="--",
+                    label=r"$n\to\infty$: $(\lambda\Lambda'-\Lambda,\ \Lambda')$, "
+                    r"$\Lambda=\log\rho(P_\lambda)$")
         # Each policy's exact (KL, reward) curve over its strength, where it has one.
         for cls, settings in curve_settings.items():
             curve = cls.exact_curve(lm_n, reward, settings, num_curve)

@@ -36,8 +36,10 @@ def _models(run_dir: pathlib.Path) -> dict:
 def plot_run(run_dir, *, formats: Sequence[str] = ("png", "pdf")) -> list[pathlib.Path]:
     """Write the figures that apply to a run directory, as PNG and PDF.
 
-    Reads ``results.csv`` (and ``config.json`` to rebuild the models for the theory
-    curves, drawn for memoryless models) and writes into ``run_dir/plots/``:
+    Reads ``results.csv`` (and ``config.json`` to rebuild each model at each length
+    for the exact and asymptotic curves, through the base-model protocol
+    :class:`jaxalign.models.BaseModel`: memoryless models and Markov chains alike)
+    and writes into ``run_dir/plots/``:
 
     - ``bon_vs_rl_<model>_delta<δ>.{png,pdf}`` (:func:`bon_vs_rl`) for each model and
       ``δ`` with points at two or more lengths;
@@ -59,7 +61,6 @@ def plot_run(run_dir, *, formats: Sequence[str] = ("png", "pdf")) -> list[pathli
     import jax
 
     from jaxalign import policies
-    from jaxalign.models import MemorylessLM
     from jaxalign.store import read_results
 
     run_dir = pathlib.Path(run_dir)
@@ -92,19 +93,20 @@ def plot_run(run_dir, *, formats: Sequence[str] = ("png", "pdf")) -> list[pathli
         for model in sorted({p["model"] for p in points}):
             mine = [p for p in points if p["model"] == model]
             spec = specs.get(model)
-            lm, reward = spec.build(1) if spec is not None else (None, None)
-            if not isinstance(lm, MemorylessLM):
-                # The theory curves (frontiers, exact best-of-N along N, limits) are
-                # drawn for memoryless models; a chain's figures show its points
-                # with their exact values.
-                lm, reward = None, None
+
+            def build(n, spec=spec):
+                # The model at the figure's length, through the config's own
+                # constructors (a chain with one matrix per step exists at its n
+                # only); every theory curve then goes through the model's protocol.
+                return spec.build(n) if spec is not None else (None, None)
+
             safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in model)
             deltas = sorted({p["delta"] for p in mine if p.get("delta") is not None})
             single = set()
             for d in deltas:
                 lengths = {p["length"] for p in mine if p.get("delta") == d}
                 if len(lengths) >= 2:
-                    fig = bon_vs_rl(rows, lm, reward, model=model, delta=d)
+                    fig = bon_vs_rl(rows, *build(min(lengths)), model=model, delta=d)
                     save(fig, f"bon_vs_rl_{safe}_delta{d:g}")
                 else:
                     single |= lengths
@@ -118,6 +120,7 @@ def plot_run(run_dir, *, formats: Sequence[str] = ("png", "pdf")) -> list[pathli
                 )
                 if has_fixed or n in single:
                     sub = [r for r in rows if r["model"] == model and r["length"] == n]
+                    lm, reward = build(n)
                     fig = reward_kl(sub, lm, reward)
                     save(fig, f"reward_kl_{safe}_n{n}")
                     if any(r["quantity"] == "win_rate" and r["mc_mean"] is not None
