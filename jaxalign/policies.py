@@ -446,22 +446,26 @@ class Tilted(Policy):
         return cls(float(lm.lam_for_kl(reward, budget)))
 
     def sweep_values(self, lm, reward, settings, law):
-        from jaxalign.models import MemorylessLM
-
+        r"""Exact values from :meth:`tilt_summary`; asymptotic ones from the model's
+        :meth:`tilt_rates` (``Λ'``, ``Λ''`` and the KL rate ``λΛ' - Λ``: for a chain
+        ``Λ = log ρ(P_λ)``, for i.i.d. tokens the per-token values themselves) at
+        the point's ``λ``, or at ``λ_δ`` of the per-token budget ``δ`` (then the KL
+        limit is ``δ`` itself); none where the model has no rates (a chain that is
+        not primitive, or time-inhomogeneous)."""
         n = lm.length
         closed = lm.tilt_summary(reward, self.lam)
         mean, var = float(closed.mean) / n, float(closed.variance) / n
         kl = float(closed.kl) / n
         delta = settings.get("delta")
-        if isinstance(lm, MemorylessLM):
-            # i.i.d. tokens: the per-token values are those of every n.
-            return {"reward_per_token": (mean, mean), "variance_per_token": (var, var),
-                    "kl_per_token": (kl, delta if delta else kl)}
-        # A model with memory (a MarkovLM): per-token values move with n; the limit
-        # is the model's own x*(delta) at a per-token budget, else not reported.
-        x_star = _limit_reward(lm, reward, delta)
-        return {"reward_per_token": (mean, x_star), "variance_per_token": (var, None),
-                "kl_per_token": (kl, delta if x_star is not None else None)}
+        try:
+            lam = lm.lam_for_kl_rate(reward, delta) if delta else self.lam
+            rates = lm.tilt_rates(reward, lam)
+        except ValueError:
+            return {"reward_per_token": (mean, None), "variance_per_token": (var, None),
+                    "kl_per_token": (kl, None)}
+        return {"reward_per_token": (mean, float(rates.mean)),
+                "variance_per_token": (var, float(rates.variance)),
+                "kl_per_token": (kl, delta if delta else float(rates.kl))}
 
 
 def _limit_reward(lm, reward, delta) -> float | None:

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.optimize
 import scipy.stats
 
 import jaxalign
@@ -528,6 +529,50 @@ def test_perron_of_memoryless_chains_is_the_memoryless_theory(x64):
     assert abs(float(markov.renyi_rate(sticky, sticky, 2.0))) < 1e-13
 
 
+def test_tilt_rates_against_an_eigen_solve_and_finite_n(x64):
+    """tilt_rates and lam_for_kl_rate of a non-reversible chain against
+    numpy.linalg.eigvals on P_λ (derivatives by central differences), and the
+    finite-n per-token values approach them with a gap ~ c/n."""
+    init = np.array([0.2, 0.5, 0.3])
+    trans = np.array([[0.1, 0.6, 0.3], [0.5, 0.2, 0.3], [0.2, 0.1, 0.7]])
+    reward = jaxalign.LinearReward(R)
+
+    def scgf(lam):
+        return math.log(max(np.linalg.eigvals(trans * np.exp(lam * R)[None, :]).real))
+
+    def eig_rates(lam, h=1e-4):
+        d1 = (scgf(lam + h) - scgf(lam - h)) / (2 * h)
+        d2 = (scgf(lam + h) - 2 * scgf(lam) + scgf(lam - h)) / h**2
+        return scgf(lam), d1, d2, lam * d1 - scgf(lam)
+
+    lm = jaxalign.MarkovLM.from_probs(init, trans, length=1)
+    got = lm.tilt_rates(reward, LAM)
+    want = eig_rates(LAM)
+    np.testing.assert_allclose([float(v) for v in got], want, rtol=1e-6)
+    lam_d = float(lm.lam_for_kl_rate(reward, 0.05))
+    lam_eig = scipy.optimize.brentq(lambda lam: eig_rates(lam)[3] - 0.05, 1e-6, 10.0,
+                                    xtol=1e-14)
+    assert lam_d == pytest.approx(lam_eig, rel=1e-6)
+    assert float(lm.tilt_rates(reward, lam_d).mean) == pytest.approx(
+        float(lm.limit_reward_per_token(reward, 0.05)), rel=1e-12)
+    assert float(lm.lam_for_kl_rate(reward, 0.0)) == 0.0
+    gaps = []
+    for n in (60, 120):
+        t = jaxalign.MarkovLM.from_probs(init, trans, length=n).tilt_summary(
+            reward, LAM)
+        gaps.append(n * (np.array([float(v) for v in t]) / n
+                         - np.array([float(v) for v in got])))
+    np.testing.assert_allclose(gaps[0], gaps[1], rtol=1e-5)  # gap = c/n
+    assert np.all(np.abs(gaps[0]) > 1e-3)
+    # i.i.d. tokens: the rates are the per-token values themselves.
+    base = jaxalign.MemorylessLM.from_probs(MU, length=7)
+    rates = base.tilt_rates(reward, LAM)
+    assert float(rates.mean) == pytest.approx(
+        float(theory.cumulants(base, reward, 1, LAM)[0]), rel=1e-14)
+    assert float(rates.kl) == pytest.approx(float(theory.kl(base, reward, LAM)) / 7,
+                                            rel=1e-13)
+
+
 @pytest.mark.parametrize("make, match", [
     (lambda: markov.perron(jaxalign.MarkovLM.from_probs(
         [0.5, 0.5], [[0.0, 1.0], [1.0, 0.0]], length=2),
@@ -537,6 +582,11 @@ def test_perron_of_memoryless_chains_is_the_memoryless_theory(x64):
     (lambda: markov.perron(markov.tilt(*_model(), 1.0), jaxalign.LinearReward(R),
                            1.0), "time-homogeneous"),
     (lambda: markov.renyi_rate(_model()[0], _model()[0], 1.0), "alpha"),
+    (lambda: markov.tilt_rates(jaxalign.MarkovLM.sticky([0.5, 0.5], 1.0, length=2),
+                               jaxalign.LinearReward([0.0, 1.0]), 1.0),
+     "tilt_rates needs an"),
+    (lambda: markov.lam_for_kl_rate(markov.tilt(*_model(), 1.0),
+                                    jaxalign.LinearReward(R), 0.1), "time-homogeneous"),
 ])
 def test_asymptotics_need_a_primitive_chain(make, match, x64):
     with pytest.raises(ValueError, match=match):

@@ -529,7 +529,22 @@ def test_markov_law_sweep_agrees_with_the_chain_exactly_and_plots(tmp_path):
         closed = markov.tilt_summary(lm, reward, 0.5)
         tilted = by["tilted", 0.5, None, None, "reward_per_token"]
         assert tilted["exact"] == pytest.approx(float(closed.mean) / 6, rel=1e-12)
-        assert tilted["asymptotic"] is None  # no per-token limit at a fixed lam
+        # The limits at the fixed lam = 0.5, from an independent eigen-solve of
+        # P_lam(a, b) = P(a, b) e^{lam r(b)}: Lambda', Lambda'', lam Lambda' - Lambda.
+        p_mat = 0.5 * np.eye(3) + 0.5 * np.array([[0.5, 0.3, 0.2]] * 3)
+        r_vec = np.array([0.0, 1.0, 2.0])
+
+        def scgf(lam):
+            return np.log(max(np.linalg.eigvals(p_mat * np.exp(lam * r_vec)).real))
+
+        h = 1e-4
+        d1 = (scgf(0.5 + h) - scgf(0.5 - h)) / (2 * h)
+        d2 = (scgf(0.5 + h) - 2 * scgf(0.5) + scgf(0.5 - h)) / h**2
+        assert tilted["asymptotic"] == pytest.approx(d1, rel=1e-7)
+        var_row = by["tilted", 0.5, None, None, "variance_per_token"]
+        assert var_row["asymptotic"] == pytest.approx(d2, rel=1e-5)
+        kl_row = by["tilted", 0.5, None, None, "kl_per_token"]
+        assert kl_row["asymptotic"] == pytest.approx(0.5 * d1 - scgf(0.5), rel=1e-7)
         kl = by["tilted", 0.5, None, None, "kl_per_token"]["exact"]
         assert kl == pytest.approx(float(closed.kl) / 6, rel=1e-9)
         law = exact.policy_law(lm, reward, policies.Tilted(0.5))
