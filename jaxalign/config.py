@@ -56,6 +56,7 @@ MODEL_KINDS = ("probs", "logits", "bernoulli", "uniform", "zipf", "dirichlet", "
 MARKOV_FORMS = {
     "sticky": ("sticky", "probs"),
     "init": ("init", "trans"),
+    "init_logits": ("init_logits", "trans_logits"),
     "dirichlet": ("dirichlet", "concentration", "seed"),
 }
 _TOP_KEYS = {
@@ -82,8 +83,12 @@ class ModelSpec:
     """One base model and its reward, as written in the config.
 
     ``kind == "markov"`` is a :class:`jaxalign.MarkovLM`, with ``params`` one of
-    ``("sticky", s, probs)``, ``("init", init, trans)`` or
-    ``("dirichlet", K, concentration, seed)``; its reward is the per-token
+    ``("sticky", s, probs)``, ``("init", init, trans)``,
+    ``("init_logits", init_logits, trans_logits)`` or
+    ``("dirichlet", K, concentration, seed)``; ``trans``/``trans_logits`` is one
+    ``K x K`` matrix or, for a time-inhomogeneous chain, ``n - 1`` of them (one per
+    step ``t -> t + 1``), and then the chain exists at that one length ``n``
+    (:attr:`length`); its reward is the per-token
     ``rewards`` or, when ``pair_rewards`` (``K x K``) is given, the
     :class:`jaxalign.PairReward` ``(pair_rewards, first_rewards)`` (first-token
     rewards zero when not given, as ``PairReward``'s own default).
@@ -112,6 +117,16 @@ class ModelSpec:
         """K, the vocabulary size of the model."""
         return len(self.rewards) or len(self.pair_rewards)
 
+    @property
+    def length(self) -> int | None:
+        """The one sequence length of a time-inhomogeneous chain (``n - 1``
+        transition matrices), else ``None`` (the model exists at every length)."""
+        if self.kind == "markov" and self.params[0] in ("init", "init_logits"):
+            trans = self.params[2]
+            if isinstance(trans[0][0], tuple):  # (n - 1, K, K)
+                return len(trans) + 1
+        return None
+
     def build(self, length: int):
         """The ``(model, reward)`` pair at sequence length ``length``: a
         ``(MemorylessLM, LinearReward)``, or a :class:`jaxalign.MarkovLM` with a
@@ -131,10 +146,10 @@ class ModelSpec:
             if form == "sticky":
                 lm = MarkovLM.sticky(list(self.params[2]), self.params[1],
                                      length=length)
-            elif form == "init":
-                lm = MarkovLM.from_probs(list(self.params[1]),
-                                         [list(row) for row in self.params[2]],
-                                         length=length)
+            elif form in ("init", "init_logits"):
+                make = (MarkovLM.from_probs if form == "init"
+                        else MarkovLM.from_logits)
+                lm = make(list(self.params[1]), _lists(self.params[2]), length=length)
             else:
                 _, num_tokens, concentration, seed = self.params
                 lm = MarkovLM.dirichlet(jax.random.key(seed), num_tokens,
@@ -273,6 +288,40 @@ def _matrix(value, key) -> tuple[tuple[float, ...], ...]:
     return rows
 
 
+def _lists(x):
+    """Nested tuples back to nested lists (for the model constructors)."""
+    return [_lists(v) for v in x] if isinstance(x, (list, tuple)) else x
+
+
+def _depth(value) -> int:
+    """Nesting depth of a list along its first entries (0 for a scalar)."""
+    depth = 0
+    while isinstance(value, list) and value:
+        depth, value = depth + 1, value[0]
+    return depth
+
+
+def _transitions(value, key, k: int, init_key: str) -> tuple:
+    """A chain's transitions: one ``K x K`` matrix, or a list of ``n - 1 >= 1`` of
+    them (time-inhomogeneous: the matrix of step ``t -> t + 1``), as nested
+    tuples; ``K`` from the initial law ``init_key``."""
+    allowed = (f"a K x K matrix with K = {k} from {init_key}, or a list of n - 1 "
+               "such matrices, one per step t -> t + 1 (time-inhomogeneous)")
+    depth = _depth(value)
+    if depth not in (2, 3):
+        raise _fail(key, value, allowed)
+    mats = [value] if depth == 2 else value
+    names = [key] if depth == 2 else [f"{key}[{t}]" for t in range(len(value))]
+    out = []
+    for name, mat in zip(names, mats, strict=True):
+        if _depth(mat) != 2:
+            raise _fail(name, mat, allowed)
+        out.append(_matrix(mat, name))
+        if len(out[-1]) != k:
+            raise _fail(name, mat, allowed)
+    return out[0] if depth == 2 else tuple(out)
+
+
 def _num_tokens(value, key) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 2:
         raise _fail(key, value, "the number of tokens K, an integer >= 2")
@@ -313,14 +362,11 @@ def _parse_markov(value, where: str) -> tuple[tuple, int]:
             raise _fail(f"{where}.sticky", s, "a stay probability s in [0, 1]")
         probs = _floats(value["probs"], f"{where}.probs")
         return ("sticky", float(s), probs), len(probs)
-    if form == "init":
-        init = _floats(value["init"], f"{where}.init")
-        trans = _matrix(value["trans"], f"{where}.trans")
-        if len(trans) != len(init):
-            raise _fail(f"{where}.trans", value["trans"],
-                        f"a {len(init)} x {len(init)} matrix (K = {len(init)} from "
-                        "init)")
-        return ("init", init, trans), len(init)
+    if form in ("init", "init_logits"):
+        first, steps = MARKOV_FORMS[form]
+        init = _floats(value[first], f"{where}.{first}")
+        trans = _transitions(value[steps], f"{where}.{steps}", len(init), first)
+        return (form, init, trans), len(init)
     num_tokens = _num_tokens(value["dirichlet"], f"{where}.dirichlet")
     seed = value.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -413,7 +459,7 @@ def _parse_model(i: int, m: Any, x64: bool = True) -> ModelSpec:
 
     try:
         with jax.enable_x64(x64):  # the constructors' checks, in the run's dtype
-            spec.build(2 if kind == "markov" else 1)
+            spec.build(spec.length or (2 if kind == "markov" else 1))
     except ValueError as e:
         key = f"{where}.markov" if kind == "markov" else where
         raise ConfigError(f"config key {key!r}: {e}") from None
@@ -481,6 +527,13 @@ def parse_config(data: Mapping[str, Any]) -> SweepConfig:
             grid[name] = tuple(
                 key.kind(v) for v in _list(grid_in, name, kinds, key.check, key.allowed)
             )
+    for i, spec in enumerate(specs):
+        if spec.length is not None and set(grid["length"]) != {spec.length}:
+            steps = MARKOV_FORMS[spec.params[0]][1]
+            raise _fail(f"model[{i}].markov.{steps}", f"{spec.length - 1} matrices",
+                        f"one per step of every grid.length {list(grid['length'])}: "
+                        f"a time-inhomogeneous chain has n - 1 matrices, so it needs "
+                        f"grid.length = [{spec.length}]")
     for method in methods:
         cls = policies.get(method)
         strength = [k.name for k in cls.strength_keys]

@@ -291,3 +291,90 @@ def test_chains_refuse_counts_and_reweighting_at_the_token_level():
         parse('sampling = "token"\n' + text)
     assert parse('sampling = "law"\n' + text).methods == ("tilted", "rejection")
     assert parse('sampling = "token"\n' + MARKOV).sampling == "token"
+
+
+INHOMOGENEOUS = """
+methods = ["tilted"]
+[[model]]
+name = "steps"
+markov = { init = [0.6, 0.4], trans = [[[0.9, 0.1], [0.3, 0.7]],
+                                       [[0.5, 0.5], [0.2, 0.8]]] }
+rewards = [0.0, 1.0]
+[[model]]
+name = "logit-steps"
+markov = { init_logits = [0.0, 1.0], trans_logits = [[[2.0, 0.0], [0.0, 1.0]],
+                                                     [[0.0, 0.5], [1.5, 0.0]]] }
+rewards = [0.0, 1.0]
+[[model]]
+name = "logits"
+markov = { init_logits = [0.0, 1.0], trans_logits = [[2.0, 0.0], [0.0, 1.0]] }
+rewards = [0.0, 1.0]
+[grid]
+length = [3]
+lam = [0.5]
+"""
+
+
+def test_time_inhomogeneous_and_logit_chains_build_through_the_constructors(x64):
+    import json
+
+    import jax
+    import numpy as np
+
+    import jaxalign
+
+    c = parse(INHOMOGENEOUS)
+    assert [s.length for s in c.models] == [3, 3, None]
+    direct = [
+        jaxalign.MarkovLM.from_probs([0.6, 0.4], [[[0.9, 0.1], [0.3, 0.7]],
+                                                  [[0.5, 0.5], [0.2, 0.8]]], length=3),
+        jaxalign.MarkovLM.from_logits([0.0, 1.0], [[[2.0, 0.0], [0.0, 1.0]],
+                                                   [[0.0, 0.5], [1.5, 0.0]]], length=3),
+        jaxalign.MarkovLM.from_logits([0.0, 1.0], [[2.0, 0.0], [0.0, 1.0]], length=3),
+    ]
+    for spec, want in zip(c.models, direct, strict=True):
+        built, _ = spec.build(3)
+        assert not built.is_homogeneous if spec.length else built.is_homogeneous
+        for a, b in zip(jax.tree.leaves(built), jax.tree.leaves(want), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    stored = json.loads(json.dumps(c.to_dict()))["models"]
+    assert tuple(cfg.ModelSpec.from_dict(m) for m in stored) == c.models
+
+
+@pytest.mark.parametrize(
+    "change, key, allowed",
+    [
+        # wrong rank: a vector, a rank-4 array, an empty list
+        (("trans = [[[0.9, 0.1], [0.3, 0.7]],", "trans = [[[[0.9, 0.1], [0.3, 0.7]]],"),
+         "model[0].markov.trans", "a list of n - 1 such matrices"),
+        (("trans_logits = [[2.0, 0.0], [0.0, 1.0]]", "trans_logits = [2.0, 0.0]"),
+         "model[2].markov.trans_logits", "K x K matrix with K = 2 from init_logits"),
+        (("trans_logits = [[2.0, 0.0], [0.0, 1.0]]", "trans_logits = []"),
+         "model[2].markov.trans_logits", "K x K matrix"),
+        # a step whose matrix has another K, or is not square
+        (("[[0.5, 0.5], [0.2, 0.8]]]", "[[0.5, 0.4, 0.1], [0.2, 0.7, 0.1], "
+          "[0.2, 0.7, 0.1]]]"), "model[0].markov.trans[1]", "K = 2 from init"),
+        (("[[0.5, 0.5], [0.2, 0.8]]]", "[[0.5, 0.5], [0.2, 0.8, 0.0]]]"),
+         "model[0].markov.trans[1][1]", "square"),
+        (("[[0.5, 0.5], [0.2, 0.8]]]", "[0.5, 0.5]]"),
+         "model[0].markov.trans[1]", "one per step"),
+        # rows not summing to 1 in one step (the chain's own check)
+        (("[[0.5, 0.5], [0.2, 0.8]]]", "[[0.5, 0.5], [0.2, 0.7]]]"),
+         "model[0].markov", "trans rows must sum to 1"),
+        (("init_logits = [0.0, 1.0], trans_logits = [[[",
+          "init_logits = [0.0, 1.0, 2.0], trans_logits = [[["),
+         "model[1].markov.trans_logits[0]", "K = 3 from init_logits"),
+        # the number of steps against the grid's lengths
+        (("length = [3]", "length = [4]"), "model[0].markov.trans",
+         "grid.length = [3]"),
+        (("length = [3]", "length = [3, 5]"), "model[0].markov.trans",
+         "grid.length = [3]"),
+        (("init = [0.6, 0.4], trans", "init = [0.6, 0.4], trans_logits"),
+         "model[0].markov.trans_logits", "keys of the 'init' form"),
+    ],
+)
+def test_bad_time_inhomogeneous_chain_names_the_key(change, key, allowed):
+    assert change[0] in INHOMOGENEOUS
+    pattern = re.escape(f"config key {key!r}") + ".*" + re.escape(allowed)
+    with pytest.raises(cfg.ConfigError, match=pattern):
+        parse(INHOMOGENEOUS.replace(*change, 1))
