@@ -600,3 +600,61 @@ def test_markov_token_sweep_agrees_with_exact_and_draws_what_sample_policy_draws
             direct = sample.policy(key, lm, reward, policy, config.replicates,
                                    level="token")
             np.testing.assert_array_equal(drawn * point.length, np.asarray(direct))
+
+
+def test_time_inhomogeneous_chain_law_sweep_point_against_enumeration(tmp_path):
+    """One law-level sweep point on a chain with one matrix per step: the tilt's
+    and best-of-4's exact values against all 2^3 sequences, and no limit columns
+    (a time-inhomogeneous chain has no Perron root)."""
+    import itertools
+
+    init = np.array([0.6, 0.4])
+    trans = np.array([[[0.9, 0.1], [0.3, 0.7]], [[0.5, 0.5], [0.2, 0.8]]])
+    config = cfg.parse_config(tomllib.loads("""
+name = "steps"
+replicates = 500
+methods = ["tilted", "best_of_n"]
+sampling = "law"
+[[model]]
+name = "steps"
+markov = { init = [0.6, 0.4], trans = [[[0.9, 0.1], [0.3, 0.7]],
+                                       [[0.5, 0.5], [0.2, 0.8]]] }
+rewards = [0.0, 1.0]
+[grid]
+length = [3]
+lam = [0.5]
+num_candidates = [4]
+"""))
+    out = tmp_path / "run"
+    sweep.run_sweep(config, str(out))
+    rows = read_results(out)
+    assert len(_z_checked(rows)) >= 6
+    by = {(r["method"], r["quantity"]): r for r in rows}
+    seqs = np.array(list(itertools.product((0, 1), repeat=3)))
+    p = init[seqs[:, 0]] * trans[0][seqs[:, 0], seqs[:, 1]] * trans[1][
+        seqs[:, 1], seqs[:, 2]]
+    rew = seqs.sum(axis=1).astype(float)
+    q = p * np.exp(0.5 * rew) / (p @ np.exp(0.5 * rew))
+    assert by["tilted", "reward_per_token"]["exact"] == pytest.approx(
+        q @ rew / 3, rel=1e-12)
+    assert by["tilted", "kl_per_token"]["exact"] == pytest.approx(
+        q @ np.log(q / p) / 3, rel=1e-10)
+    assert by["tilted", "variance_per_token"]["exact"] == pytest.approx(
+        (q @ rew**2 - (q @ rew) ** 2) / 3, rel=1e-10)
+    # Best-of-4 with uniform ties: F(s)^4 - F(s^-)^4 on the enumerated law of R.
+    values = np.arange(4.0)
+    pmf = np.array([p[rew == v].sum() for v in values])
+    cdf = np.cumsum(pmf)
+    bon = cdf**4 - np.r_[0.0, cdf[:-1]] ** 4
+    assert by["best_of_n", "reward_per_token"]["exact"] == pytest.approx(
+        bon @ values / 3, rel=1e-12)
+    assert by["best_of_n", "kl_per_token"]["exact"] == pytest.approx(
+        bon @ np.log(bon / pmf) / 3, rel=1e-10)
+    for quantity in ("reward_per_token", "variance_per_token", "kl_per_token"):
+        assert by["tilted", quantity]["asymptotic"] is None
+    # Its figures draw the exact curves at its one length, and no n -> infinity one.
+    from jaxalign import plots
+
+    paths = plots.plot_run(out, formats=("png",))
+    assert [p.name for p in paths] == ["reward_kl_steps_n3.png",
+                                       "win_rate_kl_steps_n3.png"]
