@@ -267,10 +267,15 @@ def test_markov_models_build_through_the_chain_constructors(x64):
     ],
 )
 def test_bad_markov_model_names_the_key(change, key, allowed):
-    assert change[0] in MARKOV
+    _refused(MARKOV, change, key, allowed)
+
+
+def _refused(text, change, key, allowed):
+    """``text`` with one ``change`` is a ConfigError naming ``key`` and ``allowed``."""
+    assert change[0] in text
     pattern = re.escape(f"config key {key!r}") + ".*" + re.escape(allowed)
     with pytest.raises(cfg.ConfigError, match=pattern):
-        parse(MARKOV.replace(*change, 1))
+        parse(text.replace(*change, 1))
 
 
 def test_pair_rewards_need_a_chain():
@@ -374,7 +379,4 @@ def test_time_inhomogeneous_and_logit_chains_build_through_the_constructors(x64)
     ],
 )
 def test_bad_time_inhomogeneous_chain_names_the_key(change, key, allowed):
-    assert change[0] in INHOMOGENEOUS
-    pattern = re.escape(f"config key {key!r}") + ".*" + re.escape(allowed)
-    with pytest.raises(cfg.ConfigError, match=pattern):
-        parse(INHOMOGENEOUS.replace(*change, 1))
+    _refused(INHOMOGENEOUS, change, key, allowed)

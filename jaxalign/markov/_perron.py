@@ -160,10 +160,12 @@ def _perron_result(log_trans, pair, lam) -> PerronResult:
     return PerronResult(*pp, *_rates(log_trans, pair, lam, pp))
 
 
-def _prepare_perron(lm, reward, function):
+def _prepare_perron(lm, reward, function: str, name: str, value, **checks):
+    """``(log P, pair rewards, the scalar argument)`` of an asymptotic function:
+    the chain must be primitive; ``value`` is checked as the real scalar ``name``."""
     log_init, log_trans, first, pair, dtype = _prepare(lm, reward)
     _check_primitive(lm, function)
-    return log_trans, pair, dtype
+    return log_trans, pair, _scalar(value, name, dtype, **checks)
 
 
 def perron(lm: MarkovLM, reward, lam: ArrayLike) -> PerronResult:
@@ -191,8 +193,7 @@ def perron(lm: MarkovLM, reward, lam: ArrayLike) -> PerronResult:
       >>> round(float(pr.scgf), 6)  # memoryless: log((1 + e)/2)
       0.620115
     """
-    log_trans, pair, dtype = _prepare_perron(lm, reward, "perron")
-    lam = _scalar(lam, "lam", dtype)
+    log_trans, pair, lam = _prepare_perron(lm, reward, "perron", "lam", lam)
     return _perron_result(log_trans, pair, lam)
 
 
@@ -208,8 +209,7 @@ def scgf(lm: MarkovLM, reward, lam: ArrayLike) -> Array:
       >>> round(float(jax.grad(lambda l: scgf(lm, r, l))(0.0)), 12)  # E_π r
       0.5
     """
-    log_trans, pair, dtype = _prepare_perron(lm, reward, "scgf")
-    lam = _scalar(lam, "lam", dtype)
+    log_trans, pair, lam = _prepare_perron(lm, reward, "scgf", "lam", lam)
     return _scgf_jit(log_trans, pair, lam)
 
 
@@ -246,8 +246,7 @@ def cumulant_rates(lm: MarkovLM, reward, order: int, lam: ArrayLike = 0.0) -> Ar
       [0.5, 0.25]
     """
     order = check_positive_int(order, "order")
-    log_trans, pair, dtype = _prepare_perron(lm, reward, "cumulant_rates")
-    lam = _scalar(lam, "lam", dtype)
+    log_trans, pair, lam = _prepare_perron(lm, reward, "cumulant_rates", "lam", lam)
     return _cumulants(log_trans, pair, lam, order)
 
 
@@ -293,8 +292,8 @@ def lam_for_kl_rate(lm: MarkovLM, reward, delta: ArrayLike) -> Array:
       >>> round(float(tilt_rates(lm, r, lam).kl), 12)
       0.05
     """
-    log_trans, pair, dtype = _prepare_perron(lm, reward, "lam_for_kl_rate")
-    delta = _scalar(delta, "delta", dtype, minimum=0.0)
+    log_trans, pair, delta = _prepare_perron(lm, reward, "lam_for_kl_rate", "delta",
+                                             delta, minimum=0.0)
     return _lam_rate_jit(log_trans, pair, delta)
 
 
@@ -312,11 +311,10 @@ def tilt_rates(lm: MarkovLM, reward, lam: ArrayLike) -> TiltSummary:
     Perron root of ``P_λ``:
 
     .. math::
-        rac{\log Z_n}{n} 	o \Lambda(\lambda) = \log
-ho(P_\lambda), \quad
-        rac{E_arphi R}{n} 	o \Lambda'(\lambda), \quad
-        rac{\mathrm{Var}_arphi R}{n} 	o \Lambda''(\lambda), \quad
-        rac{\mathrm{KL}(arphi_\lambda\|P)}{n} 	o \lambda\Lambda' - \Lambda,
+        \frac{\log Z_n}{n} \to \Lambda(\lambda) = \log\rho(P_\lambda), \quad
+        \frac{E_\varphi R}{n} \to \Lambda'(\lambda), \quad
+        \frac{\mathrm{Var}_\varphi R}{n} \to \Lambda''(\lambda), \quad
+        \frac{\mathrm{KL}(\varphi_\lambda\|P)}{n} \to \lambda\Lambda' - \Lambda,
 
     the KL rate as ``Σ π_λ(a) KL(Q_λ(a, ·)‖P(a, ·))`` (non-negative terms); the
     gaps to the finite-n values shrink like ``1/n``.
@@ -327,13 +325,12 @@ ho(P_\lambda), \quad
 
     Examples:
       >>> import jaxalign
-      >>> lm = jaxalign.MarkovLM.sticky([0.5, 0.5], 0.0, length=1)
+      >>> lm = jaxalign.MarkovLM.sticky([0.5, 0.5], 0.5, length=1)  # memory:
       >>> s = tilt_rates(lm, jaxalign.LinearReward([0.0, 1.0]), 0.0)
-      >>> float(s.mean), round(float(s.variance), 12), float(s.kl)
-      (0.5, 0.25, 0.0)
+      >>> round(float(s.mean), 12), round(float(s.variance), 9)  # 0.25 (1+s)/(1-s)
+      (0.5, 0.75)
     """
-    log_trans, pair, dtype = _prepare_perron(lm, reward, "tilt_rates")
-    lam = _scalar(lam, "lam", dtype)
+    log_trans, pair, lam = _prepare_perron(lm, reward, "tilt_rates", "lam", lam)
     return _tilt_rates(log_trans, pair, lam)
 
 
@@ -351,8 +348,8 @@ def limit_reward_per_token(lm: MarkovLM, reward, delta: ArrayLike) -> Array:
       ...                                    0.0)), 12)
       0.5
     """
-    log_trans, pair, dtype = _prepare_perron(lm, reward, "limit_reward_per_token")
-    delta = _scalar(delta, "delta", dtype, minimum=0.0)
+    log_trans, pair, delta = _prepare_perron(lm, reward, "limit_reward_per_token",
+                                             "delta", delta, minimum=0.0)
     return _limit_reward(log_trans, pair, delta)
 
 
@@ -399,8 +396,7 @@ def rate_function(lm: MarkovLM, reward, x: ArrayLike) -> Array:
       >>> round(float(rate_function(lm, jaxalign.LinearReward([0.0, 1.0]), 0.5)), 12)
       0.0
     """
-    log_trans, pair, dtype = _prepare_perron(lm, reward, "rate_function")
-    x = _scalar(x, "x", dtype)
+    log_trans, pair, x = _prepare_perron(lm, reward, "rate_function", "x", x)
     return _rate_function(log_trans, pair, x)
 
 
