@@ -128,10 +128,15 @@ def reward_kl(
 
     Drawn per token (bottom/left axes) and per sequence (top/right axes):
 
-    - the optimal frontier ``theory.optimal_reward`` (needs ``lm``, ``reward``);
+    - the exact finite-n optimal frontier, the model's ``optimal_reward`` (needs
+      ``lm``, ``reward``; traced through its ``tilt_summary``);
+    - where it differs (a model with memory), the ``n → ∞`` frontier
+      ``(λΛ'(λ) - Λ(λ), Λ'(λ))`` of the model's ``tilt_rates``, dashed: for a
+      :class:`~jaxalign.MarkovLM`, ``Λ = log ρ(P_λ)`` (its Perron root);
     - tilted Monte Carlo rewards (95% intervals) at their exact KL;
-    - the exact best-of-N curve over a dense grid of ``N`` (``exact.best_of_n``;
-      needs ``lm``, ``reward``) and best-of-N Monte Carlo points at their exact KL;
+    - the exact best-of-N curve over a dense grid of ``N`` (on the model's exact
+      ``reward_law``; needs ``lm``, ``reward``) and best-of-N Monte Carlo points at
+      their exact KL;
     - the same best-of-N points placed at the bound ``log N - (N-1)/N`` (hollow),
       joined to their true position, to show how far off that x-position is;
     - every other policy of :mod:`jaxalign.policies` in the rows (soft best-of-N,
@@ -143,9 +148,12 @@ def reward_kl(
       rows: rows of one run (:func:`jaxalign.store.read_results`), or ``None`` to
         draw only the theory curves and ``extra_points`` (then ``lm``, ``reward``
         and ``length`` are required).
-      lm: the base :class:`~jaxalign.MemorylessLM` at this length (any length: it is
-        rebuilt at ``length``), for the frontier and the exact curve; optional.
-      reward: its :class:`~jaxalign.LinearReward`.
+      lm: the base model (:class:`jaxalign.models.BaseModel`: a
+        :class:`~jaxalign.MemorylessLM` or a :class:`~jaxalign.MarkovLM`), at any
+        length (it is rebuilt at ``length`` by ``replace``; a time-inhomogeneous
+        chain only exists at its own), for the exact and limit curves; optional.
+      reward: its reward (:class:`~jaxalign.LinearReward`, or a
+        :class:`~jaxalign.PairReward` for a chain).
       model: which model of the run (needed when the run has several).
       length: which length (needed when the run has several).
       extra_points: ``{label: Points}`` in per-token units.
