@@ -2,8 +2,12 @@ r"""Exact expected gradients of sampled KL penalties, memoryless and Markov (iss
 
 A policy ``q_θ`` and a reference ``p`` over ``n``-token sequences: both memoryless
 (``θ`` = logits ``(K,)``, ``p`` a :class:`jaxalign.MemorylessLM`) or both Markov
-(``θ`` = ``(init_logits (K,), trans_logits (K, K))``, ``p`` a
-:class:`jaxalign.MarkovLM`, possibly time-inhomogeneous).  With the log-ratio
+(``θ`` = ``(init_logits (K,), trans_logits)``, ``p`` a :class:`jaxalign.MarkovLM`,
+possibly time-inhomogeneous).  The policy's ``trans_logits`` are ``(K, K)`` (a
+homogeneous chain) or ``(n − 1, K, K)`` (time-varying: ``trans_logits[t − 2]``
+gives ``q(y_t | y_{t−1})``, the layout of an inhomogeneous ``MarkovLM``), so the
+policy class contains the KL-optimal tilt :func:`jaxalign.markov.tilt`, which a
+homogeneous chain reaches only for ``n ≤ 2``.  With the log-ratio
 
 .. math::
     \ell_t = \log q(y_t \mid y_{t-1}) - \log p(y_t \mid y_{t-1}), \qquad
@@ -29,8 +33,9 @@ of the grid (:class:`Implementation`, :data:`GRID`):
 gradient estimate of one implementation, by forward recursions over the chain (no
 sampling, no enumeration): every estimate is a linear read-out of a feature vector
 ``v_t`` (cumulative scores, sums of ``k``, ``(1, ℓ, ℓ², e^{−ℓ})``, the product of
-the ratios) that evolves linearly, ``v_t = M(y_{t−1}, y_t) v_{t−1}``, so its first
-and second moments follow the chain in ``O(n K² m³)`` for ``m`` features.
+the ratios) that evolves linearly, ``v_t = M_t(y_{t−1}, y_t) v_{t−1}``, so its
+first and second moments follow the chain in ``O(n K² m³)`` for ``m`` features
+(``M_t`` per step: the laws, log-ratios and scores of step ``t``).
 :func:`true_gradients` gives ``∇KL(q‖p)`` and ``∇KL(p‖q)`` (autodiff of the forward
 recursions of the KLs), :func:`summary` the table (cosine, relative bias,
 variance per sample, and which divergence each implementation is the gradient of),
@@ -159,8 +164,9 @@ reward itself, a sequence-level reward arriving at the last token)."""
 class GradientMoments(NamedTuple):
     """Exact moments of one implementation's per-sample gradient estimate ``g(y)``.
 
-    ``D = K`` (memoryless) or ``K + K²`` (Markov: the initial logits, then the
-    transition logits row by row).
+    ``D = K`` (memoryless), ``K + K²`` (Markov: the initial logits, then the
+    transition logits row by row) or ``K + (n − 1) K²`` (time-varying Markov: the
+    initial logits, then each step's transition logits row by row).
 
     Attributes:
       mean: ``(D,)`` ``E[g]``, the expected update direction of the penalty.
@@ -286,18 +292,22 @@ def _reference(p):
     raise ValueError(f"p must be a MemorylessLM or a MarkovLM, got {type(p).__name__}")
 
 
-def _flatten(params, k: int, markov: bool, dtype, name: str) -> Array:
+def _flatten(params, k: int, markov: bool, dtype, name: str, length: int) -> Array:
+    """``θ`` as one vector: the logits ``(K,)``, or ``init (K,)`` then the
+    transition logits row-major (``(K, K)``, or ``(n - 1, K, K)`` step by step)."""
     if markov:
         if isinstance(params, MarkovLM | MemorylessLM) or not isinstance(
                 params, tuple | list) or len(params) != 2:
             raise ValueError(
-                f"{name} must be a pair (init_logits (K,), trans_logits (K, K)) with "
-                f"K = {k} for a MarkovLM p, got {_describe(params)}")
+                f"{name} must be a pair (init_logits (K,), trans_logits (K, K) or "
+                f"(n - 1, K, K)) with K = {k}, n = {length} for a MarkovLM p, got "
+                f"{_describe(params)}")
         init, trans = (jnp.asarray(x) for x in params)
-        if init.shape != (k,) or trans.shape != (k, k):
+        if init.shape != (k,) or trans.shape not in ((k, k), (length - 1, k, k)):
             raise ValueError(
-                f"{name} must be (init_logits (K,), trans_logits (K, K)) with K = {k} "
-                f"(p's vocabulary), got shapes {init.shape} and {trans.shape}")
+                f"{name} must be (init_logits (K,), trans_logits (K, K) or "
+                f"(n - 1, K, K)) with K = {k} (p's vocabulary) and n = {length} (p's "
+                f"length), got shapes {init.shape} and {trans.shape}")
         flat = jnp.concatenate([init.astype(dtype), trans.astype(dtype).ravel()])
     else:
         message = (f"{name} must be logits of shape (K,) = ({k},) for a MemorylessLM "
@@ -332,9 +342,15 @@ def _problem(params, p, old_params):
             "p must give every token and transition a positive probability (the "
             "log-ratio log q - log p is infinite where p = 0 < q), got a zero")
     k = lp0.shape[0]
-    flat = _flatten(params, k, markov, lp0.dtype, "params")
-    old = flat if old_params is None else _flatten(old_params, k, markov, lp0.dtype,
-                                                   "old_params")
+    flat = _flatten(params, k, markov, lp0.dtype, "params", p.length)
+    if old_params is None:
+        return _Problem(flat, flat, lp0, lp), markov, p.length
+    old = _flatten(old_params, k, markov, lp0.dtype, "old_params", p.length)
+    if old.shape != flat.shape:
+        raise ValueError(
+            f"old_params must have the form of params (both homogeneous, "
+            f"trans_logits (K, K), or both time-varying, (n - 1, K, K)), got "
+            f"{old.shape[0]} logits for {flat.shape[0]}")
     return _Problem(flat, old, lp0, lp), markov, p.length
 
 
@@ -361,18 +377,31 @@ def _at_old(problem: _Problem) -> bool:
 # --------------------------------------------------------------------- the policy
 
 
-def _tables(flat: Array, k: int, markov: bool):
-    """``(log q(y_1) (K,), log q(b | a) (K, K))`` of the policy ``θ``."""
+def _tables(flat: Array, k: int, markov: bool, length: int):
+    """``(log q(y_1) (K,), log q_t(b | a) (n - 1, K, K))`` of the policy ``θ``: one
+    transition matrix per step, whether ``θ`` holds one (homogeneous, repeated) or
+    ``n − 1`` (time-varying; the number of slices is read from ``θ``'s size)."""
+    shape = (length - 1, k, k)
     if markov:
-        return (jax.nn.log_softmax(flat[:k]),
-                jax.nn.log_softmax(flat[k:].reshape(k, k), axis=-1))
+        slices = (flat.shape[0] - k) // (k * k)
+        trans = jax.nn.log_softmax(flat[k:].reshape(slices, k, k), axis=-1)
+        return jax.nn.log_softmax(flat[:k]), jnp.broadcast_to(trans, shape)
     lq = jax.nn.log_softmax(flat)
-    return lq, jnp.broadcast_to(lq[None, :], (k, k))
+    return lq, jnp.broadcast_to(lq, shape)
 
 
-def _scores(flat: Array, k: int, markov: bool):
-    """``(s_1 (K, D), s (K, K, D))``: ``∇_θ log q`` of the first token and of a step."""
-    return jax.jacfwd(lambda f: _tables(f, k, markov))(flat)
+def _per_token(lq0: Array, lq: Array, y: Array) -> Array:
+    """``(..., n)`` ``log q(y_1), log q_t(y_t | y_{t−1})`` of sequences ``y (..., n)``
+    under a chain given as ``(log init (K,), log steps (n − 1, K, K))``."""
+    steps = jnp.arange(y.shape[-1] - 1)
+    return jnp.concatenate([lq0[y[..., :1]], lq[steps, y[..., :-1], y[..., 1:]]],
+                           axis=-1)
+
+
+def _scores(flat: Array, k: int, markov: bool, length: int):
+    """``(s_1 (K, D), s (n − 1, K, K, D))``: ``∇_θ log q`` of the first token and of
+    each step."""
+    return jax.jacfwd(lambda f: _tables(f, k, markov, length))(flat)
 
 
 # ------------------------------------------------- linear features on the chain
@@ -534,9 +563,9 @@ def _sequence_coef(cell: _Cell) -> Array:
 
 def _moments_impl(problem: _Problem, cell: _Cell, structure: str, k: int,
                   markov: bool, length: int, covariance: bool = True):
-    lq0_th, lq_th = _tables(problem.flat, k, markov)
-    lq0_old, lq_old = _tables(problem.old, k, markov)
-    s0, s = _scores(problem.flat, k, markov)
+    lq0_th, lq_th = _tables(problem.flat, k, markov, length)
+    lq0_old, lq_old = _tables(problem.old, k, markov, length)
+    s0, s = _scores(problem.flat, k, markov, length)
     d = s.shape[-1]
     law0, x0, dw0, wt0, w0 = _step_data(cell, lq0_th, lq0_old, problem.lp0)
     v0 = _start(structure, d, s.dtype)
@@ -547,17 +576,19 @@ def _moments_impl(problem: _Problem, cell: _Cell, structure: str, k: int,
     second = (law0[:, None, None] * u[:, :, None] * u[:, None, :] if covariance
               else jnp.zeros((), u.dtype))
 
-    def body(carry, lp):
+    def body(carry, step):
         mean, second = carry
-        law, x, dw, wt, w = _step_data(cell, lq_th, lq_old, lp)
-        m = _matrices(structure, cell, x, s, dw, wt, w)
+        lq_th_t, lq_old_t, s_t, lp = step
+        law, x, dw, wt, w = _step_data(cell, lq_th_t, lq_old_t, lp)
+        m = _matrices(structure, cell, x, s_t, dw, wt, w)
         mean = jnp.einsum("ab,abij,aj->bi", law, m, mean)
         if covariance:
             t = jnp.einsum("abij,ajk->abik", m, second)
             second = jnp.einsum("ab,abik,ablk->bil", law, t, m)
         return (mean, second), None
 
-    (mean, second), _ = jax.lax.scan(body, (mean, second), problem.lp)
+    (mean, second), _ = jax.lax.scan(body, (mean, second),
+                                     (lq_th, lq_old, s, problem.lp))
     readout = _readout(structure, d, _sequence_coef(cell))
     g = readout @ jnp.sum(mean, axis=0)
     if not covariance:
@@ -588,7 +619,7 @@ def _grid_impl(problem: _Problem, clip: Array, k: int, markov: bool, length: int
     # refuses to return them.
     rows = {st: _structure_rows(problem, clip, st, k, markov, length)
             for st in structures}
-    return rows, _true_impl(problem, k, markov)
+    return rows, _true_impl(problem, k, markov, length)
 
 
 def _check_sequence_clip(impl: Implementation, problem: _Problem) -> None:
@@ -622,20 +653,24 @@ def gradient_moments(params, p, estimator: str = "k1", placement: str = "reward"
 
     Args:
       params: the policy: logits ``(K,)`` for a memoryless ``p``, or the pair
-        ``(init_logits (K,), trans_logits (K, K))`` for a Markov ``p``.
+        ``(init_logits (K,), trans_logits)`` for a Markov ``p``, ``trans_logits``
+        ``(K, K)`` (homogeneous) or ``(n − 1, K, K)`` (time-varying, step by
+        step).
       p: the reference, a :class:`jaxalign.MemorylessLM` or
         :class:`jaxalign.MarkovLM` (every probability > 0); its ``length`` is
         ``n``.
       estimator, placement, level, weighting: the implementation (module
         docstring); ``placement="reward_to_go"`` needs ``level="token"``.
       old_params: the sampling policy ``θ_old`` of the weighted rows (default
-        ``θ``: the first step of an update); ignored on policy.  At the sequence
+        ``θ``: the first step of an update), of the form of ``params``; ignored on
+        policy.  At the sequence
         level with ``weighting="clipped"`` it must equal ``params``.
       clip: ``c >= 0``, the clip range of ``weighting="clipped"``.
 
     Returns:
       A :class:`GradientMoments` with ``mean (D,)`` and ``covariance (D, D)``
-      (``D = K``, or ``K + K²`` for Markov, transition logits row-major).
+      (``D = K``; ``K + K²`` for Markov, or ``K + (n − 1) K²`` time-varying,
+      transition logits row-major).
 
     Examples:
       >>> import jax.numpy as jnp
@@ -678,10 +713,9 @@ def _chain_kl(lq0, lq, lp0, lp, forward_law: bool):
     return total
 
 
-def _true_impl(problem: _Problem, k: int, markov: bool):
+def _true_impl(problem: _Problem, k: int, markov: bool, length: int):
     def kls(flat):
-        lq0, lq = _tables(flat, k, markov)
-        lq = jnp.broadcast_to(lq[None], problem.lp.shape)
+        lq0, lq = _tables(flat, k, markov, length)
         return jnp.stack([_chain_kl(lq0, lq, problem.lp0, problem.lp, True),
                           _chain_kl(lq0, lq, problem.lp0, problem.lp, False)])
 
@@ -690,7 +724,7 @@ def _true_impl(problem: _Problem, k: int, markov: bool):
     return TrueGradients(values[0], values[1], grads[0], grads[1])
 
 
-_true_jit = jax.jit(_true_impl, static_argnames=("k", "markov"))
+_true_jit = jax.jit(_true_impl, static_argnames=("k", "markov", "length"))
 _grid_jit = jax.jit(_grid_impl, static_argnames=("k", "markov", "length",
                                                   "structures"))
 
@@ -711,9 +745,15 @@ def true_gradients(params, p) -> TrueGradients:
       >>> t = true_gradients(jnp.zeros(2), p)  # q = p
       >>> float(t.kl_qp), float(t.kl_pq), [float(v) for v in t.grad_kl_qp]
       (0.0, 0.0, [0.0, 0.0])
+      >>> chain = jaxalign.MarkovLM.from_probs([0.5, 0.5], [[0.8, 0.2], [0.3, 0.7]],
+      ...                                      length=3)
+      >>> phi = jaxalign.markov.tilt(chain, jaxalign.LinearReward([0.0, 1.0]), 1.0)
+      >>> t = true_gradients((phi.log_init, phi.log_trans), chain)  # time-varying
+      >>> phi.log_trans.shape, t.grad_kl_qp.shape  # D = K + (n - 1) K^2
+      ((2, 2, 2), (10,))
     """
-    problem, markov, _ = _problem(params, p, None)
-    return _true_jit(problem, problem.lp0.shape[0], markov)
+    problem, markov, length = _problem(params, p, None)
+    return _true_jit(problem, problem.lp0.shape[0], markov, length)
 
 
 # ---------------------------------------------------------------------- labels
@@ -826,8 +866,8 @@ def summary(params, p, *, old_params=None, clip: ArrayLike = 0.2,
 # ------------------------------------------------------------ values of k
 
 
-def _values_impl(problem: _Problem, k: int, markov: bool):
-    lq0, lq = _tables(problem.flat, k, markov)
+def _values_impl(problem: _Problem, k: int, markov: bool, length: int):
+    lq0, lq = _tables(problem.flat, k, markov, length)
     c = jnp.asarray([_K[e] for e in ESTIMATORS], lq.dtype)  # (3, 4)
 
     def matrices(x):
@@ -855,23 +895,23 @@ def _values_impl(problem: _Problem, k: int, markov: bool):
     ut, us = jnp.einsum("kij,j->ki", mt0, vt0), jnp.einsum("kij,j->ki", ms0, vs0)
     carry = (q0[:, None] * ut, q0[:, None, None] * ut[:, :, None] * ut[:, None, :],
              q0[:, None] * us, q0[:, None, None] * us[:, :, None] * us[:, None, :])
-    law = jnp.exp(lq)
-
-    def body(carry, lp):
+    def body(carry, step):
         mt, st, ms, ss = carry
-        a, b = matrices(lq - lp)
+        lq_t, lp = step
+        law = jnp.exp(lq_t)
+        a, b = matrices(lq_t - lp)
         mt, st = moments(law, a, mt, st)
         ms, ss = moments(law, b, ms, ss)
         carry = (mt, st, ms, ss)
         return carry, read(*carry)
 
-    _, rest = jax.lax.scan(body, carry, problem.lp)
+    _, rest = jax.lax.scan(body, carry, (lq, problem.lp))
     first = read(*carry)
     return tuple(jnp.concatenate([f[:, None], r.T], axis=1)
                  for f, r in zip(first, rest, strict=True))
 
 
-_values_jit = jax.jit(_values_impl, static_argnames=("k", "markov"))
+_values_jit = jax.jit(_values_impl, static_argnames=("k", "markov", "length"))
 
 
 def value_moments(params, p) -> ValueMoments:
@@ -892,7 +932,7 @@ def value_moments(params, p) -> ValueMoments:
       [0.130812, 0.261624, 0.392436]
     """
     problem, markov, length = _problem(params, p, None)
-    out = _values_jit(problem, problem.lp0.shape[0], markov)
+    out = _values_jit(problem, problem.lp0.shape[0], markov, length)
     return ValueMoments(jnp.arange(1, length + 1), *out)
 
 
@@ -906,11 +946,9 @@ def _surrogate(flat, y, problem: _Problem, cell: _Cell, token: Array,
     sg = jax.lax.stop_gradient
 
     def per_token(f):
-        lq0, lq = _tables(f, k, markov)
-        return jnp.concatenate([lq0[y[:1]], lq[y[:-1], y[1:]]])
+        return _per_token(*_tables(f, k, markov, y.shape[0]), y)
 
-    lp = jnp.concatenate([problem.lp0[y[:1]],
-                          problem.lp[jnp.arange(y.shape[0] - 1), y[:-1], y[1:]]])
+    lp = _per_token(problem.lp0, problem.lp, y)
     on, clipped = cell.mode == 0, cell.mode == 2
     lq_th = per_token(flat)
     lq_law = jnp.where(on, sg(lq_th), per_token(problem.old))
@@ -938,20 +976,23 @@ def _surrogate(flat, y, problem: _Problem, cell: _Cell, token: Array,
 
 
 def _draw(key, lq0, lq, length: int):
+    """One sequence of a chain ``(log init (K,), log steps (n − 1, K, K))``; token
+    ``t`` from ``fold_in(key, t)``."""
     first = jax.random.categorical(jax.random.fold_in(key, 0), lq0)
 
-    def body(prev, t):
-        y = jax.random.categorical(jax.random.fold_in(key, t), lq[prev])
+    def body(prev, step):
+        t, lq_t = step
+        y = jax.random.categorical(jax.random.fold_in(key, t), lq_t[prev])
         return y, y
 
-    _, rest = jax.lax.scan(body, first, jnp.arange(1, length))
+    _, rest = jax.lax.scan(body, first, (jnp.arange(1, length), lq))
     return jnp.concatenate([first[None], rest])
 
 
 @prng_jit("k", "markov", "length", "num_samples")
 def _mc_impl(key, problem, cell, token, to_go, k, markov, length, num_samples):
     law = jnp.where(cell.mode == 0, problem.flat, problem.old)
-    lq0, lq = _tables(law, k, markov)
+    lq0, lq = _tables(law, k, markov, length)
 
     def one(i):
         y = _draw(jax.random.fold_in(key, i), lq0, lq, length)

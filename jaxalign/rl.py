@@ -150,7 +150,8 @@ def evaluate(logits, lm: MemorylessLM | MarkovLM, reward) -> PolicyValue:
         \mathbb{E}_\pi R = n \sum_x \pi(x) r(x).
 
     Markov (``lm`` a :class:`jaxalign.MarkovLM`, ``logits`` the pair
-    ``(init_logits (K,), trans_logits (K, K))`` of a homogeneous chain ``Q``):
+    ``(init_logits (K,), trans_logits)`` of a chain ``Q``, ``trans_logits``
+    ``(K, K)`` (homogeneous) or ``(n − 1, K, K)`` (time-varying)):
     ``KL(Q‖P)`` and ``E_Q R`` by the forward recursions of
     :func:`jaxalign.markov.chain_kl` and :func:`jaxalign.markov.chain_expected_reward`
     (``reward`` a :class:`jaxalign.LinearReward` or :class:`jaxalign.PairReward`).
@@ -175,7 +176,7 @@ def evaluate(logits, lm: MemorylessLM | MarkovLM, reward) -> PolicyValue:
       (0.0, 2.0)
     """
     if isinstance(lm, MarkovLM):
-        chain, flat = _markov_setup(lm, reward, logits, "logits")
+        chain, flat, _ = _markov_setup(lm, reward, logits, "logits")
         return _markov_value_jit(flat, chain, lm.num_tokens, lm.length)
     check_compatible(lm, reward)
     logits = _check_logits(logits, lm)
@@ -190,7 +191,8 @@ def objective(logits, lm: MemorylessLM | MarkovLM, reward,
     with value ``n Λ(λ)/λ`` (THEORY.md §1.3).  Markov (``logits`` the pair of
     :func:`evaluate`): the maximiser over all laws is the time-inhomogeneous tilt
     :func:`jaxalign.markov.tilt`, which a homogeneous chain reaches only for
-    ``n <= 2``.
+    ``n <= 2``, a time-varying one (``trans_logits (n − 1, K, K)``) for every
+    ``n``.
 
     Examples:
       >>> import jaxalign
@@ -412,6 +414,7 @@ class _Chain(NamedTuple):
 class _MarkovConfig(NamedTuple):
     algorithm: str
     length: int
+    trans_shape: tuple  # (K, K) or (n - 1, K, K): the policy's transition logits
     num_steps: int
     batch_size: int
     group_size: int
@@ -431,7 +434,8 @@ class _Penalty(NamedTuple):
 
 
 def _markov_setup(lm: MarkovLM, reward, logits, name: str):
-    """``(_Chain, θ flat (K + K²,))`` with validation (``logits=None``: ``P``'s own)."""
+    """``(_Chain, θ flat, trans_shape)`` with validation (``logits=None``: ``P``'s
+    own, time-varying when ``P`` is)."""
     log_init, log_trans, first, pair, dtype = _prepare(lm, reward)
     if is_concrete(log_trans) and not (np.all(np.isfinite(np.asarray(log_init)))
                                        and np.all(np.isfinite(np.asarray(log_trans)))):
@@ -442,23 +446,19 @@ def _markov_setup(lm: MarkovLM, reward, logits, name: str):
     lp = log_trans if log_trans.ndim == 3 else jnp.broadcast_to(log_trans[None],
                                                                 (n - 1, k, k))
     if logits is None:
-        if log_trans.ndim == 3:
-            raise ValueError(
-                "init_logits must be given for a time-inhomogeneous lm (the policy is "
-                "a homogeneous chain: pass (init_logits (K,), trans_logits (K, K)))")
         logits = (log_init, log_trans)
-    flat = kg._flatten(logits, k, True, dtype, name)
-    return _Chain(log_init, lp.astype(dtype), first, pair), flat
+    flat = kg._flatten(logits, k, True, dtype, name, n)
+    trans_shape = tuple(np.shape(logits[1]))  # (K, K) or (n - 1, K, K), checked
+    return _Chain(log_init, lp.astype(dtype), first, pair), flat, trans_shape
 
 
 def _per_token_log_q(flat: Array, y: Array, k: int) -> Array:
     """``(..., n)`` ``log q(y_t | y_{t-1})`` of sequences ``y (..., n)``."""
-    lq0, lq = kg._tables(flat, k, True)
-    return jnp.concatenate([lq0[y[..., :1]], lq[y[..., :-1], y[..., 1:]]], axis=-1)
+    return kg._per_token(*kg._tables(flat, k, True, y.shape[-1]), y)
 
 
 def _markov_value(flat: Array, chain: _Chain, k: int, length: int) -> PolicyValue:
-    lq0, lq = kg._tables(flat, k, True)
+    lq0, lq = kg._tables(flat, k, True, length)
     return PolicyValue(_chain_kl(lq0, lq, chain.lp0, chain.lp, length),
                        _chain_mean(lq0, lq, chain.first, chain.pair, length))
 
@@ -467,7 +467,7 @@ _markov_value_jit = jax.jit(_markov_value, static_argnames=("k", "length"))
 
 
 def _markov_reward(flat: Array, chain: _Chain, k: int, length: int) -> Array:
-    lq0, lq = kg._tables(flat, k, True)
+    lq0, lq = kg._tables(flat, k, True, length)
     return _chain_mean(lq0, lq, chain.first, chain.pair, length)
 
 
@@ -479,9 +479,7 @@ def _markov_train_one(key, chain: _Chain, penalty: _Penalty, beta, learning_rate
     structure = cfg.structure
 
     def k_value(y, lq_tok):
-        x = lq_tok - jnp.concatenate(
-            [chain.lp0[y[..., :1]], chain.lp[jnp.arange(n - 1), y[..., :-1],
-                                               y[..., 1:]]], axis=-1)
+        x = lq_tok - kg._per_token(chain.lp0, chain.lp, y)
         per_token = jnp.sum(kg._basis(x) @ cell.c, axis=-1)
         sequence = kg._basis(jnp.sum(x, axis=-1)) @ cell.c
         return jnp.where(token, per_token, sequence)
@@ -498,7 +496,7 @@ def _markov_train_one(key, chain: _Chain, penalty: _Penalty, beta, learning_rate
             theta, opt_state = _opt_update(optimizer, grads, opt_state, theta)
             return (theta, opt_state), (value.kl, value.reward, value.kl, value.reward)
 
-        lq0, lq = kg._tables(theta, k, True)
+        lq0, lq = kg._tables(theta, k, True, n)
         draw_key = jax.random.fold_in(key, t)
         y = jax.vmap(lambda i: kg._draw(jax.random.fold_in(draw_key, i), lq0, lq, n))(
             jnp.arange(cfg.batch_size))
@@ -535,7 +533,7 @@ def _markov_train_one(key, chain: _Chain, penalty: _Penalty, beta, learning_rate
         step, carry, jnp.arange(cfg.num_steps))
     final = _markov_value(theta, chain, k, n)
     return TrainResult(
-        (theta[:k], theta[k:].reshape(k, k)),
+        (theta[:k], theta[k:].reshape(cfg.trans_shape)),
         jnp.concatenate([kl, final.kl[None]]),
         jnp.concatenate([rew, final.reward[None]]),
         kl_hat,
@@ -627,7 +625,7 @@ def _validate(lm, reward, algorithm, learning_rate, num_steps, batch_size, group
 def _validate_markov(lm, reward, algorithm, learning_rate, num_steps, batch_size,
                      group_size, num_epochs, kl_mode, kl_estimator, kl_level,
                      kl_weighting, clip_eps, optimizer_fn, init_logits, scale_rewards):
-    chain, init = _markov_setup(lm, reward, init_logits, "init_logits")
+    chain, init, trans_shape = _markov_setup(lm, reward, init_logits, "init_logits")
     _check_choice(kl_estimator, "kl_estimator", kg.ESTIMATORS)
     _check_choice(kl_mode, "kl_mode", kg.PLACEMENTS)
     _check_choice(kl_level, "kl_level", kg.LEVELS)
@@ -641,8 +639,8 @@ def _validate_markov(lm, reward, algorithm, learning_rate, num_steps, batch_size
         algorithm, learning_rate, num_steps, batch_size, group_size, num_epochs,
         clip_eps, optimizer_fn)
     impl = kg.Implementation(kl_estimator, kl_mode, kl_level, kl_weighting)
-    cfg = _MarkovConfig(algorithm, lm.length, num_steps, batch_size, group_size,
-                        num_epochs, kg._structure(impl), optimizer_fn,
+    cfg = _MarkovConfig(algorithm, lm.length, trans_shape, num_steps, batch_size,
+                        group_size, num_epochs, kg._structure(impl), optimizer_fn,
                         bool(scale_rewards))
     dtype = init.dtype
     ce = jnp.asarray(clip_eps, dtype=dtype)
