@@ -39,13 +39,15 @@ def _softmax(x):
 
 
 def _enum_value(flat, n, k=3):
-    """``(KL(Q‖P), E_Q R)`` of the chain with logits ``flat``: a sum over all
-    ``K^n`` sequences."""
+    """``(KL(Q‖P), E_Q R)`` of the chain with logits ``flat`` (homogeneous,
+    ``K + K²``, or time-varying, ``K + (n − 1) K²``): a sum over all ``K^n``
+    sequences."""
     flat = np.asarray(flat, dtype=np.float64)
-    q0, q = _softmax(flat[:k]), _softmax(flat[k:].reshape(k, k))
+    q0 = _softmax(flat[:k])
+    q = np.broadcast_to(_softmax(flat[k:].reshape(-1, k, k)), (n - 1, k, k))
     y = np.array(list(itertools.product(range(k), repeat=n)))
     a, b = y[:, :-1], y[:, 1:]
-    qy = q0[y[:, 0]] * np.prod(q[a, b], axis=1)
+    qy = q0[y[:, 0]] * np.prod(q[np.arange(n - 1), a, b], axis=1)
     py = MU[y[:, 0]] * np.prod(TRANS[a, b], axis=1)
     return np.sum(qy * np.log(qy / py)), np.sum(qy * R[y].sum(axis=1))
 
@@ -197,6 +199,56 @@ def test_sampled_mode_lands_on_the_exact_stationary_point(x64):
                                final[:, 0], rtol=1e-10)
 
 
+# -- time-varying policies: trans_logits (n - 1, K, K) hold the tilt ----------------
+
+
+def _varying(lm):
+    """``P``'s own tables as a time-varying policy (``n − 1`` identical slices)."""
+    return lm.log_init, jnp.stack([lm.log_trans] * (lm.length - 1))
+
+
+@pytest.mark.parametrize("n", [3, 4])
+def test_time_varying_true_gradient_reaches_the_tilt(n, x64):
+    # The homogeneous class stops below the frontier for n >= 3 (the test above);
+    # with one transition matrix per step the maximiser of E R - β KL, the
+    # time-inhomogeneous tilt φ_{1/β} (backward messages), is in the class.
+    lm, reward = _models(n)
+    res = rl.train(jax.random.key(0), lm, reward, BETA, algorithm="exact",
+                   kl_estimator="k1", kl_mode="reward_to_go", init_logits=_varying(lm),
+                   optimizer_fn=optax.sgd, learning_rate=4.0, num_steps=1000)
+    assert res.logits[1].shape == (n - 1, 3, 3)
+    s = markov.tilt_summary(lm, reward, 1 / BETA)
+    np.testing.assert_allclose(res.kl[-1], s.kl, atol=1e-6)
+    np.testing.assert_allclose(res.reward[-1], s.mean, atol=1e-6)
+    phi = markov.tilt(lm, reward, 1 / BETA)
+    np.testing.assert_allclose(_softmax(np.asarray(res.logits[0])), phi.init_probs,
+                               atol=1e-6)
+    np.testing.assert_allclose(_softmax(np.asarray(res.logits[1])),
+                               np.asarray(phi.trans_probs), atol=1e-6)
+    front = float(markov.optimal_reward(lm, reward, float(res.kl[-1])))
+    assert abs(front - float(res.reward[-1])) < 1e-6
+    np.testing.assert_allclose(_enum_value(_flat(res.logits), n),
+                               (res.kl[-1], res.reward[-1]), rtol=1e-10)
+
+
+def test_identical_slices_train_as_the_homogeneous_policy(x64):
+    # (init, [B, B]) is the homogeneous chain (init, B): the same exact values (and
+    # the same as enumeration); the gradients' chain rule is in test_kl_gradients.
+    lm, reward = _models(3)
+    logits = (jnp.array([0.2, -0.1, 0.0]),
+              jnp.array([[0.5, 0.0, -0.5], [0.0, 1.0, 0.2], [-0.3, 0.4, 0.1]]))
+    tied = (logits[0], jnp.stack([logits[1]] * 2))
+    hom, var = (rl.evaluate(x, lm, reward) for x in (logits, tied))
+    np.testing.assert_allclose([var.kl, var.reward], [hom.kl, hom.reward], rtol=1e-12)
+    np.testing.assert_allclose(_enum_value(_flat(tied), 3), [var.kl, var.reward],
+                               rtol=1e-12)
+    # P's own time-inhomogeneous tables are the default policy of a tilted lm
+    phi = markov.tilt(lm, reward, 1.0)
+    res = rl.train(jax.random.key(0), phi, reward, BETA, algorithm="exact",
+                   num_steps=1)
+    assert res.logits[1].shape == (2, 3, 3) and abs(float(res.kl[0])) < 1e-12
+
+
 def test_evaluate_markov_by_enumeration(x64):
     lm, reward = _models(3)
     logits = (jnp.array([0.2, -0.1, 0.0]),
@@ -214,6 +266,8 @@ def test_evaluate_markov_by_enumeration(x64):
     ({"kl_weighting": "is"}, "kl_weighting must be one of"),
     ({"kl_mode": "penalty"}, "kl_mode must be one of"),
     ({"init_logits": jnp.zeros(3)}, "init_logits must be a pair"),
+    ({"init_logits": (jnp.zeros(3), jnp.zeros((3, 3, 3)))},
+     r"init_logits must be .*\(n - 1, K, K\).* got shapes \(3,\) and \(3, 3, 3\)"),
 ])
 def test_markov_bad_input(x64, kwargs, match):
     lm, reward = _models(3)
