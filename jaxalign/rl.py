@@ -29,8 +29,9 @@ Training loops are ``lax.scan`` over steps inside one jit; :func:`train_sweep` v
 them over seeds and ``beta`` values.
 
 Markov policies (issue 13): with a :class:`jaxalign.MarkovLM` reference the same
-:func:`train` / :func:`train_sweep` train a homogeneous chain with tabular logits
-``(init (K,), trans (K, K))``, the penalty any cell of
+:func:`train` / :func:`train_sweep` train a chain with tabular logits
+``(init (K,), trans (K, K))`` (homogeneous) or ``(init (K,), trans (n − 1, K, K))``
+(time-varying: the class of the KL-optimal tilt), the penalty any cell of
 :data:`jaxalign.kl_gradients.GRID` (``kl_estimator``, ``kl_mode`` = the placement,
 ``kl_level``, ``kl_weighting``), with exact ``(KL, reward)`` trajectories by the
 forward recursions of :mod:`jaxalign.markov`; ``algorithm="exact"`` follows each
@@ -681,14 +682,23 @@ def train_sweep(key: PRNGKey, lm: MemorylessLM | MarkovLM, reward,
       no critic (the state is trivial for a memoryless policy).
     - ``"grpo"``: as PPO, with group-relative advantages ``(s − mean_g)/(std_g + 1e-6)``
       over groups of ``group_size`` (``scale_rewards=False`` drops the division) and by
-      default the k3 penalty in the loss.
+      default the k3 penalty in the loss.  The group mean includes the sample
+      itself, ``E[(R_i − R̄_g) ∇log π(y_i)] = (1 − 1/G) ∇E R`` (``G`` the group
+      size), while the penalty is not scaled: with ``scale_rewards=False`` GRPO
+      ascends ``E R − β G/(G − 1) KL``, the exact objective at the effective
+      ``β_eff = β G/(G − 1)`` (its maximiser the tilt at ``λ = (G − 1)/(G β)``).
+      The std division multiplies the reward term by a random, ``θ``-dependent
+      ``1/(std_g + 1e-6)`` (about ``β σ_R`` in the role of ``β``): no fixed
+      effective ``β``, and in general no tilt at its stopping point.
 
     Seeds use ``fold_in(key, seed_index)``; the same seeds are used for every ``beta``.
 
     **Markov policies** (``lm`` a :class:`jaxalign.MarkovLM`, every transition
     ``> 0``; ``reward`` a :class:`jaxalign.LinearReward` or
-    :class:`jaxalign.PairReward`): the policy is a homogeneous chain with tabular
-    logits ``θ = (init_logits (K,), trans_logits (K, K))`` and the penalty is one
+    :class:`jaxalign.PairReward`): the policy is a chain with tabular logits
+    ``θ = (init_logits (K,), trans_logits)``, ``trans_logits`` ``(K, K)``
+    (homogeneous) or ``(n − 1, K, K)`` (time-varying, one matrix per step, the
+    layout of a time-inhomogeneous :class:`jaxalign.MarkovLM`), and the penalty is one
     cell ``(kl_estimator, kl_mode, kl_level, kl_weighting)`` of
     :data:`jaxalign.kl_gradients.GRID` (``kl_mode`` is the placement:
     ``"reward"``, ``"reward_to_go"`` or ``"loss"``).  ``"exact"`` follows
@@ -707,7 +717,9 @@ def train_sweep(key: PRNGKey, lm: MemorylessLM | MarkovLM, reward,
     :func:`jaxalign.markov.chain_expected_reward`.  The maximiser of the objective
     over all laws is the time-inhomogeneous tilt :func:`jaxalign.markov.tilt`; a
     homogeneous chain reaches it for ``n <= 2`` only, so for longer chains even the
-    true gradient stops below the frontier :func:`jaxalign.markov.optimal_reward`.
+    true gradient stops below the frontier :func:`jaxalign.markov.optimal_reward`;
+    a time-varying one reaches it for every ``n`` (the true gradient's stopping
+    point is the tilt, on the frontier).
 
     Args:
       key: typed PRNG key.
@@ -735,13 +747,15 @@ def train_sweep(key: PRNGKey, lm: MemorylessLM | MarkovLM, reward,
       clip_eps: PPO/GRPO clipping ``ε > 0``.
       optimizer_fn: ``learning_rate -> optax.GradientTransformation``.
       init_logits: ``(K,)`` initial logits (default: the base ``log_probs``); for a
-        Markov ``lm`` the pair ``(init_logits (K,), trans_logits (K, K))``
-        (default: ``P``'s own, when ``P`` is homogeneous).
+        Markov ``lm`` the pair ``(init_logits (K,), trans_logits)`` with
+        ``trans_logits`` ``(K, K)`` or ``(n − 1, K, K)`` (the policy's form;
+        default: ``P``'s own tables, time-varying when ``P`` is).
       scale_rewards: GRPO divides advantages by the group std.
 
     Returns:
       A :class:`TrainResult` with leading axes ``(num_betas, num_seeds)``
-      (``logits`` the pair ``(init, trans)`` for a Markov ``lm``).
+      (``logits`` the pair ``(init, trans)`` for a Markov ``lm``, ``trans`` of the
+      form of ``init_logits``).
 
     Examples:
       >>> import jax, jaxalign

@@ -249,6 +249,76 @@ def test_identical_slices_train_as_the_homogeneous_policy(x64):
     assert res.logits[1].shape == (2, 3, 3) and abs(float(res.kl[0])) < 1e-12
 
 
+# -- PPO and GRPO on chains ----------------------------------------------------------
+# A time-varying policy with the true-KL cell (k1, reward-to-go): the exact stopping
+# point of the cell is the tilt, from backward messages (an independent route).
+# Adam with a small step: the final (KL, E R) of each seed jitters around the
+# stopping point; the z-scores use the spread over seeds.
+SEEDS, GROUP = 16, 4
+
+
+@functools.cache
+def _sampled_runs(algorithm, scale_rewards=True):
+    with jax.enable_x64(True):
+        lm, reward = _models(3)
+        res = rl.train_sweep(jax.random.key(3), lm, reward, jnp.asarray([BETA]),
+                             num_seeds=SEEDS, algorithm=algorithm, kl_estimator="k1",
+                             kl_mode="reward_to_go", kl_level="token",
+                             init_logits=_varying(lm), optimizer_fn=optax.adam,
+                             learning_rate=0.02, num_steps=300, batch_size=64,
+                             num_epochs=2, group_size=GROUP,
+                             scale_rewards=scale_rewards)
+        return jax.tree.map(lambda x: np.asarray(x[0]), res)
+
+
+def _z_to_tilt(res, lam):
+    lm, reward = _models(3)
+    final = np.stack([res.kl[:, -1], res.reward[:, -1]])
+    mean, se = final.mean(1), final.std(1, ddof=1) / np.sqrt(final.shape[1])
+    s = markov.tilt_summary(lm, reward, lam)
+    return (mean - np.array([float(s.kl), float(s.mean)])) / se
+
+
+def _check_on_or_below_the_frontier(res):
+    """Every 10th iterate of every seed (and the last): on or below the exact
+    finite-n frontier; the last one's value by enumeration."""
+    lm, reward = _models(3)
+    for kl_row, rew_row in zip(res.kl, res.reward, strict=True):
+        for kl, rew in zip(kl_row[::-10], rew_row[::-10], strict=True):
+            front = float(markov.optimal_reward(lm, reward, max(float(kl), 0.0)))
+            assert rew <= front + 1e-9, (kl, rew, front)
+    last = jax.tree.map(lambda x: x[0], res.logits)
+    np.testing.assert_allclose(_enum_value(_flat(last), 3),
+                               (res.kl[0, -1], res.reward[0, -1]), rtol=1e-10)
+
+
+def test_ppo_lands_on_the_tilt(x64):
+    # PPO (2 epochs per batch, per-token clipped ratio, leave-one-out baseline)
+    # with the true-KL cell: its exact stopping point is the tilt φ_{1/β}; the same
+    # test resolves a change of β by G/(G - 1) = 4/3 (|z| > 5 at the tilt of β·4/3).
+    res = _sampled_runs("ppo")
+    _check_on_or_below_the_frontier(res)
+    assert np.all(np.abs(_z_to_tilt(res, 1 / BETA)) < 5)
+    assert np.max(np.abs(_z_to_tilt(res, (GROUP - 1) / (GROUP * BETA)))) > 5
+
+
+def test_grpo_centred_advantages_scale_beta(x64):
+    # GRPO's group mean includes the sample itself: E[(R_i − R̄_g) ∇log Q(y_i)] =
+    # (1 − 1/G) ∇E R, so without the std division GRPO ascends
+    # E R − β G/(G − 1) KL: it lands on the tilt at λ = (G − 1)/(G β), not at 1/β.
+    res = _sampled_runs("grpo", scale_rewards=False)
+    _check_on_or_below_the_frontier(res)
+    assert np.all(np.abs(_z_to_tilt(res, (GROUP - 1) / (GROUP * BETA))) < 5)
+    assert np.max(np.abs(_z_to_tilt(res, 1 / BETA))) > 5
+
+
+def test_grpo_std_scaled_stays_below_the_frontier(x64):
+    # Dividing by the group's sample std is a random, θ-dependent scale of the
+    # reward term: no fixed β, no tilt to land on.  What is exact: every iterate is
+    # on or below the frontier, and the trajectory is the iterates' exact value.
+    _check_on_or_below_the_frontier(_sampled_runs("grpo"))
+
+
 def test_evaluate_markov_by_enumeration(x64):
     lm, reward = _models(3)
     logits = (jnp.array([0.2, -0.1, 0.0]),
