@@ -84,22 +84,30 @@ def _exact_runs(n):
         return out
 
 
-def test_true_gradient_reaches_the_finite_n_tilt(x64):
-    # n = 2: a homogeneous chain (init, trans) is every law on K^2 sequences, so the
-    # maximiser of E R - β KL is the tilt φ_{1/β} itself.
-    lm, reward = _models(2)
-    res = _exact_runs(2)["k1/reward_to_go/token"]
+def _assert_is_the_tilt(res, n):
+    """The last iterate is the tilt φ_{1/β} (backward messages): its KL, E R, every
+    table, on the frontier; its exact value (the trajectory's last point) by
+    enumeration."""
+    lm, reward = _models(n)
     s = markov.tilt_summary(lm, reward, 1 / BETA)
     np.testing.assert_allclose(res.kl[-1], s.kl, atol=1e-6)
     np.testing.assert_allclose(res.reward[-1], s.mean, atol=1e-6)
     phi = markov.tilt(lm, reward, 1 / BETA)
     np.testing.assert_allclose(_softmax(np.asarray(res.logits[0])), phi.init_probs,
                                atol=1e-6)
-    np.testing.assert_allclose(_softmax(np.asarray(res.logits[1])),
-                               np.asarray(phi.trans_probs)[0], atol=1e-6)
-    # the exact trajectory is the value of each iterate: check the last by enumeration
-    np.testing.assert_allclose(_enum_value(_flat(res.logits), 2),
+    trans = _softmax(np.asarray(res.logits[1]))
+    np.testing.assert_allclose(trans, np.asarray(phi.trans_probs).reshape(trans.shape),
+                               atol=1e-6)
+    front = float(markov.optimal_reward(lm, reward, float(res.kl[-1])))
+    assert abs(front - float(res.reward[-1])) < 1e-6
+    np.testing.assert_allclose(_enum_value(_flat(res.logits), n),
                                (res.kl[-1], res.reward[-1]), rtol=1e-10)
+
+
+def test_true_gradient_reaches_the_finite_n_tilt(x64):
+    # n = 2: a homogeneous chain (init, trans) is every law on K^2 sequences, so the
+    # maximiser of E R - β KL is the tilt φ_{1/β} itself.
+    _assert_is_the_tilt(_exact_runs(2)["k1/reward_to_go/token"], 2)
 
 
 def test_biased_cell_stops_below_the_frontier(x64):
@@ -217,18 +225,7 @@ def test_time_varying_true_gradient_reaches_the_tilt(n, x64):
                    kl_estimator="k1", kl_mode="reward_to_go", init_logits=_varying(lm),
                    optimizer_fn=optax.sgd, learning_rate=4.0, num_steps=1000)
     assert res.logits[1].shape == (n - 1, 3, 3)
-    s = markov.tilt_summary(lm, reward, 1 / BETA)
-    np.testing.assert_allclose(res.kl[-1], s.kl, atol=1e-6)
-    np.testing.assert_allclose(res.reward[-1], s.mean, atol=1e-6)
-    phi = markov.tilt(lm, reward, 1 / BETA)
-    np.testing.assert_allclose(_softmax(np.asarray(res.logits[0])), phi.init_probs,
-                               atol=1e-6)
-    np.testing.assert_allclose(_softmax(np.asarray(res.logits[1])),
-                               np.asarray(phi.trans_probs), atol=1e-6)
-    front = float(markov.optimal_reward(lm, reward, float(res.kl[-1])))
-    assert abs(front - float(res.reward[-1])) < 1e-6
-    np.testing.assert_allclose(_enum_value(_flat(res.logits), n),
-                               (res.kl[-1], res.reward[-1]), rtol=1e-10)
+    _assert_is_the_tilt(res, n)
 
 
 def test_identical_slices_train_as_the_homogeneous_policy(x64):
