@@ -25,7 +25,9 @@ of the grid (:class:`Implementation`, :data:`GRID`):
 - ``weighting``: ``"on_policy"`` (``y ~ q_θ``), ``"ratio"`` (``y ~ q_old``, the
   penalty weighted by ``w = q_θ/q_old``, per token at the token level and for the
   whole sequence at the sequence level) or ``"clipped"`` (``w`` clipped to
-  ``[1 − c, 1 + c]``: ``w̃ = w`` strictly inside, the constant bound outside).
+  ``[1 − c, 1 + c]``: ``w̃ = w`` strictly inside, the constant bound outside;
+  or, ``clip_form="min"``, PPO's pessimistic ``max(w x, clip(w) x)`` of a penalty
+  term ``x``, i.e. ``min(w A, clip(w) A)`` with ``A = −x``).
   A reward is computed at rollout time (from ``q_old``) and held fixed; a loss
   uses ``ℓ`` of ``q_θ``.
 
@@ -505,15 +507,16 @@ class _Cell(NamedTuple):
     mode: Array  # 0-d: 0 on-policy, 1 ratio, 2 clipped
     reward: Array  # 0-d: 1 for a reward placement
     clip: Array  # 0-d
+    min_form: Array  # 0-d: 1 for PPO's max(w x, clip(w) x) (clip_form="min")
 
 
-def _cell(impl: Implementation, clip: Array) -> _Cell:
+def _cell(impl: Implementation, clip: Array, min_form=False) -> _Cell:
     dtype = clip.dtype
     def f(v): return jnp.asarray(v, dtype)
     reward = impl.placement != "loss"
     return _Cell(f(impl.weighting != "on_policy"), f(reward), f(_K[impl.estimator]),
                  f(_DK[impl.estimator]), f(WEIGHTINGS.index(impl.weighting)),
-                 f(reward), clip)
+                 f(reward), clip, f(min_form))
 
 
 def _step_data(cell: _Cell, lq_th, lq_old, lp):
@@ -525,8 +528,16 @@ def _step_data(cell: _Cell, lq_th, lq_old, lp):
     x_law, x_th = lq_law - lp, lq_th - lp
     x = cell.k_from_old * x_law + (1 - cell.k_from_old) * x_th
     w = jnp.exp(lq_th - lq_law)
-    inside = ((w > 1 - cell.clip) & (w < 1 + cell.clip)).astype(w.dtype)
-    w_clip = jnp.where(inside > 0, w, jnp.clip(w, 1 - cell.clip, 1 + cell.clip))
+    bound = jnp.clip(w, 1 - cell.clip, 1 + cell.clip)
+    # ι: whether the weight w (not its constant bound) multiplies the penalty x.
+    # Clip form: w inside (1 − c, 1 + c).  Min form: max(w x, clip(w) x) takes w
+    # x where w x ≥ clip(w) x, by the sign of x: a reward's (reward-to-go) sum
+    # counts as >= 0 (exact for k2, k3; for k1 only at θ = θ_old, where w = 1 =
+    # clip(w) and the tie goes to w x), a loss's k(ℓ_t) is per token.
+    sign = jnp.where(cell.reward > 0, 1.0, _basis(x_th) @ cell.c)
+    inside = jnp.where(cell.min_form > 0, w * sign >= bound * sign,
+                       (w > 1 - cell.clip) & (w < 1 + cell.clip)).astype(w.dtype)
+    w_clip = jnp.where(inside > 0, w, bound)
     on, ratio = (cell.mode == 0).astype(w.dtype), (cell.mode == 1).astype(w.dtype)
     clipped = 1 - on - ratio
     # The derivative factor of the weight (ι w) and the weight itself (w̃): on
@@ -553,7 +564,8 @@ def _matrices(structure: str, cell: _Cell, x, s, dw, wt, w):
 def _sequence_coef(cell: _Cell) -> Array:
     """``α c + β c'``: ``g = W S (α k + β k')`` at the sequence level."""
     on = cell.mode == 0
-    active = (cell.mode == 1) | ((cell.mode == 2) & (cell.clip > 0))
+    active = (cell.mode == 1) | ((cell.mode == 2) & ((cell.clip > 0)
+                                                     | (cell.min_form > 0)))
     act = active.astype(cell.c.dtype)
     alpha = jnp.where(cell.reward > 0, jnp.where(on, 1.0, act),
                       jnp.where(on, 0.0, act))
@@ -597,12 +609,13 @@ def _moments_impl(problem: _Problem, cell: _Cell, structure: str, k: int,
     return g, gg - g[:, None] * g[None, :]
 
 
-def _structure_rows(problem: _Problem, clip: Array, structure: str, k: int,
-                    markov: bool, length: int):
+def _structure_rows(problem: _Problem, clip: Array, min_form: Array, structure: str,
+                    k: int, markov: bool, length: int):
     """``(R, D)`` means and ``(R, D, D)`` covariances of every :data:`GRID` row of
     one structure, vmapped."""
     impls = [impl for impl in GRID if _structure(impl) == structure]
-    cells = jax.tree.map(lambda *xs: jnp.stack(xs), *[_cell(i, clip) for i in impls])
+    cells = jax.tree.map(lambda *xs: jnp.stack(xs),
+                         *[_cell(i, clip, min_form) for i in impls])
     return jax.vmap(lambda c: _moments_impl(problem, c, structure, k, markov,
                                             length))(cells)
 
@@ -611,29 +624,45 @@ _one_jit = jax.jit(_moments_impl, static_argnames=("structure", "k", "markov",
                                                     "length"))
 
 
-def _grid_impl(problem: _Problem, clip: Array, k: int, markov: bool, length: int,
-               structures: tuple):
+def _grid_impl(problem: _Problem, clip: Array, min_form: Array, k: int, markov: bool,
+               length: int, structures: tuple):
     # Every GRID row of the structures asked for, and the true gradients, in one
     # program: one compilation per model shape and set of structures.  Off θ_old
     # the sequence-level clipped rows are not meaningful and :func:`summary`
     # refuses to return them.
-    rows = {st: _structure_rows(problem, clip, st, k, markov, length)
+    rows = {st: _structure_rows(problem, clip, min_form, st, k, markov, length)
             for st in structures}
     return rows, _true_impl(problem, k, markov, length)
 
 
-def _check_sequence_clip(impl: Implementation, problem: _Problem) -> None:
-    if impl.level == "sequence" and impl.weighting == "clipped" and not _at_old(
-            problem):
+CLIP_FORMS = ("clip", "min")
+
+
+def _check_sequence_clip(impl: Implementation, problem: _Problem,
+                         clip_form: str = "clip") -> None:
+    if impl.weighting != "clipped" or _at_old(problem):
+        return
+    if impl.level == "sequence":
+        # The clip of W = Π_t w_t keeps or drops the whole sequence's term: its
+        # expectation needs the joint law of (W, ℓ, S), not a linear feature of the
+        # chain; only a sum over all K^n sequences gives it.
         raise ValueError(
             "weighting='clipped' at level='sequence' needs old_params equal to params "
             "(θ = θ_old) for exact values: the clip of the sequence ratio has no "
             "forward-backward form; use monte_carlo_gradient, or weighting='ratio'")
+    if clip_form == "min" and impl.estimator == "k1" and impl.placement != "loss":
+        raise ValueError(
+            "clip_form='min' with estimator='k1' in a reward needs old_params equal "
+            "to params (θ = θ_old) for exact values: PPO's max(w x, clip(w) x) picks "
+            "its branch by the sign of the (reward-to-go) sum of k1 = ℓ, which the "
+            "forward recursion does not carry; use monte_carlo_gradient, or "
+            "estimator='k2' or 'k3' (sums >= 0)")
 
 
 def gradient_moments(params, p, estimator: str = "k1", placement: str = "reward",
                      level: str = "token", weighting: str = "on_policy", *,
-                     old_params=None, clip: ArrayLike = 0.2) -> GradientMoments:
+                     old_params=None, clip: ArrayLike = 0.2,
+                     clip_form: str = "clip") -> GradientMoments:
     r"""Exact mean and per-sample covariance of one implementation's gradient.
 
     The per-sample estimate ``g(y)`` (``ι = 1{1 − c < w < 1 + c}``, ``w̃`` the
@@ -663,9 +692,19 @@ def gradient_moments(params, p, estimator: str = "k1", placement: str = "reward"
         docstring); ``placement="reward_to_go"`` needs ``level="token"``.
       old_params: the sampling policy ``θ_old`` of the weighted rows (default
         ``θ``: the first step of an update), of the form of ``params``; ignored on
-        policy.  At the sequence
-        level with ``weighting="clipped"`` it must equal ``params``.
+        policy.  At the sequence level with ``weighting="clipped"`` it must equal
+        ``params``.
       clip: ``c >= 0``, the clip range of ``weighting="clipped"``.
+      clip_form: how ``weighting="clipped"`` weights a penalty term ``x`` (the
+        reward's ``Σ k`` or reward-to-go, or a loss's ``k``), with ``w`` the ratio:
+        ``"clip"``, ``w̃ x`` (``w̃ = w`` inside ``(1 − c, 1 + c)``, the bound
+        outside: ``ι = 1{1 − c < w < 1 + c}``); ``"min"``, PPO's pessimistic
+        ``max(w x, clip(w, 1 − c, 1 + c) x)``, i.e. PPO's
+        ``min(w A, clip(w) A)`` with the advantage ``A = −x`` of a cost, the
+        branch ``w x`` where ``w x >= clip(w) x`` (ties included), so
+        ``ι = 1{w ≥ 1 − c}`` where ``x ≥ 0`` and ``1{w ≤ 1 + c}`` where
+        ``x < 0``, and ``w̃ = w`` where ``ι = 1``.  Exact off ``θ_old`` except
+        for ``k1`` in a reward (the sign of its sum is not carried; refused).
 
     Returns:
       A :class:`GradientMoments` with ``mean (D,)`` and ``covariance (D, D)``
@@ -683,9 +722,10 @@ def gradient_moments(params, p, estimator: str = "k1", placement: str = "reward"
     impl = _implementation(estimator, placement, level, weighting)
     problem, markov, length = _problem(params, p, old_params)
     clip = _check_clip(clip, problem.lp0.dtype)
-    _check_sequence_clip(impl, problem)
-    mean, cov = _one_jit(problem, _cell(impl, clip), _structure(impl),
-                         problem.lp0.shape[0], markov, length)
+    _check_choice(clip_form, "clip_form", CLIP_FORMS)
+    _check_sequence_clip(impl, problem, clip_form)
+    mean, cov = _one_jit(problem, _cell(impl, clip, clip_form == "min"),
+                         _structure(impl), problem.lp0.shape[0], markov, length)
     return GradientMoments(mean, cov)
 
 
@@ -760,7 +800,8 @@ def true_gradients(params, p) -> TrueGradients:
 
 
 def divergence_of(implementation: Implementation, *, markov: bool,
-                  clip: float = 0.2, at_old: bool = True) -> str:
+                  clip: float = 0.2, at_old: bool = True,
+                  clip_form: str = "clip") -> str:
     r"""What an implementation's expected gradient is the gradient of (the
     identities of the module docstring; ``at_old``: ``θ = θ_old``).
 
@@ -778,6 +819,9 @@ def divergence_of(implementation: Implementation, *, markov: bool,
       'KL(p||q)'
     """
     est, place, level, weighting = _implementation(*implementation)
+    # at θ_old the min form's tie w x = clip(w) x goes to w x: the ratio, any c
+    frozen = weighting == "clipped" and clip == 0 and _check_choice(
+        clip_form, "clip_form", CLIP_FORMS) == "clip"
     # E_old[∇(w k(ℓ_θ))] = ∇ E_θ[k(ℓ_θ)] for the whole-sequence ratio: exact
     # importance sampling, at any θ_old.
     exact_is = weighting == "ratio" and level == "sequence" and place == "loss"
@@ -785,14 +829,14 @@ def divergence_of(implementation: Implementation, *, markov: bool,
         return "n/a (theta != theta_old)"
     token_markov = level == "token" and markov
     if place != "loss":
-        if weighting == "clipped" and clip == 0:
+        if frozen:
             return "0"
         if est == "k1":
             return "KL(q||p)"
         if est == "k2" or token_markov:
             return "none"
         return "KL(q||p) - KL(p||q)"
-    active = weighting == "ratio" or (weighting == "clipped" and clip > 0)
+    active = weighting == "ratio" or (weighting == "clipped" and not frozen)
     if active:  # the gradient of w k is (k + k') s at w = 1
         if est == "k2":
             return "none"
@@ -805,7 +849,7 @@ def divergence_of(implementation: Implementation, *, markov: bool,
 
 
 def summary(params, p, *, old_params=None, clip: ArrayLike = 0.2,
-            implementations=GRID) -> Summary:
+            implementations=GRID, clip_form: str = "clip") -> Summary:
     r"""The table of every implementation against ``∇KL(q‖p)``.
 
     Per row: the exact expected gradient ``g``, ``cos(g, ∇KL(q‖p))``, the relative
@@ -814,9 +858,10 @@ def summary(params, p, *, old_params=None, clip: ArrayLike = 0.2,
     ``g`` is the gradient of (:func:`divergence_of`).
 
     Args:
-      params, p, old_params, clip: as in :func:`gradient_moments`.
+      params, p, old_params, clip, clip_form: as in :func:`gradient_moments`.
       implementations: the rows (default :data:`GRID`); sequence-level clipped
-        rows need ``old_params`` equal to ``params``.
+        rows (and with ``clip_form="min"`` the clipped ``k1`` rewards) need
+        ``old_params`` equal to ``params``.
 
     Returns:
       A :class:`Summary`.
@@ -834,15 +879,17 @@ def summary(params, p, *, old_params=None, clip: ArrayLike = 0.2,
     """
     problem, markov, length = _problem(params, p, old_params)
     clip = _check_clip(clip, problem.lp0.dtype)
+    _check_choice(clip_form, "clip_form", CLIP_FORMS)
     impls = tuple(_implementation(*impl) for impl in implementations)
     if not impls:
         raise ValueError("implementations must not be empty")
     for impl in impls:
-        _check_sequence_clip(impl, problem)
+        _check_sequence_clip(impl, problem, clip_form)
     k = problem.lp0.shape[0]
     structures = tuple(st for st in _STRUCTURES
                        if any(_structure(impl) == st for impl in impls))
-    rows, true = _grid_jit(problem, clip, k, markov, length, structures)
+    rows, true = _grid_jit(problem, clip, jnp.asarray(clip_form == "min", clip.dtype),
+                           k, markov, length, structures)
     order = {st: [i for i in GRID if _structure(i) == st] for st in structures}
     picked = [(rows[_structure(impl)], order[_structure(impl)].index(impl))
               for impl in impls]
@@ -857,8 +904,8 @@ def summary(params, p, *, old_params=None, clip: ArrayLike = 0.2,
     bias = jnp.linalg.norm(means - ref[None, :], axis=1) / ref_norm
     variance = jnp.trace(covs, axis1=1, axis2=2)
     at_old = _at_old(problem)
-    labels = tuple(divergence_of(impl, markov=markov, clip=float(clip), at_old=at_old)
-                   for impl in impls)
+    labels = tuple(divergence_of(impl, markov=markov, clip=float(clip), at_old=at_old,
+                                 clip_form=clip_form) for impl in impls)
     return Summary(impls, means, covs, cosine, bias, variance, labels, true.kl_qp,
                    true.kl_pq, true.grad_kl_qp, true.grad_kl_pq)
 
@@ -953,23 +1000,29 @@ def _surrogate(flat, y, problem: _Problem, cell: _Cell, token: Array,
     lq_th = per_token(flat)
     lq_law = jnp.where(on, sg(lq_th), per_token(problem.old))
 
-    def weight(log_w):  # the ratio, exp(log q_θ − stop_gradient(log q_old))
+    def weigh(log_w, x):
+        """``x`` times the ratio ``w = exp(log q_θ − stop_gradient(log q_old))``;
+        clipped: ``w̃ x`` or PPO's ``max(w x, clip(w) x)`` (``clip_form``)."""
         w = jnp.exp(log_w)
+        bound = jnp.clip(sg(w), 1 - cell.clip, 1 + cell.clip)
         inside = (w > 1 - cell.clip) & (w < 1 + cell.clip)
-        cut = jnp.where(inside, w, jnp.clip(sg(w), 1 - cell.clip, 1 + cell.clip))
-        return jnp.where(clipped, cut, w)
+        clip_form = jnp.where(inside, w, bound) * x
+        min_form = jnp.where(w * sg(x) >= bound * sg(x), w * x, bound * x)
+        return jnp.where(clipped, jnp.where(cell.min_form > 0, min_form, clip_form),
+                         w * x)
 
     def k_of(x):
         return _basis(x) @ cell.c
 
-    w_tok = weight(lq_th - lq_law)
     k_law = sg(k_of(lq_law - lp))
     ret = jnp.where(to_go, jnp.cumsum(k_law[::-1])[::-1], jnp.sum(k_law))
-    token_reward = jnp.sum(w_tok * ret)
-    token_loss = jnp.sum(jnp.where(on, 1.0, w_tok) * k_of(lq_th - lp))
-    w_seq = weight(jnp.sum(lq_th - lq_law))
-    seq_reward = w_seq * sg(k_of(jnp.sum(lq_law - lp)))
-    seq_loss = jnp.where(on, 1.0, w_seq) * k_of(jnp.sum(lq_th - lp))
+    token_reward = jnp.sum(weigh(lq_th - lq_law, ret))
+    k_tok = k_of(lq_th - lp)
+    token_loss = jnp.sum(jnp.where(on, k_tok, weigh(lq_th - lq_law, k_tok)))
+    log_w_seq = jnp.sum(lq_th - lq_law)
+    seq_reward = weigh(log_w_seq, sg(k_of(jnp.sum(lq_law - lp))))
+    k_seq = k_of(jnp.sum(lq_th - lp))
+    seq_loss = jnp.where(on, k_seq, weigh(log_w_seq, k_seq))
     reward = cell.reward > 0
     return jnp.where(token, jnp.where(reward, token_reward, token_loss),
                      jnp.where(reward, seq_reward, seq_loss))
@@ -1014,7 +1067,7 @@ def _mc_impl(key, problem, cell, token, to_go, k, markov, length, num_samples):
 def monte_carlo_gradient(key: PRNGKey, params, p, estimator: str = "k1",
                          placement: str = "reward", level: str = "token",
                          weighting: str = "on_policy", *, old_params=None,
-                         clip: ArrayLike = 0.2,
+                         clip: ArrayLike = 0.2, clip_form: str = "clip",
                          num_samples: int = 4096) -> GradientEstimate:
     r"""Monte Carlo estimate of an implementation's expected gradient.
 
@@ -1027,8 +1080,8 @@ def monte_carlo_gradient(key: PRNGKey, params, p, estimator: str = "k1",
 
     Args:
       key: typed PRNG key.
-      params, p, estimator, placement, level, weighting, old_params, clip: as in
-        :func:`gradient_moments`.
+      params, p, estimator, placement, level, weighting, old_params, clip,
+        clip_form: as in :func:`gradient_moments` (every cell, off ``θ_old`` too).
       num_samples: sample size ``>= 2``.
 
     Returns:
@@ -1048,7 +1101,8 @@ def monte_carlo_gradient(key: PRNGKey, params, p, estimator: str = "k1",
     num_samples = check_positive_int(num_samples, "num_samples", minimum=2)
     problem, markov, length = _problem(params, p, old_params)
     clip = _check_clip(clip, problem.lp0.dtype)
-    mean, stderr, var = _mc_impl(key, problem, _cell(impl, clip),
+    _check_choice(clip_form, "clip_form", CLIP_FORMS)
+    mean, stderr, var = _mc_impl(key, problem, _cell(impl, clip, clip_form == "min"),
                                  jnp.asarray(impl.level == "token"),
                                  jnp.asarray(impl.placement == "reward_to_go"),
                                  problem.lp0.shape[0], markov, length, num_samples)

@@ -95,43 +95,49 @@ class Enum:
     def p(self):
         return np.exp(self.lp.sum(1))
 
-    def estimate(self, est, place, level, weighting, clip=CLIP):
-        """``g(y)`` for every sequence, from the definitions."""
+    def estimate(self, est, place, level, weighting, clip=CLIP, form="clip"):
+        """``g(y)`` for every sequence, from the definitions: the penalty term
+        ``x`` times the weight, ``(ι w, w̃)`` the factors of ``x'`` and of ``k'``."""
         on = weighting == "on_policy"
         law = self.lth if on else self.lold
         s = self.s
         score = s.sum(1)
 
-        def weights(w):
-            inside = (w > 1 - clip) & (w < 1 + clip) if weighting == "clipped" else \
-                np.ones(w.shape, bool)
-            cut = np.where(inside, w, np.clip(w, 1 - clip, 1 + clip)) \
-                if weighting == "clipped" else w
-            return inside * w, cut
+        def weights(w, x):
+            if weighting != "clipped":
+                return w, w
+            bound = np.clip(w, 1 - clip, 1 + clip)
+            if form == "min":  # PPO: max(w x, clip(w) x), the w branch on ties
+                keep = w * x >= bound * x
+            else:
+                keep = (w > 1 - clip) & (w < 1 + clip)
+            return keep * w, np.where(keep, w, bound)
 
         if level == "token":
-            dw, cut = weights(np.exp(self.lth - law))
+            w = np.exp(self.lth - law)
             if place != "loss":
                 kt = _k(est, law - self.lp)
                 ret = (np.cumsum(kt[:, ::-1], 1)[:, ::-1] if place == "reward_to_go"
                        else np.repeat(kt.sum(1, keepdims=True), self.n, 1))
-                coef = (1.0 if on else dw) * ret
+                coef = ret if on else weights(w, ret)[0] * ret
             else:
                 x = self.lth - self.lp
+                dw, cut = weights(w, _k(est, x))
                 coef = _dk(est, x) if on else dw * _k(est, x) + cut * _dk(est, x)
             return np.einsum("it,itd->id", coef, s)
-        dw, cut = weights(np.exp((self.lth - law).sum(1)))
+        w = np.exp((self.lth - law).sum(1))
         if place != "loss":
             x = (law - self.lp).sum(1)
-            coef = _k(est, x) if on else dw * _k(est, x)
+            coef = _k(est, x) if on else weights(w, _k(est, x))[0] * _k(est, x)
         else:
             x = (self.lth - self.lp).sum(1)
+            dw, cut = weights(w, _k(est, x))
             coef = _dk(est, x) if on else dw * _k(est, x) + cut * _dk(est, x)
         return coef[:, None] * score
 
-    def moments(self, impl, clip=CLIP):
+    def moments(self, impl, clip=CLIP, form="clip"):
         prob = self.q if impl.weighting == "on_policy" else np.exp(self.lold.sum(1))
-        g = self.estimate(*impl, clip=clip)
+        g = self.estimate(*impl, clip=clip, form=form)
         mean = prob @ g
         return mean, np.einsum("i,id,ie->de", prob, g, g) - np.outer(mean, mean)
 
@@ -559,6 +565,81 @@ def test_monte_carlo_time_varying_within_5_stderr(key, x64):
             assert np.all((stderr > 0) | (np.abs(mean - want) < 1e-12)), impl.name
 
 
+# ------------------------------------------------- PPO's min form of the clip
+
+# exact off θ_old: the token-level clipped cells but k1 in a reward (its sum's sign)
+MIN_EXACT = tuple(i for i in kg.GRID if i.weighting == "clipped" and i.level == "token"
+                  and not (i.estimator == "k1" and i.placement != "loss"))
+
+
+@pytest.mark.parametrize("varying", [False, True], ids=["homogeneous", "varying"])
+def test_min_clip_form_against_enumeration(varying, x64):
+    trans, trans_old = (B_VAR, B_VAR_OLD) if varying else (B, B_OLD)
+    p = jaxalign.MarkovLM.from_probs(MU, TRANS, length=N)
+    s = kg.summary((A, trans), p, old_params=(A_OLD, trans_old), clip=CLIP,
+                   implementations=MIN_EXACT, clip_form="min")
+    lp = np.stack([np.log(TRANS)] * (N - 1))
+    e = Enum(np.concatenate([A, trans.ravel()]), np.concatenate([A_OLD,
+                                                                 trans_old.ravel()]),
+             np.log(MU), lp, N, True)
+    differs = 0
+    for j, impl in enumerate(s.implementations):
+        mean, cov = e.moments(impl, form="min")
+        _close(np.asarray(s.mean[j]), mean)
+        _close(np.asarray(s.covariance[j]), cov)
+        differs += np.max(np.abs(mean - e.moments(impl)[0])) > 1e-3
+    assert differs >= len(MIN_EXACT) // 2  # not the clip form under another name
+    if varying:
+        return
+    # at θ = θ_old (w = 1) the min form is the ratio for any c >= 0, c = 0 included
+    rows = [i for i in kg.GRID if i.weighting != "on_policy"]
+    for c in (0.0, CLIP):
+        at_old = kg.summary((A, trans), p, clip=c, clip_form="min",
+                            implementations=rows)
+        ratio = [rows.index(i._replace(weighting="ratio"))
+                 for i in at_old.implementations if i.weighting == "clipped"]
+        clipped = [j for j, i in enumerate(at_old.implementations)
+                   if i.weighting == "clipped"]
+        _close(np.asarray(at_old.mean)[clipped], np.asarray(at_old.mean)[ratio])
+        assert [at_old.divergence[j] for j in clipped] == [
+            at_old.divergence[j] for j in ratio]
+
+
+def test_min_clip_form_surrogate_per_sample(x64):
+    """jax.grad of the surrogate loss an RL code differentiates (the one PPO/GRPO
+    training adds) against the hand-written g(y), sequence by sequence, for every
+    clipped cell off θ_old (k1 rewards and the sequence level included)."""
+    p = jaxalign.MarkovLM.from_probs(MU, TRANS, length=N)
+    problem, markov, _ = kg._problem((A, B), p, (A_OLD, B_OLD))
+    e = _enum(True, True)
+    rows = np.arange(0, K**N, 7)
+    grad = jax.jit(jax.vmap(jax.grad(kg._surrogate), in_axes=(
+        None, 0, None, None, None, None, None, None)), static_argnums=(6, 7))
+    for impl in (i for i in kg.GRID if i.weighting == "clipped"):
+        want = e.estimate(*impl, form="min")
+        cell = kg._cell(impl, jnp.asarray(CLIP), True)
+        got = grad(problem.flat, jnp.asarray(e.y[rows]), problem, cell,
+                   jnp.asarray(impl.level == "token"),
+                   jnp.asarray(impl.placement == "reward_to_go"), K, markov)
+        np.testing.assert_allclose(np.asarray(got), want[rows], rtol=1e-10,
+                                   atol=1e-12, err_msg=impl.name)
+
+
+def test_monte_carlo_min_clip_form_off_theta_old(key, x64):
+    """The cells the exact route refuses, by Monte Carlo against enumeration."""
+    params, p, old, _, _ = _case(True, True)
+    e = _enum(True, True)
+    for i, impl in enumerate([kg.Implementation("k1", "reward_to_go", "token",
+                                                "clipped"),
+                              kg.Implementation("k3", "loss", "sequence", "clipped")]):
+        est = kg.monte_carlo_gradient(jax.random.fold_in(key, i), params, p, *impl,
+                                      old_params=old, clip=CLIP, clip_form="min",
+                                      num_samples=4000)
+        mean, _ = e.moments(impl, form="min")
+        z = (np.asarray(est.mean) - mean) / np.asarray(est.stderr)
+        assert np.all(np.abs(z) < 5), (impl.name, z)
+
+
 def test_monte_carlo_accepts_sequence_clip_off_theta_old(key, x64):
     params, p, old, flat, flat_old = _case(False, True)
     impl = kg.Implementation("k3", "loss", "sequence", "clipped")
@@ -600,6 +681,11 @@ def test_bad_input(x64):
         (lambda: kg.summary(THETA, mem, old_params=THETA_OLD),
          "weighting='clipped' at level='sequence' needs old_params"),
         (lambda: kg.summary(THETA, mem, implementations=()), "implementations"),
+        (lambda: kg.gradient_moments(THETA, mem, clip_form="max"),
+         r"clip_form must be one of \('clip', 'min'\), got 'max'"),
+        (lambda: kg.gradient_moments(THETA, mem, "k1", "reward", "token", "clipped",
+                                     old_params=THETA_OLD, clip_form="min"),
+         "clip_form='min' with estimator='k1' in a reward needs old_params"),
         (lambda: kg.true_gradients(THETA, "p"), "p must be a MemorylessLM or"),
         (lambda: kg.value_moments(THETA, jaxalign.MemorylessLM.from_probs(
             [0.5, 0.5, 0.0], length=N)), "positive probability"),
