@@ -594,17 +594,19 @@ def _check_hyper(algorithm, learning_rate, num_steps, batch_size, group_size,
 
 def _validate(lm, reward, algorithm, learning_rate, num_steps, batch_size, group_size,
               num_epochs, kl_mode, kl_estimator, clip_eps, optimizer_fn, init_logits,
-              scale_rewards, kl_level="token", kl_weighting="on_policy"):
+              scale_rewards, kl_level="token", kl_weighting="on_policy",
+              kl_clip_form="clip"):
     check_compatible(lm, reward)
     _check_base(lm)
     _check_choice(algorithm, "algorithm", ALGORITHMS)
     _check_choice(kl_mode, "kl_mode", KL_MODES)
     _check_choice(kl_estimator, "kl_estimator", KL_ESTIMATORS)
-    if kl_level != "token" or kl_weighting != "on_policy":
+    if kl_level != "token" or kl_weighting != "on_policy" or kl_clip_form != "clip":
         raise ValueError(
-            f"kl_level and kl_weighting choose a cell of jaxalign.kl_gradients for a "
-            f"MarkovLM only; a MemorylessLM needs kl_level='token' and "
-            f"kl_weighting='on_policy', got {kl_level!r} and {kl_weighting!r}")
+            f"kl_level, kl_weighting and kl_clip_form choose a cell of "
+            f"jaxalign.kl_gradients for a MarkovLM only; a MemorylessLM needs "
+            f"kl_level='token', kl_weighting='on_policy' and kl_clip_form='clip', got "
+            f"{kl_level!r}, {kl_weighting!r} and {kl_clip_form!r}")
     num_steps, batch_size, group_size, num_epochs = _check_hyper(
         algorithm, learning_rate, num_steps, batch_size, group_size, num_epochs,
         clip_eps, optimizer_fn)
@@ -625,12 +627,14 @@ def _validate(lm, reward, algorithm, learning_rate, num_steps, batch_size, group
 
 def _validate_markov(lm, reward, algorithm, learning_rate, num_steps, batch_size,
                      group_size, num_epochs, kl_mode, kl_estimator, kl_level,
-                     kl_weighting, clip_eps, optimizer_fn, init_logits, scale_rewards):
+                     kl_weighting, clip_eps, optimizer_fn, init_logits, scale_rewards,
+                     kl_clip_form):
     chain, init, trans_shape = _markov_setup(lm, reward, init_logits, "init_logits")
     _check_choice(kl_estimator, "kl_estimator", kg.ESTIMATORS)
     _check_choice(kl_mode, "kl_mode", kg.PLACEMENTS)
     _check_choice(kl_level, "kl_level", kg.LEVELS)
     _check_choice(kl_weighting, "kl_weighting", kg.WEIGHTINGS)
+    _check_choice(kl_clip_form, "kl_clip_form", kg.CLIP_FORMS)
     if kl_level == "sequence" and kl_mode == "reward_to_go":
         raise ValueError(
             "kl_mode='reward_to_go' needs kl_level='token', got kl_level='sequence' "
@@ -645,7 +649,8 @@ def _validate_markov(lm, reward, algorithm, learning_rate, num_steps, batch_size
                         bool(scale_rewards))
     dtype = init.dtype
     ce = jnp.asarray(clip_eps, dtype=dtype)
-    penalty = _Penalty(kg._cell(impl, ce), jnp.asarray(kl_level == "token"),
+    penalty = _Penalty(kg._cell(impl, ce, kl_clip_form == "min"),
+                       jnp.asarray(kl_level == "token"),
                        jnp.asarray(kl_mode == "reward_to_go"))
     return cfg, chain, penalty, jnp.asarray(learning_rate, dtype=dtype), ce, init
 
@@ -664,6 +669,7 @@ def train_sweep(key: PRNGKey, lm: MemorylessLM | MarkovLM, reward,
                 batch_size: int = 32, group_size: int = 8, num_epochs: int = 4,
                 kl_mode: str | None = None, kl_estimator: str | None = None,
                 kl_level: str = "token", kl_weighting: str = "on_policy",
+                kl_clip_form: str = "clip",
                 clip_eps: float = 0.2, optimizer_fn: Callable = optax.adam,
                 init_logits=None,
                 scale_rewards: bool = True, method: str | None = None) -> TrainResult:
@@ -744,6 +750,11 @@ def train_sweep(key: PRNGKey, lm: MemorylessLM | MarkovLM, reward,
         only.
       kl_weighting: ``"on_policy"``, ``"ratio"`` or ``"clipped"`` (clip range
         ``clip_eps``); Markov only.
+      kl_clip_form: how ``kl_weighting="clipped"`` weights the penalty term
+        ``x``: ``"clip"`` (``w̃ x``, ``w̃`` the ratio clipped to ``1 ± ε``) or
+        ``"min"`` (PPO's ``max(w x, clip(w, 1 ± ε) x)``, i.e.
+        ``min(w A, clip(w) A)`` with ``A = −x``; see
+        :func:`jaxalign.kl_gradients.gradient_moments`); Markov only.
       clip_eps: PPO/GRPO clipping ``ε > 0``.
       optimizer_fn: ``learning_rate -> optax.GradientTransformation``.
       init_logits: ``(K,)`` initial logits (default: the base ``log_probs``); for a
@@ -775,12 +786,12 @@ def train_sweep(key: PRNGKey, lm: MemorylessLM | MarkovLM, reward,
         cfg, chain, penalty, lr, ce, init = _validate_markov(
             lm, reward, algorithm, learning_rate, num_steps, batch_size, group_size,
             num_epochs, kl_mode, kl_estimator, kl_level, kl_weighting, clip_eps,
-            optimizer_fn, init_logits, scale_rewards)
+            optimizer_fn, init_logits, scale_rewards, kl_clip_form)
     else:
         cfg, lr, ce, init = _validate(
             lm, reward, algorithm, learning_rate, num_steps, batch_size, group_size,
             num_epochs, kl_mode, kl_estimator, clip_eps, optimizer_fn, init_logits,
-            scale_rewards, kl_level, kl_weighting)
+            scale_rewards, kl_level, kl_weighting, kl_clip_form)
     num_seeds = check_positive_int(num_seeds, "num_seeds")
     betas = jnp.asarray(betas)
     if betas.ndim != 1:

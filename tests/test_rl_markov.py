@@ -316,6 +316,31 @@ def test_grpo_std_scaled_stays_below_the_frontier(x64):
     _check_on_or_below_the_frontier(_sampled_runs("grpo"))
 
 
+def test_ppo_min_clip_form_of_the_penalty(x64):
+    # The clipped penalty in PPO's pessimistic form (its per-sample gradient is
+    # checked against the hand-written one in test_kl_gradients): with the same
+    # rollouts and big steps the ratios pass 1 + ε and the two forms train
+    # differently; both trajectories are exact values of their iterates.  (The
+    # configuration of _sampled_runs, the cell and step size as data: one
+    # compilation.)
+    lm, reward = _models(3)
+    runs = {}
+    for form in ("clip", "min"):
+        res = rl.train_sweep(jax.random.key(5), lm, reward, jnp.asarray([BETA]),
+                             num_seeds=SEEDS, algorithm="ppo", kl_estimator="k3",
+                             kl_mode="reward_to_go", kl_weighting="clipped",
+                             kl_clip_form=form, init_logits=_varying(lm),
+                             optimizer_fn=optax.adam, learning_rate=0.3,
+                             num_steps=300, batch_size=64, num_epochs=2,
+                             group_size=GROUP)
+        runs[form] = jax.tree.map(lambda x: np.asarray(x[0]), res)
+        last = jax.tree.map(lambda x: x[0], runs[form].logits)
+        np.testing.assert_allclose(_enum_value(_flat(last), 3),
+                                   (runs[form].kl[0, -1], runs[form].reward[0, -1]),
+                                   rtol=1e-10)
+    assert np.max(np.abs(runs["clip"].kl[:, -1] - runs["min"].kl[:, -1])) > 1e-4
+
+
 def test_evaluate_markov_by_enumeration(x64):
     lm, reward = _models(3)
     logits = (jnp.array([0.2, -0.1, 0.0]),
@@ -331,6 +356,7 @@ def test_evaluate_markov_by_enumeration(x64):
     ({"kl_mode": "reward_to_go", "kl_level": "sequence"}, "kl_mode='reward_to_go'"),
     ({"kl_level": "tokens"}, "kl_level must be one of"),
     ({"kl_weighting": "is"}, "kl_weighting must be one of"),
+    ({"kl_clip_form": "max"}, r"kl_clip_form must be one of \('clip', 'min'\)"),
     ({"kl_mode": "penalty"}, "kl_mode must be one of"),
     ({"init_logits": jnp.zeros(3)}, "init_logits must be a pair"),
     ({"init_logits": (jnp.zeros(3), jnp.zeros((3, 3, 3)))},
@@ -345,8 +371,10 @@ def test_markov_bad_input(x64, kwargs, match):
 def test_memoryless_rejects_markov_options(x64):
     lm = jaxalign.MemorylessLM.from_probs(jnp.asarray(MU), length=3)
     reward = jaxalign.LinearReward(jnp.asarray(R))
-    with pytest.raises(ValueError, match="kl_level and kl_weighting"):
+    with pytest.raises(ValueError, match="kl_level, kl_weighting and kl_clip_form"):
         rl.train(jax.random.key(0), lm, reward, 1.0, kl_level="sequence")
+    with pytest.raises(ValueError, match="got 'token', 'on_policy' and 'min'"):
+        rl.train(jax.random.key(0), lm, reward, 1.0, kl_clip_form="min")
     with pytest.raises(ValueError, match="kl_mode must be one of"):
         rl.train(jax.random.key(0), lm, reward, 1.0, kl_mode="reward_to_go")
     zero = jaxalign.MarkovLM.from_probs(jnp.asarray(MU), jnp.asarray(
