@@ -2,8 +2,12 @@ r"""Exact expected gradients of sampled KL penalties, memoryless and Markov (iss
 
 A policy ``q_θ`` and a reference ``p`` over ``n``-token sequences: both memoryless
 (``θ`` = logits ``(K,)``, ``p`` a :class:`jaxalign.MemorylessLM`) or both Markov
-(``θ`` = ``(init_logits (K,), trans_logits (K, K))``, ``p`` a
-:class:`jaxalign.MarkovLM`, possibly time-inhomogeneous).  With the log-ratio
+(``θ`` = ``(init_logits (K,), trans_logits)``, ``p`` a :class:`jaxalign.MarkovLM`,
+possibly time-inhomogeneous).  The policy's ``trans_logits`` are ``(K, K)`` (a
+homogeneous chain) or ``(n − 1, K, K)`` (time-varying: ``trans_logits[t − 2]``
+gives ``q(y_t | y_{t−1})``, the layout of an inhomogeneous ``MarkovLM``), so the
+policy class contains the KL-optimal tilt :func:`jaxalign.markov.tilt`, which a
+homogeneous chain reaches only for ``n ≤ 2``.  With the log-ratio
 
 .. math::
     \ell_t = \log q(y_t \mid y_{t-1}) - \log p(y_t \mid y_{t-1}), \qquad
@@ -21,7 +25,9 @@ of the grid (:class:`Implementation`, :data:`GRID`):
 - ``weighting``: ``"on_policy"`` (``y ~ q_θ``), ``"ratio"`` (``y ~ q_old``, the
   penalty weighted by ``w = q_θ/q_old``, per token at the token level and for the
   whole sequence at the sequence level) or ``"clipped"`` (``w`` clipped to
-  ``[1 − c, 1 + c]``: ``w̃ = w`` strictly inside, the constant bound outside).
+  ``[1 − c, 1 + c]``: ``w̃ = w`` strictly inside, the constant bound outside;
+  or, ``clip_form="min"``, PPO's pessimistic ``max(w x, clip(w) x)`` of a penalty
+  term ``x``, i.e. ``min(w A, clip(w) A)`` with ``A = −x``).
   A reward is computed at rollout time (from ``q_old``) and held fixed; a loss
   uses ``ℓ`` of ``q_θ``.
 
@@ -29,8 +35,9 @@ of the grid (:class:`Implementation`, :data:`GRID`):
 gradient estimate of one implementation, by forward recursions over the chain (no
 sampling, no enumeration): every estimate is a linear read-out of a feature vector
 ``v_t`` (cumulative scores, sums of ``k``, ``(1, ℓ, ℓ², e^{−ℓ})``, the product of
-the ratios) that evolves linearly, ``v_t = M(y_{t−1}, y_t) v_{t−1}``, so its first
-and second moments follow the chain in ``O(n K² m³)`` for ``m`` features.
+the ratios) that evolves linearly, ``v_t = M_t(y_{t−1}, y_t) v_{t−1}``, so its
+first and second moments follow the chain in ``O(n K² m³)`` for ``m`` features
+(``M_t`` per step: the laws, log-ratios and scores of step ``t``).
 :func:`true_gradients` gives ``∇KL(q‖p)`` and ``∇KL(p‖q)`` (autodiff of the forward
 recursions of the KLs), :func:`summary` the table (cosine, relative bias,
 variance per sample, and which divergence each implementation is the gradient of),
@@ -159,8 +166,9 @@ reward itself, a sequence-level reward arriving at the last token)."""
 class GradientMoments(NamedTuple):
     """Exact moments of one implementation's per-sample gradient estimate ``g(y)``.
 
-    ``D = K`` (memoryless) or ``K + K²`` (Markov: the initial logits, then the
-    transition logits row by row).
+    ``D = K`` (memoryless), ``K + K²`` (Markov: the initial logits, then the
+    transition logits row by row) or ``K + (n − 1) K²`` (time-varying Markov: the
+    initial logits, then each step's transition logits row by row).
 
     Attributes:
       mean: ``(D,)`` ``E[g]``, the expected update direction of the penalty.
@@ -286,18 +294,22 @@ def _reference(p):
     raise ValueError(f"p must be a MemorylessLM or a MarkovLM, got {type(p).__name__}")
 
 
-def _flatten(params, k: int, markov: bool, dtype, name: str) -> Array:
+def _flatten(params, k: int, markov: bool, dtype, name: str, length: int) -> Array:
+    """``θ`` as one vector: the logits ``(K,)``, or ``init (K,)`` then the
+    transition logits row-major (``(K, K)``, or ``(n - 1, K, K)`` step by step)."""
     if markov:
         if isinstance(params, MarkovLM | MemorylessLM) or not isinstance(
                 params, tuple | list) or len(params) != 2:
             raise ValueError(
-                f"{name} must be a pair (init_logits (K,), trans_logits (K, K)) with "
-                f"K = {k} for a MarkovLM p, got {_describe(params)}")
+                f"{name} must be a pair (init_logits (K,), trans_logits (K, K) or "
+                f"(n - 1, K, K)) with K = {k}, n = {length} for a MarkovLM p, got "
+                f"{_describe(params)}")
         init, trans = (jnp.asarray(x) for x in params)
-        if init.shape != (k,) or trans.shape != (k, k):
+        if init.shape != (k,) or trans.shape not in ((k, k), (length - 1, k, k)):
             raise ValueError(
-                f"{name} must be (init_logits (K,), trans_logits (K, K)) with K = {k} "
-                f"(p's vocabulary), got shapes {init.shape} and {trans.shape}")
+                f"{name} must be (init_logits (K,), trans_logits (K, K) or "
+                f"(n - 1, K, K)) with K = {k} (p's vocabulary) and n = {length} (p's "
+                f"length), got shapes {init.shape} and {trans.shape}")
         flat = jnp.concatenate([init.astype(dtype), trans.astype(dtype).ravel()])
     else:
         message = (f"{name} must be logits of shape (K,) = ({k},) for a MemorylessLM "
@@ -332,9 +344,15 @@ def _problem(params, p, old_params):
             "p must give every token and transition a positive probability (the "
             "log-ratio log q - log p is infinite where p = 0 < q), got a zero")
     k = lp0.shape[0]
-    flat = _flatten(params, k, markov, lp0.dtype, "params")
-    old = flat if old_params is None else _flatten(old_params, k, markov, lp0.dtype,
-                                                   "old_params")
+    flat = _flatten(params, k, markov, lp0.dtype, "params", p.length)
+    if old_params is None:
+        return _Problem(flat, flat, lp0, lp), markov, p.length
+    old = _flatten(old_params, k, markov, lp0.dtype, "old_params", p.length)
+    if old.shape != flat.shape:
+        raise ValueError(
+            f"old_params must have the form of params (both homogeneous, "
+            f"trans_logits (K, K), or both time-varying, (n - 1, K, K)), got "
+            f"{old.shape[0]} logits for {flat.shape[0]}")
     return _Problem(flat, old, lp0, lp), markov, p.length
 
 
@@ -361,18 +379,31 @@ def _at_old(problem: _Problem) -> bool:
 # --------------------------------------------------------------------- the policy
 
 
-def _tables(flat: Array, k: int, markov: bool):
-    """``(log q(y_1) (K,), log q(b | a) (K, K))`` of the policy ``θ``."""
+def _tables(flat: Array, k: int, markov: bool, length: int):
+    """``(log q(y_1) (K,), log q_t(b | a) (n - 1, K, K))`` of the policy ``θ``: one
+    transition matrix per step, whether ``θ`` holds one (homogeneous, repeated) or
+    ``n − 1`` (time-varying; the number of slices is read from ``θ``'s size)."""
+    shape = (length - 1, k, k)
     if markov:
-        return (jax.nn.log_softmax(flat[:k]),
-                jax.nn.log_softmax(flat[k:].reshape(k, k), axis=-1))
+        slices = (flat.shape[0] - k) // (k * k)
+        trans = jax.nn.log_softmax(flat[k:].reshape(slices, k, k), axis=-1)
+        return jax.nn.log_softmax(flat[:k]), jnp.broadcast_to(trans, shape)
     lq = jax.nn.log_softmax(flat)
-    return lq, jnp.broadcast_to(lq[None, :], (k, k))
+    return lq, jnp.broadcast_to(lq, shape)
 
 
-def _scores(flat: Array, k: int, markov: bool):
-    """``(s_1 (K, D), s (K, K, D))``: ``∇_θ log q`` of the first token and of a step."""
-    return jax.jacfwd(lambda f: _tables(f, k, markov))(flat)
+def _per_token(lq0: Array, lq: Array, y: Array) -> Array:
+    """``(..., n)`` ``log q(y_1), log q_t(y_t | y_{t−1})`` of sequences ``y (..., n)``
+    under a chain given as ``(log init (K,), log steps (n − 1, K, K))``."""
+    steps = jnp.arange(y.shape[-1] - 1)
+    return jnp.concatenate([lq0[y[..., :1]], lq[steps, y[..., :-1], y[..., 1:]]],
+                           axis=-1)
+
+
+def _scores(flat: Array, k: int, markov: bool, length: int):
+    """``(s_1 (K, D), s (n − 1, K, K, D))``: ``∇_θ log q`` of the first token and of
+    each step."""
+    return jax.jacfwd(lambda f: _tables(f, k, markov, length))(flat)
 
 
 # ------------------------------------------------- linear features on the chain
@@ -476,15 +507,16 @@ class _Cell(NamedTuple):
     mode: Array  # 0-d: 0 on-policy, 1 ratio, 2 clipped
     reward: Array  # 0-d: 1 for a reward placement
     clip: Array  # 0-d
+    min_form: Array  # 0-d: 1 for PPO's max(w x, clip(w) x) (clip_form="min")
 
 
-def _cell(impl: Implementation, clip: Array) -> _Cell:
+def _cell(impl: Implementation, clip: Array, min_form=False) -> _Cell:
     dtype = clip.dtype
     def f(v): return jnp.asarray(v, dtype)
     reward = impl.placement != "loss"
     return _Cell(f(impl.weighting != "on_policy"), f(reward), f(_K[impl.estimator]),
                  f(_DK[impl.estimator]), f(WEIGHTINGS.index(impl.weighting)),
-                 f(reward), clip)
+                 f(reward), clip, f(min_form))
 
 
 def _step_data(cell: _Cell, lq_th, lq_old, lp):
@@ -496,8 +528,16 @@ def _step_data(cell: _Cell, lq_th, lq_old, lp):
     x_law, x_th = lq_law - lp, lq_th - lp
     x = cell.k_from_old * x_law + (1 - cell.k_from_old) * x_th
     w = jnp.exp(lq_th - lq_law)
-    inside = ((w > 1 - cell.clip) & (w < 1 + cell.clip)).astype(w.dtype)
-    w_clip = jnp.where(inside > 0, w, jnp.clip(w, 1 - cell.clip, 1 + cell.clip))
+    bound = jnp.clip(w, 1 - cell.clip, 1 + cell.clip)
+    # ι: whether the weight w (not its constant bound) multiplies the penalty x.
+    # Clip form: w inside (1 − c, 1 + c).  Min form: max(w x, clip(w) x) takes w
+    # x where w x ≥ clip(w) x, by the sign of x: a reward's (reward-to-go) sum
+    # counts as >= 0 (exact for k2, k3; for k1 only at θ = θ_old, where w = 1 =
+    # clip(w) and the tie goes to w x), a loss's k(ℓ_t) is per token.
+    sign = jnp.where(cell.reward > 0, 1.0, _basis(x_th) @ cell.c)
+    inside = jnp.where(cell.min_form > 0, w * sign >= bound * sign,
+                       (w > 1 - cell.clip) & (w < 1 + cell.clip)).astype(w.dtype)
+    w_clip = jnp.where(inside > 0, w, bound)
     on, ratio = (cell.mode == 0).astype(w.dtype), (cell.mode == 1).astype(w.dtype)
     clipped = 1 - on - ratio
     # The derivative factor of the weight (ι w) and the weight itself (w̃): on
@@ -524,7 +564,8 @@ def _matrices(structure: str, cell: _Cell, x, s, dw, wt, w):
 def _sequence_coef(cell: _Cell) -> Array:
     """``α c + β c'``: ``g = W S (α k + β k')`` at the sequence level."""
     on = cell.mode == 0
-    active = (cell.mode == 1) | ((cell.mode == 2) & (cell.clip > 0))
+    active = (cell.mode == 1) | ((cell.mode == 2) & ((cell.clip > 0)
+                                                     | (cell.min_form > 0)))
     act = active.astype(cell.c.dtype)
     alpha = jnp.where(cell.reward > 0, jnp.where(on, 1.0, act),
                       jnp.where(on, 0.0, act))
@@ -534,9 +575,9 @@ def _sequence_coef(cell: _Cell) -> Array:
 
 def _moments_impl(problem: _Problem, cell: _Cell, structure: str, k: int,
                   markov: bool, length: int, covariance: bool = True):
-    lq0_th, lq_th = _tables(problem.flat, k, markov)
-    lq0_old, lq_old = _tables(problem.old, k, markov)
-    s0, s = _scores(problem.flat, k, markov)
+    lq0_th, lq_th = _tables(problem.flat, k, markov, length)
+    lq0_old, lq_old = _tables(problem.old, k, markov, length)
+    s0, s = _scores(problem.flat, k, markov, length)
     d = s.shape[-1]
     law0, x0, dw0, wt0, w0 = _step_data(cell, lq0_th, lq0_old, problem.lp0)
     v0 = _start(structure, d, s.dtype)
@@ -547,17 +588,19 @@ def _moments_impl(problem: _Problem, cell: _Cell, structure: str, k: int,
     second = (law0[:, None, None] * u[:, :, None] * u[:, None, :] if covariance
               else jnp.zeros((), u.dtype))
 
-    def body(carry, lp):
+    def body(carry, step):
         mean, second = carry
-        law, x, dw, wt, w = _step_data(cell, lq_th, lq_old, lp)
-        m = _matrices(structure, cell, x, s, dw, wt, w)
+        lq_th_t, lq_old_t, s_t, lp = step
+        law, x, dw, wt, w = _step_data(cell, lq_th_t, lq_old_t, lp)
+        m = _matrices(structure, cell, x, s_t, dw, wt, w)
         mean = jnp.einsum("ab,abij,aj->bi", law, m, mean)
         if covariance:
             t = jnp.einsum("abij,ajk->abik", m, second)
             second = jnp.einsum("ab,abik,ablk->bil", law, t, m)
         return (mean, second), None
 
-    (mean, second), _ = jax.lax.scan(body, (mean, second), problem.lp)
+    (mean, second), _ = jax.lax.scan(body, (mean, second),
+                                     (lq_th, lq_old, s, problem.lp))
     readout = _readout(structure, d, _sequence_coef(cell))
     g = readout @ jnp.sum(mean, axis=0)
     if not covariance:
@@ -566,12 +609,13 @@ def _moments_impl(problem: _Problem, cell: _Cell, structure: str, k: int,
     return g, gg - g[:, None] * g[None, :]
 
 
-def _structure_rows(problem: _Problem, clip: Array, structure: str, k: int,
-                    markov: bool, length: int):
+def _structure_rows(problem: _Problem, clip: Array, min_form: Array, structure: str,
+                    k: int, markov: bool, length: int):
     """``(R, D)`` means and ``(R, D, D)`` covariances of every :data:`GRID` row of
     one structure, vmapped."""
     impls = [impl for impl in GRID if _structure(impl) == structure]
-    cells = jax.tree.map(lambda *xs: jnp.stack(xs), *[_cell(i, clip) for i in impls])
+    cells = jax.tree.map(lambda *xs: jnp.stack(xs),
+                         *[_cell(i, clip, min_form) for i in impls])
     return jax.vmap(lambda c: _moments_impl(problem, c, structure, k, markov,
                                             length))(cells)
 
@@ -580,29 +624,45 @@ _one_jit = jax.jit(_moments_impl, static_argnames=("structure", "k", "markov",
                                                     "length"))
 
 
-def _grid_impl(problem: _Problem, clip: Array, k: int, markov: bool, length: int,
-               structures: tuple):
+def _grid_impl(problem: _Problem, clip: Array, min_form: Array, k: int, markov: bool,
+               length: int, structures: tuple):
     # Every GRID row of the structures asked for, and the true gradients, in one
     # program: one compilation per model shape and set of structures.  Off θ_old
     # the sequence-level clipped rows are not meaningful and :func:`summary`
     # refuses to return them.
-    rows = {st: _structure_rows(problem, clip, st, k, markov, length)
+    rows = {st: _structure_rows(problem, clip, min_form, st, k, markov, length)
             for st in structures}
-    return rows, _true_impl(problem, k, markov)
+    return rows, _true_impl(problem, k, markov, length)
 
 
-def _check_sequence_clip(impl: Implementation, problem: _Problem) -> None:
-    if impl.level == "sequence" and impl.weighting == "clipped" and not _at_old(
-            problem):
+CLIP_FORMS = ("clip", "min")
+
+
+def _check_sequence_clip(impl: Implementation, problem: _Problem,
+                         clip_form: str = "clip") -> None:
+    if impl.weighting != "clipped" or _at_old(problem):
+        return
+    if impl.level == "sequence":
+        # The clip of W = Π_t w_t keeps or drops the whole sequence's term: its
+        # expectation needs the joint law of (W, ℓ, S), not a linear feature of the
+        # chain; only a sum over all K^n sequences gives it.
         raise ValueError(
             "weighting='clipped' at level='sequence' needs old_params equal to params "
             "(θ = θ_old) for exact values: the clip of the sequence ratio has no "
             "forward-backward form; use monte_carlo_gradient, or weighting='ratio'")
+    if clip_form == "min" and impl.estimator == "k1" and impl.placement != "loss":
+        raise ValueError(
+            "clip_form='min' with estimator='k1' in a reward needs old_params equal "
+            "to params (θ = θ_old) for exact values: PPO's max(w x, clip(w) x) picks "
+            "its branch by the sign of the (reward-to-go) sum of k1 = ℓ, which the "
+            "forward recursion does not carry; use monte_carlo_gradient, or "
+            "estimator='k2' or 'k3' (sums >= 0)")
 
 
 def gradient_moments(params, p, estimator: str = "k1", placement: str = "reward",
                      level: str = "token", weighting: str = "on_policy", *,
-                     old_params=None, clip: ArrayLike = 0.2) -> GradientMoments:
+                     old_params=None, clip: ArrayLike = 0.2,
+                     clip_form: str = "clip") -> GradientMoments:
     r"""Exact mean and per-sample covariance of one implementation's gradient.
 
     The per-sample estimate ``g(y)`` (``ι = 1{1 − c < w < 1 + c}``, ``w̃`` the
@@ -622,20 +682,34 @@ def gradient_moments(params, p, estimator: str = "k1", placement: str = "reward"
 
     Args:
       params: the policy: logits ``(K,)`` for a memoryless ``p``, or the pair
-        ``(init_logits (K,), trans_logits (K, K))`` for a Markov ``p``.
+        ``(init_logits (K,), trans_logits)`` for a Markov ``p``, ``trans_logits``
+        ``(K, K)`` (homogeneous) or ``(n − 1, K, K)`` (time-varying, step by
+        step).
       p: the reference, a :class:`jaxalign.MemorylessLM` or
         :class:`jaxalign.MarkovLM` (every probability > 0); its ``length`` is
         ``n``.
       estimator, placement, level, weighting: the implementation (module
         docstring); ``placement="reward_to_go"`` needs ``level="token"``.
       old_params: the sampling policy ``θ_old`` of the weighted rows (default
-        ``θ``: the first step of an update); ignored on policy.  At the sequence
-        level with ``weighting="clipped"`` it must equal ``params``.
+        ``θ``: the first step of an update), of the form of ``params``; ignored on
+        policy.  At the sequence level with ``weighting="clipped"`` it must equal
+        ``params``.
       clip: ``c >= 0``, the clip range of ``weighting="clipped"``.
+      clip_form: how ``weighting="clipped"`` weights a penalty term ``x`` (the
+        reward's ``Σ k`` or reward-to-go, or a loss's ``k``), with ``w`` the ratio:
+        ``"clip"``, ``w̃ x`` (``w̃ = w`` inside ``(1 − c, 1 + c)``, the bound
+        outside: ``ι = 1{1 − c < w < 1 + c}``); ``"min"``, PPO's pessimistic
+        ``max(w x, clip(w, 1 − c, 1 + c) x)``, i.e. PPO's
+        ``min(w A, clip(w) A)`` with the advantage ``A = −x`` of a cost, the
+        branch ``w x`` where ``w x >= clip(w) x`` (ties included), so
+        ``ι = 1{w ≥ 1 − c}`` where ``x ≥ 0`` and ``1{w ≤ 1 + c}`` where
+        ``x < 0``, and ``w̃ = w`` where ``ι = 1``.  Exact off ``θ_old`` except
+        for ``k1`` in a reward (the sign of its sum is not carried; refused).
 
     Returns:
       A :class:`GradientMoments` with ``mean (D,)`` and ``covariance (D, D)``
-      (``D = K``, or ``K + K²`` for Markov, transition logits row-major).
+      (``D = K``; ``K + K²`` for Markov, or ``K + (n − 1) K²`` time-varying,
+      transition logits row-major).
 
     Examples:
       >>> import jax.numpy as jnp
@@ -648,9 +722,10 @@ def gradient_moments(params, p, estimator: str = "k1", placement: str = "reward"
     impl = _implementation(estimator, placement, level, weighting)
     problem, markov, length = _problem(params, p, old_params)
     clip = _check_clip(clip, problem.lp0.dtype)
-    _check_sequence_clip(impl, problem)
-    mean, cov = _one_jit(problem, _cell(impl, clip), _structure(impl),
-                         problem.lp0.shape[0], markov, length)
+    _check_choice(clip_form, "clip_form", CLIP_FORMS)
+    _check_sequence_clip(impl, problem, clip_form)
+    mean, cov = _one_jit(problem, _cell(impl, clip, clip_form == "min"),
+                         _structure(impl), problem.lp0.shape[0], markov, length)
     return GradientMoments(mean, cov)
 
 
@@ -678,10 +753,9 @@ def _chain_kl(lq0, lq, lp0, lp, forward_law: bool):
     return total
 
 
-def _true_impl(problem: _Problem, k: int, markov: bool):
+def _true_impl(problem: _Problem, k: int, markov: bool, length: int):
     def kls(flat):
-        lq0, lq = _tables(flat, k, markov)
-        lq = jnp.broadcast_to(lq[None], problem.lp.shape)
+        lq0, lq = _tables(flat, k, markov, length)
         return jnp.stack([_chain_kl(lq0, lq, problem.lp0, problem.lp, True),
                           _chain_kl(lq0, lq, problem.lp0, problem.lp, False)])
 
@@ -690,7 +764,7 @@ def _true_impl(problem: _Problem, k: int, markov: bool):
     return TrueGradients(values[0], values[1], grads[0], grads[1])
 
 
-_true_jit = jax.jit(_true_impl, static_argnames=("k", "markov"))
+_true_jit = jax.jit(_true_impl, static_argnames=("k", "markov", "length"))
 _grid_jit = jax.jit(_grid_impl, static_argnames=("k", "markov", "length",
                                                   "structures"))
 
@@ -711,16 +785,23 @@ def true_gradients(params, p) -> TrueGradients:
       >>> t = true_gradients(jnp.zeros(2), p)  # q = p
       >>> float(t.kl_qp), float(t.kl_pq), [float(v) for v in t.grad_kl_qp]
       (0.0, 0.0, [0.0, 0.0])
+      >>> chain = jaxalign.MarkovLM.from_probs([0.5, 0.5], [[0.8, 0.2], [0.3, 0.7]],
+      ...                                      length=3)
+      >>> phi = jaxalign.markov.tilt(chain, jaxalign.LinearReward([0.0, 1.0]), 1.0)
+      >>> t = true_gradients((phi.log_init, phi.log_trans), chain)  # time-varying
+      >>> phi.log_trans.shape, t.grad_kl_qp.shape  # D = K + (n - 1) K^2
+      ((2, 2, 2), (10,))
     """
-    problem, markov, _ = _problem(params, p, None)
-    return _true_jit(problem, problem.lp0.shape[0], markov)
+    problem, markov, length = _problem(params, p, None)
+    return _true_jit(problem, problem.lp0.shape[0], markov, length)
 
 
 # ---------------------------------------------------------------------- labels
 
 
 def divergence_of(implementation: Implementation, *, markov: bool,
-                  clip: float = 0.2, at_old: bool = True) -> str:
+                  clip: float = 0.2, at_old: bool = True,
+                  clip_form: str = "clip") -> str:
     r"""What an implementation's expected gradient is the gradient of (the
     identities of the module docstring; ``at_old``: ``θ = θ_old``).
 
@@ -738,6 +819,9 @@ def divergence_of(implementation: Implementation, *, markov: bool,
       'KL(p||q)'
     """
     est, place, level, weighting = _implementation(*implementation)
+    # at θ_old the min form's tie w x = clip(w) x goes to w x: the ratio, any c
+    frozen = weighting == "clipped" and clip == 0 and _check_choice(
+        clip_form, "clip_form", CLIP_FORMS) == "clip"
     # E_old[∇(w k(ℓ_θ))] = ∇ E_θ[k(ℓ_θ)] for the whole-sequence ratio: exact
     # importance sampling, at any θ_old.
     exact_is = weighting == "ratio" and level == "sequence" and place == "loss"
@@ -745,14 +829,14 @@ def divergence_of(implementation: Implementation, *, markov: bool,
         return "n/a (theta != theta_old)"
     token_markov = level == "token" and markov
     if place != "loss":
-        if weighting == "clipped" and clip == 0:
+        if frozen:
             return "0"
         if est == "k1":
             return "KL(q||p)"
         if est == "k2" or token_markov:
             return "none"
         return "KL(q||p) - KL(p||q)"
-    active = weighting == "ratio" or (weighting == "clipped" and clip > 0)
+    active = weighting == "ratio" or (weighting == "clipped" and not frozen)
     if active:  # the gradient of w k is (k + k') s at w = 1
         if est == "k2":
             return "none"
@@ -765,7 +849,7 @@ def divergence_of(implementation: Implementation, *, markov: bool,
 
 
 def summary(params, p, *, old_params=None, clip: ArrayLike = 0.2,
-            implementations=GRID) -> Summary:
+            implementations=GRID, clip_form: str = "clip") -> Summary:
     r"""The table of every implementation against ``∇KL(q‖p)``.
 
     Per row: the exact expected gradient ``g``, ``cos(g, ∇KL(q‖p))``, the relative
@@ -774,9 +858,10 @@ def summary(params, p, *, old_params=None, clip: ArrayLike = 0.2,
     ``g`` is the gradient of (:func:`divergence_of`).
 
     Args:
-      params, p, old_params, clip: as in :func:`gradient_moments`.
+      params, p, old_params, clip, clip_form: as in :func:`gradient_moments`.
       implementations: the rows (default :data:`GRID`); sequence-level clipped
-        rows need ``old_params`` equal to ``params``.
+        rows (and with ``clip_form="min"`` the clipped ``k1`` rewards) need
+        ``old_params`` equal to ``params``.
 
     Returns:
       A :class:`Summary`.
@@ -794,15 +879,17 @@ def summary(params, p, *, old_params=None, clip: ArrayLike = 0.2,
     """
     problem, markov, length = _problem(params, p, old_params)
     clip = _check_clip(clip, problem.lp0.dtype)
+    _check_choice(clip_form, "clip_form", CLIP_FORMS)
     impls = tuple(_implementation(*impl) for impl in implementations)
     if not impls:
         raise ValueError("implementations must not be empty")
     for impl in impls:
-        _check_sequence_clip(impl, problem)
+        _check_sequence_clip(impl, problem, clip_form)
     k = problem.lp0.shape[0]
     structures = tuple(st for st in _STRUCTURES
                        if any(_structure(impl) == st for impl in impls))
-    rows, true = _grid_jit(problem, clip, k, markov, length, structures)
+    rows, true = _grid_jit(problem, clip, jnp.asarray(clip_form == "min", clip.dtype),
+                           k, markov, length, structures)
     order = {st: [i for i in GRID if _structure(i) == st] for st in structures}
     picked = [(rows[_structure(impl)], order[_structure(impl)].index(impl))
               for impl in impls]
@@ -817,8 +904,8 @@ def summary(params, p, *, old_params=None, clip: ArrayLike = 0.2,
     bias = jnp.linalg.norm(means - ref[None, :], axis=1) / ref_norm
     variance = jnp.trace(covs, axis1=1, axis2=2)
     at_old = _at_old(problem)
-    labels = tuple(divergence_of(impl, markov=markov, clip=float(clip), at_old=at_old)
-                   for impl in impls)
+    labels = tuple(divergence_of(impl, markov=markov, clip=float(clip), at_old=at_old,
+                                 clip_form=clip_form) for impl in impls)
     return Summary(impls, means, covs, cosine, bias, variance, labels, true.kl_qp,
                    true.kl_pq, true.grad_kl_qp, true.grad_kl_pq)
 
@@ -826,8 +913,8 @@ def summary(params, p, *, old_params=None, clip: ArrayLike = 0.2,
 # ------------------------------------------------------------ values of k
 
 
-def _values_impl(problem: _Problem, k: int, markov: bool):
-    lq0, lq = _tables(problem.flat, k, markov)
+def _values_impl(problem: _Problem, k: int, markov: bool, length: int):
+    lq0, lq = _tables(problem.flat, k, markov, length)
     c = jnp.asarray([_K[e] for e in ESTIMATORS], lq.dtype)  # (3, 4)
 
     def matrices(x):
@@ -855,23 +942,23 @@ def _values_impl(problem: _Problem, k: int, markov: bool):
     ut, us = jnp.einsum("kij,j->ki", mt0, vt0), jnp.einsum("kij,j->ki", ms0, vs0)
     carry = (q0[:, None] * ut, q0[:, None, None] * ut[:, :, None] * ut[:, None, :],
              q0[:, None] * us, q0[:, None, None] * us[:, :, None] * us[:, None, :])
-    law = jnp.exp(lq)
-
-    def body(carry, lp):
+    def body(carry, step):
         mt, st, ms, ss = carry
-        a, b = matrices(lq - lp)
+        lq_t, lp = step
+        law = jnp.exp(lq_t)
+        a, b = matrices(lq_t - lp)
         mt, st = moments(law, a, mt, st)
         ms, ss = moments(law, b, ms, ss)
         carry = (mt, st, ms, ss)
         return carry, read(*carry)
 
-    _, rest = jax.lax.scan(body, carry, problem.lp)
+    _, rest = jax.lax.scan(body, carry, (lq, problem.lp))
     first = read(*carry)
     return tuple(jnp.concatenate([f[:, None], r.T], axis=1)
                  for f, r in zip(first, rest, strict=True))
 
 
-_values_jit = jax.jit(_values_impl, static_argnames=("k", "markov"))
+_values_jit = jax.jit(_values_impl, static_argnames=("k", "markov", "length"))
 
 
 def value_moments(params, p) -> ValueMoments:
@@ -892,7 +979,7 @@ def value_moments(params, p) -> ValueMoments:
       [0.130812, 0.261624, 0.392436]
     """
     problem, markov, length = _problem(params, p, None)
-    out = _values_jit(problem, problem.lp0.shape[0], markov)
+    out = _values_jit(problem, problem.lp0.shape[0], markov, length)
     return ValueMoments(jnp.arange(1, length + 1), *out)
 
 
@@ -906,52 +993,59 @@ def _surrogate(flat, y, problem: _Problem, cell: _Cell, token: Array,
     sg = jax.lax.stop_gradient
 
     def per_token(f):
-        lq0, lq = _tables(f, k, markov)
-        return jnp.concatenate([lq0[y[:1]], lq[y[:-1], y[1:]]])
+        return _per_token(*_tables(f, k, markov, y.shape[0]), y)
 
-    lp = jnp.concatenate([problem.lp0[y[:1]],
-                          problem.lp[jnp.arange(y.shape[0] - 1), y[:-1], y[1:]]])
+    lp = _per_token(problem.lp0, problem.lp, y)
     on, clipped = cell.mode == 0, cell.mode == 2
     lq_th = per_token(flat)
     lq_law = jnp.where(on, sg(lq_th), per_token(problem.old))
 
-    def weight(log_w):  # the ratio, exp(log q_θ − stop_gradient(log q_old))
+    def weigh(log_w, x):
+        """``x`` times the ratio ``w = exp(log q_θ − stop_gradient(log q_old))``;
+        clipped: ``w̃ x`` or PPO's ``max(w x, clip(w) x)`` (``clip_form``)."""
         w = jnp.exp(log_w)
+        bound = jnp.clip(sg(w), 1 - cell.clip, 1 + cell.clip)
         inside = (w > 1 - cell.clip) & (w < 1 + cell.clip)
-        cut = jnp.where(inside, w, jnp.clip(sg(w), 1 - cell.clip, 1 + cell.clip))
-        return jnp.where(clipped, cut, w)
+        clip_form = jnp.where(inside, w, bound) * x
+        min_form = jnp.where(w * sg(x) >= bound * sg(x), w * x, bound * x)
+        return jnp.where(clipped, jnp.where(cell.min_form > 0, min_form, clip_form),
+                         w * x)
 
     def k_of(x):
         return _basis(x) @ cell.c
 
-    w_tok = weight(lq_th - lq_law)
     k_law = sg(k_of(lq_law - lp))
     ret = jnp.where(to_go, jnp.cumsum(k_law[::-1])[::-1], jnp.sum(k_law))
-    token_reward = jnp.sum(w_tok * ret)
-    token_loss = jnp.sum(jnp.where(on, 1.0, w_tok) * k_of(lq_th - lp))
-    w_seq = weight(jnp.sum(lq_th - lq_law))
-    seq_reward = w_seq * sg(k_of(jnp.sum(lq_law - lp)))
-    seq_loss = jnp.where(on, 1.0, w_seq) * k_of(jnp.sum(lq_th - lp))
+    token_reward = jnp.sum(weigh(lq_th - lq_law, ret))
+    k_tok = k_of(lq_th - lp)
+    token_loss = jnp.sum(jnp.where(on, k_tok, weigh(lq_th - lq_law, k_tok)))
+    log_w_seq = jnp.sum(lq_th - lq_law)
+    seq_reward = weigh(log_w_seq, sg(k_of(jnp.sum(lq_law - lp))))
+    k_seq = k_of(jnp.sum(lq_th - lp))
+    seq_loss = jnp.where(on, k_seq, weigh(log_w_seq, k_seq))
     reward = cell.reward > 0
     return jnp.where(token, jnp.where(reward, token_reward, token_loss),
                      jnp.where(reward, seq_reward, seq_loss))
 
 
 def _draw(key, lq0, lq, length: int):
+    """One sequence of a chain ``(log init (K,), log steps (n − 1, K, K))``; token
+    ``t`` from ``fold_in(key, t)``."""
     first = jax.random.categorical(jax.random.fold_in(key, 0), lq0)
 
-    def body(prev, t):
-        y = jax.random.categorical(jax.random.fold_in(key, t), lq[prev])
+    def body(prev, step):
+        t, lq_t = step
+        y = jax.random.categorical(jax.random.fold_in(key, t), lq_t[prev])
         return y, y
 
-    _, rest = jax.lax.scan(body, first, jnp.arange(1, length))
+    _, rest = jax.lax.scan(body, first, (jnp.arange(1, length), lq))
     return jnp.concatenate([first[None], rest])
 
 
 @prng_jit("k", "markov", "length", "num_samples")
 def _mc_impl(key, problem, cell, token, to_go, k, markov, length, num_samples):
     law = jnp.where(cell.mode == 0, problem.flat, problem.old)
-    lq0, lq = _tables(law, k, markov)
+    lq0, lq = _tables(law, k, markov, length)
 
     def one(i):
         y = _draw(jax.random.fold_in(key, i), lq0, lq, length)
@@ -973,7 +1067,7 @@ def _mc_impl(key, problem, cell, token, to_go, k, markov, length, num_samples):
 def monte_carlo_gradient(key: PRNGKey, params, p, estimator: str = "k1",
                          placement: str = "reward", level: str = "token",
                          weighting: str = "on_policy", *, old_params=None,
-                         clip: ArrayLike = 0.2,
+                         clip: ArrayLike = 0.2, clip_form: str = "clip",
                          num_samples: int = 4096) -> GradientEstimate:
     r"""Monte Carlo estimate of an implementation's expected gradient.
 
@@ -986,8 +1080,8 @@ def monte_carlo_gradient(key: PRNGKey, params, p, estimator: str = "k1",
 
     Args:
       key: typed PRNG key.
-      params, p, estimator, placement, level, weighting, old_params, clip: as in
-        :func:`gradient_moments`.
+      params, p, estimator, placement, level, weighting, old_params, clip,
+        clip_form: as in :func:`gradient_moments` (every cell, off ``θ_old`` too).
       num_samples: sample size ``>= 2``.
 
     Returns:
@@ -1007,7 +1101,8 @@ def monte_carlo_gradient(key: PRNGKey, params, p, estimator: str = "k1",
     num_samples = check_positive_int(num_samples, "num_samples", minimum=2)
     problem, markov, length = _problem(params, p, old_params)
     clip = _check_clip(clip, problem.lp0.dtype)
-    mean, stderr, var = _mc_impl(key, problem, _cell(impl, clip),
+    _check_choice(clip_form, "clip_form", CLIP_FORMS)
+    mean, stderr, var = _mc_impl(key, problem, _cell(impl, clip, clip_form == "min"),
                                  jnp.asarray(impl.level == "token"),
                                  jnp.asarray(impl.placement == "reward_to_go"),
                                  problem.lp0.shape[0], markov, length, num_samples)

@@ -29,8 +29,9 @@ Training loops are ``lax.scan`` over steps inside one jit; :func:`train_sweep` v
 them over seeds and ``beta`` values.
 
 Markov policies (issue 13): with a :class:`jaxalign.MarkovLM` reference the same
-:func:`train` / :func:`train_sweep` train a homogeneous chain with tabular logits
-``(init (K,), trans (K, K))``, the penalty any cell of
+:func:`train` / :func:`train_sweep` train a chain with tabular logits
+``(init (K,), trans (K, K))`` (homogeneous) or ``(init (K,), trans (n − 1, K, K))``
+(time-varying: the class of the KL-optimal tilt), the penalty any cell of
 :data:`jaxalign.kl_gradients.GRID` (``kl_estimator``, ``kl_mode`` = the placement,
 ``kl_level``, ``kl_weighting``), with exact ``(KL, reward)`` trajectories by the
 forward recursions of :mod:`jaxalign.markov`; ``algorithm="exact"`` follows each
@@ -150,7 +151,8 @@ def evaluate(logits, lm: MemorylessLM | MarkovLM, reward) -> PolicyValue:
         \mathbb{E}_\pi R = n \sum_x \pi(x) r(x).
 
     Markov (``lm`` a :class:`jaxalign.MarkovLM`, ``logits`` the pair
-    ``(init_logits (K,), trans_logits (K, K))`` of a homogeneous chain ``Q``):
+    ``(init_logits (K,), trans_logits)`` of a chain ``Q``, ``trans_logits``
+    ``(K, K)`` (homogeneous) or ``(n − 1, K, K)`` (time-varying)):
     ``KL(Q‖P)`` and ``E_Q R`` by the forward recursions of
     :func:`jaxalign.markov.chain_kl` and :func:`jaxalign.markov.chain_expected_reward`
     (``reward`` a :class:`jaxalign.LinearReward` or :class:`jaxalign.PairReward`).
@@ -175,7 +177,7 @@ def evaluate(logits, lm: MemorylessLM | MarkovLM, reward) -> PolicyValue:
       (0.0, 2.0)
     """
     if isinstance(lm, MarkovLM):
-        chain, flat = _markov_setup(lm, reward, logits, "logits")
+        chain, flat, _ = _markov_setup(lm, reward, logits, "logits")
         return _markov_value_jit(flat, chain, lm.num_tokens, lm.length)
     check_compatible(lm, reward)
     logits = _check_logits(logits, lm)
@@ -190,7 +192,8 @@ def objective(logits, lm: MemorylessLM | MarkovLM, reward,
     with value ``n Λ(λ)/λ`` (THEORY.md §1.3).  Markov (``logits`` the pair of
     :func:`evaluate`): the maximiser over all laws is the time-inhomogeneous tilt
     :func:`jaxalign.markov.tilt`, which a homogeneous chain reaches only for
-    ``n <= 2``.
+    ``n <= 2``, a time-varying one (``trans_logits (n − 1, K, K)``) for every
+    ``n``.
 
     Examples:
       >>> import jaxalign
@@ -412,6 +415,7 @@ class _Chain(NamedTuple):
 class _MarkovConfig(NamedTuple):
     algorithm: str
     length: int
+    trans_shape: tuple  # (K, K) or (n - 1, K, K): the policy's transition logits
     num_steps: int
     batch_size: int
     group_size: int
@@ -431,7 +435,8 @@ class _Penalty(NamedTuple):
 
 
 def _markov_setup(lm: MarkovLM, reward, logits, name: str):
-    """``(_Chain, θ flat (K + K²,))`` with validation (``logits=None``: ``P``'s own)."""
+    """``(_Chain, θ flat, trans_shape)`` with validation (``logits=None``: ``P``'s
+    own, time-varying when ``P`` is)."""
     log_init, log_trans, first, pair, dtype = _prepare(lm, reward)
     if is_concrete(log_trans) and not (np.all(np.isfinite(np.asarray(log_init)))
                                        and np.all(np.isfinite(np.asarray(log_trans)))):
@@ -442,23 +447,19 @@ def _markov_setup(lm: MarkovLM, reward, logits, name: str):
     lp = log_trans if log_trans.ndim == 3 else jnp.broadcast_to(log_trans[None],
                                                                 (n - 1, k, k))
     if logits is None:
-        if log_trans.ndim == 3:
-            raise ValueError(
-                "init_logits must be given for a time-inhomogeneous lm (the policy is "
-                "a homogeneous chain: pass (init_logits (K,), trans_logits (K, K)))")
         logits = (log_init, log_trans)
-    flat = kg._flatten(logits, k, True, dtype, name)
-    return _Chain(log_init, lp.astype(dtype), first, pair), flat
+    flat = kg._flatten(logits, k, True, dtype, name, n)
+    trans_shape = tuple(np.shape(logits[1]))  # (K, K) or (n - 1, K, K), checked
+    return _Chain(log_init, lp.astype(dtype), first, pair), flat, trans_shape
 
 
 def _per_token_log_q(flat: Array, y: Array, k: int) -> Array:
     """``(..., n)`` ``log q(y_t | y_{t-1})`` of sequences ``y (..., n)``."""
-    lq0, lq = kg._tables(flat, k, True)
-    return jnp.concatenate([lq0[y[..., :1]], lq[y[..., :-1], y[..., 1:]]], axis=-1)
+    return kg._per_token(*kg._tables(flat, k, True, y.shape[-1]), y)
 
 
 def _markov_value(flat: Array, chain: _Chain, k: int, length: int) -> PolicyValue:
-    lq0, lq = kg._tables(flat, k, True)
+    lq0, lq = kg._tables(flat, k, True, length)
     return PolicyValue(_chain_kl(lq0, lq, chain.lp0, chain.lp, length),
                        _chain_mean(lq0, lq, chain.first, chain.pair, length))
 
@@ -467,7 +468,7 @@ _markov_value_jit = jax.jit(_markov_value, static_argnames=("k", "length"))
 
 
 def _markov_reward(flat: Array, chain: _Chain, k: int, length: int) -> Array:
-    lq0, lq = kg._tables(flat, k, True)
+    lq0, lq = kg._tables(flat, k, True, length)
     return _chain_mean(lq0, lq, chain.first, chain.pair, length)
 
 
@@ -479,9 +480,7 @@ def _markov_train_one(key, chain: _Chain, penalty: _Penalty, beta, learning_rate
     structure = cfg.structure
 
     def k_value(y, lq_tok):
-        x = lq_tok - jnp.concatenate(
-            [chain.lp0[y[..., :1]], chain.lp[jnp.arange(n - 1), y[..., :-1],
-                                               y[..., 1:]]], axis=-1)
+        x = lq_tok - kg._per_token(chain.lp0, chain.lp, y)
         per_token = jnp.sum(kg._basis(x) @ cell.c, axis=-1)
         sequence = kg._basis(jnp.sum(x, axis=-1)) @ cell.c
         return jnp.where(token, per_token, sequence)
@@ -498,7 +497,7 @@ def _markov_train_one(key, chain: _Chain, penalty: _Penalty, beta, learning_rate
             theta, opt_state = _opt_update(optimizer, grads, opt_state, theta)
             return (theta, opt_state), (value.kl, value.reward, value.kl, value.reward)
 
-        lq0, lq = kg._tables(theta, k, True)
+        lq0, lq = kg._tables(theta, k, True, n)
         draw_key = jax.random.fold_in(key, t)
         y = jax.vmap(lambda i: kg._draw(jax.random.fold_in(draw_key, i), lq0, lq, n))(
             jnp.arange(cfg.batch_size))
@@ -535,7 +534,7 @@ def _markov_train_one(key, chain: _Chain, penalty: _Penalty, beta, learning_rate
         step, carry, jnp.arange(cfg.num_steps))
     final = _markov_value(theta, chain, k, n)
     return TrainResult(
-        (theta[:k], theta[k:].reshape(k, k)),
+        (theta[:k], theta[k:].reshape(cfg.trans_shape)),
         jnp.concatenate([kl, final.kl[None]]),
         jnp.concatenate([rew, final.reward[None]]),
         kl_hat,
@@ -595,17 +594,19 @@ def _check_hyper(algorithm, learning_rate, num_steps, batch_size, group_size,
 
 def _validate(lm, reward, algorithm, learning_rate, num_steps, batch_size, group_size,
               num_epochs, kl_mode, kl_estimator, clip_eps, optimizer_fn, init_logits,
-              scale_rewards, kl_level="token", kl_weighting="on_policy"):
+              scale_rewards, kl_level="token", kl_weighting="on_policy",
+              kl_clip_form="clip"):
     check_compatible(lm, reward)
     _check_base(lm)
     _check_choice(algorithm, "algorithm", ALGORITHMS)
     _check_choice(kl_mode, "kl_mode", KL_MODES)
     _check_choice(kl_estimator, "kl_estimator", KL_ESTIMATORS)
-    if kl_level != "token" or kl_weighting != "on_policy":
+    if kl_level != "token" or kl_weighting != "on_policy" or kl_clip_form != "clip":
         raise ValueError(
-            f"kl_level and kl_weighting choose a cell of jaxalign.kl_gradients for a "
-            f"MarkovLM only; a MemorylessLM needs kl_level='token' and "
-            f"kl_weighting='on_policy', got {kl_level!r} and {kl_weighting!r}")
+            f"kl_level, kl_weighting and kl_clip_form choose a cell of "
+            f"jaxalign.kl_gradients for a MarkovLM only; a MemorylessLM needs "
+            f"kl_level='token', kl_weighting='on_policy' and kl_clip_form='clip', got "
+            f"{kl_level!r}, {kl_weighting!r} and {kl_clip_form!r}")
     num_steps, batch_size, group_size, num_epochs = _check_hyper(
         algorithm, learning_rate, num_steps, batch_size, group_size, num_epochs,
         clip_eps, optimizer_fn)
@@ -626,12 +627,14 @@ def _validate(lm, reward, algorithm, learning_rate, num_steps, batch_size, group
 
 def _validate_markov(lm, reward, algorithm, learning_rate, num_steps, batch_size,
                      group_size, num_epochs, kl_mode, kl_estimator, kl_level,
-                     kl_weighting, clip_eps, optimizer_fn, init_logits, scale_rewards):
-    chain, init = _markov_setup(lm, reward, init_logits, "init_logits")
+                     kl_weighting, clip_eps, optimizer_fn, init_logits, scale_rewards,
+                     kl_clip_form):
+    chain, init, trans_shape = _markov_setup(lm, reward, init_logits, "init_logits")
     _check_choice(kl_estimator, "kl_estimator", kg.ESTIMATORS)
     _check_choice(kl_mode, "kl_mode", kg.PLACEMENTS)
     _check_choice(kl_level, "kl_level", kg.LEVELS)
     _check_choice(kl_weighting, "kl_weighting", kg.WEIGHTINGS)
+    _check_choice(kl_clip_form, "kl_clip_form", kg.CLIP_FORMS)
     if kl_level == "sequence" and kl_mode == "reward_to_go":
         raise ValueError(
             "kl_mode='reward_to_go' needs kl_level='token', got kl_level='sequence' "
@@ -641,12 +644,13 @@ def _validate_markov(lm, reward, algorithm, learning_rate, num_steps, batch_size
         algorithm, learning_rate, num_steps, batch_size, group_size, num_epochs,
         clip_eps, optimizer_fn)
     impl = kg.Implementation(kl_estimator, kl_mode, kl_level, kl_weighting)
-    cfg = _MarkovConfig(algorithm, lm.length, num_steps, batch_size, group_size,
-                        num_epochs, kg._structure(impl), optimizer_fn,
+    cfg = _MarkovConfig(algorithm, lm.length, trans_shape, num_steps, batch_size,
+                        group_size, num_epochs, kg._structure(impl), optimizer_fn,
                         bool(scale_rewards))
     dtype = init.dtype
     ce = jnp.asarray(clip_eps, dtype=dtype)
-    penalty = _Penalty(kg._cell(impl, ce), jnp.asarray(kl_level == "token"),
+    penalty = _Penalty(kg._cell(impl, ce, kl_clip_form == "min"),
+                       jnp.asarray(kl_level == "token"),
                        jnp.asarray(kl_mode == "reward_to_go"))
     return cfg, chain, penalty, jnp.asarray(learning_rate, dtype=dtype), ce, init
 
@@ -665,6 +669,7 @@ def train_sweep(key: PRNGKey, lm: MemorylessLM | MarkovLM, reward,
                 batch_size: int = 32, group_size: int = 8, num_epochs: int = 4,
                 kl_mode: str | None = None, kl_estimator: str | None = None,
                 kl_level: str = "token", kl_weighting: str = "on_policy",
+                kl_clip_form: str = "clip",
                 clip_eps: float = 0.2, optimizer_fn: Callable = optax.adam,
                 init_logits=None,
                 scale_rewards: bool = True, method: str | None = None) -> TrainResult:
@@ -683,14 +688,23 @@ def train_sweep(key: PRNGKey, lm: MemorylessLM | MarkovLM, reward,
       no critic (the state is trivial for a memoryless policy).
     - ``"grpo"``: as PPO, with group-relative advantages ``(s − mean_g)/(std_g + 1e-6)``
       over groups of ``group_size`` (``scale_rewards=False`` drops the division) and by
-      default the k3 penalty in the loss.
+      default the k3 penalty in the loss.  The group mean includes the sample
+      itself, ``E[(R_i − R̄_g) ∇log π(y_i)] = (1 − 1/G) ∇E R`` (``G`` the group
+      size), while the penalty is not scaled: with ``scale_rewards=False`` GRPO
+      ascends ``E R − β G/(G − 1) KL``, the exact objective at the effective
+      ``β_eff = β G/(G − 1)`` (its maximiser the tilt at ``λ = (G − 1)/(G β)``).
+      The std division multiplies the reward term by a random, ``θ``-dependent
+      ``1/(std_g + 1e-6)`` (about ``β σ_R`` in the role of ``β``): no fixed
+      effective ``β``, and in general no tilt at its stopping point.
 
     Seeds use ``fold_in(key, seed_index)``; the same seeds are used for every ``beta``.
 
     **Markov policies** (``lm`` a :class:`jaxalign.MarkovLM`, every transition
     ``> 0``; ``reward`` a :class:`jaxalign.LinearReward` or
-    :class:`jaxalign.PairReward`): the policy is a homogeneous chain with tabular
-    logits ``θ = (init_logits (K,), trans_logits (K, K))`` and the penalty is one
+    :class:`jaxalign.PairReward`): the policy is a chain with tabular logits
+    ``θ = (init_logits (K,), trans_logits)``, ``trans_logits`` ``(K, K)``
+    (homogeneous) or ``(n − 1, K, K)`` (time-varying, one matrix per step, the
+    layout of a time-inhomogeneous :class:`jaxalign.MarkovLM`), and the penalty is one
     cell ``(kl_estimator, kl_mode, kl_level, kl_weighting)`` of
     :data:`jaxalign.kl_gradients.GRID` (``kl_mode`` is the placement:
     ``"reward"``, ``"reward_to_go"`` or ``"loss"``).  ``"exact"`` follows
@@ -709,7 +723,9 @@ def train_sweep(key: PRNGKey, lm: MemorylessLM | MarkovLM, reward,
     :func:`jaxalign.markov.chain_expected_reward`.  The maximiser of the objective
     over all laws is the time-inhomogeneous tilt :func:`jaxalign.markov.tilt`; a
     homogeneous chain reaches it for ``n <= 2`` only, so for longer chains even the
-    true gradient stops below the frontier :func:`jaxalign.markov.optimal_reward`.
+    true gradient stops below the frontier :func:`jaxalign.markov.optimal_reward`;
+    a time-varying one reaches it for every ``n`` (the true gradient's stopping
+    point is the tilt, on the frontier).
 
     Args:
       key: typed PRNG key.
@@ -734,16 +750,23 @@ def train_sweep(key: PRNGKey, lm: MemorylessLM | MarkovLM, reward,
         only.
       kl_weighting: ``"on_policy"``, ``"ratio"`` or ``"clipped"`` (clip range
         ``clip_eps``); Markov only.
+      kl_clip_form: how ``kl_weighting="clipped"`` weights the penalty term
+        ``x``: ``"clip"`` (``w̃ x``, ``w̃`` the ratio clipped to ``1 ± ε``) or
+        ``"min"`` (PPO's ``max(w x, clip(w, 1 ± ε) x)``, i.e.
+        ``min(w A, clip(w) A)`` with ``A = −x``; see
+        :func:`jaxalign.kl_gradients.gradient_moments`); Markov only.
       clip_eps: PPO/GRPO clipping ``ε > 0``.
       optimizer_fn: ``learning_rate -> optax.GradientTransformation``.
       init_logits: ``(K,)`` initial logits (default: the base ``log_probs``); for a
-        Markov ``lm`` the pair ``(init_logits (K,), trans_logits (K, K))``
-        (default: ``P``'s own, when ``P`` is homogeneous).
+        Markov ``lm`` the pair ``(init_logits (K,), trans_logits)`` with
+        ``trans_logits`` ``(K, K)`` or ``(n − 1, K, K)`` (the policy's form;
+        default: ``P``'s own tables, time-varying when ``P`` is).
       scale_rewards: GRPO divides advantages by the group std.
 
     Returns:
       A :class:`TrainResult` with leading axes ``(num_betas, num_seeds)``
-      (``logits`` the pair ``(init, trans)`` for a Markov ``lm``).
+      (``logits`` the pair ``(init, trans)`` for a Markov ``lm``, ``trans`` of the
+      form of ``init_logits``).
 
     Examples:
       >>> import jax, jaxalign
@@ -763,12 +786,12 @@ def train_sweep(key: PRNGKey, lm: MemorylessLM | MarkovLM, reward,
         cfg, chain, penalty, lr, ce, init = _validate_markov(
             lm, reward, algorithm, learning_rate, num_steps, batch_size, group_size,
             num_epochs, kl_mode, kl_estimator, kl_level, kl_weighting, clip_eps,
-            optimizer_fn, init_logits, scale_rewards)
+            optimizer_fn, init_logits, scale_rewards, kl_clip_form)
     else:
         cfg, lr, ce, init = _validate(
             lm, reward, algorithm, learning_rate, num_steps, batch_size, group_size,
             num_epochs, kl_mode, kl_estimator, clip_eps, optimizer_fn, init_logits,
-            scale_rewards, kl_level, kl_weighting)
+            scale_rewards, kl_level, kl_weighting, kl_clip_form)
     num_seeds = check_positive_int(num_seeds, "num_seeds")
     betas = jnp.asarray(betas)
     if betas.ndim != 1:

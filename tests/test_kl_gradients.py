@@ -26,6 +26,10 @@ B = np.array([[0.5, 0.0, -0.5], [0.0, 1.0, 0.2], [-0.3, 0.4, 0.1]])
 A_OLD = A + np.array([0.3, -0.3, 0.1])
 B_OLD = B + (np.arange(9.0).reshape(3, 3) - 4) / 8
 CLIP = 0.2
+# a time-varying policy: one transition matrix of logits per step (N - 1, K, K)
+B_VAR = np.stack([B, 0.8 * B.T - 0.1, B[::-1] + 0.3])
+B_VAR_OLD = B_VAR + np.stack([c * (np.arange(9.0).reshape(3, 3) - 4) / 8
+                              for c in (1.0, -0.7, 0.5)])
 # Off θ_old the sequence-level clip has no exact form (its own test below).
 OFF_GRID = tuple(i for i in kg.GRID
                  if not (i.level == "sequence" and i.weighting == "clipped"))
@@ -65,18 +69,22 @@ class Enum:
         if not self.markov:
             pi = _softmax(flat)
             return np.log(pi)[y], np.eye(K)[y] - pi
-        pa, pb = _softmax(flat[:K]), _softmax(flat[K:].reshape(K, K))
+        # homogeneous (K + K² logits) or time-varying (K + (n - 1) K²): step t
+        # (t = 1..n-1) reads slice t - 1 and its score fills that slice's block
+        pa = _softmax(flat[:K])
+        pb = _softmax(flat[K:].reshape(-1, K, K))
         lq = np.zeros(y.shape)
-        s = np.zeros(y.shape + (K + K * K,))
+        s = np.zeros(y.shape + (flat.size,))
         lq[:, 0] = np.log(pa[y[:, 0]])
         s[:, 0, :K] = np.eye(K)[y[:, 0]] - pa
         rows = np.arange(len(y))
         for t in range(1, n):
             u, v = y[:, t - 1], y[:, t]
-            lq[:, t] = np.log(pb[u, v])
+            j = t - 1 if len(pb) > 1 else 0
+            lq[:, t] = np.log(pb[j, u, v])
             block = np.zeros((len(y), K, K))
-            block[rows, u, :] = np.eye(K)[v] - pb[u]
-            s[:, t, K:] = block.reshape(len(y), -1)
+            block[rows, u, :] = np.eye(K)[v] - pb[j, u]
+            s[:, t, K + j * K * K:K + (j + 1) * K * K] += block.reshape(len(y), -1)
         return lq, s
 
     @property
@@ -87,43 +95,49 @@ class Enum:
     def p(self):
         return np.exp(self.lp.sum(1))
 
-    def estimate(self, est, place, level, weighting, clip=CLIP):
-        """``g(y)`` for every sequence, from the definitions."""
+    def estimate(self, est, place, level, weighting, clip=CLIP, form="clip"):
+        """``g(y)`` for every sequence, from the definitions: the penalty term
+        ``x`` times the weight, ``(ι w, w̃)`` the factors of ``x'`` and of ``k'``."""
         on = weighting == "on_policy"
         law = self.lth if on else self.lold
         s = self.s
         score = s.sum(1)
 
-        def weights(w):
-            inside = (w > 1 - clip) & (w < 1 + clip) if weighting == "clipped" else \
-                np.ones(w.shape, bool)
-            cut = np.where(inside, w, np.clip(w, 1 - clip, 1 + clip)) \
-                if weighting == "clipped" else w
-            return inside * w, cut
+        def weights(w, x):
+            if weighting != "clipped":
+                return w, w
+            bound = np.clip(w, 1 - clip, 1 + clip)
+            if form == "min":  # PPO: max(w x, clip(w) x), the w branch on ties
+                keep = w * x >= bound * x
+            else:
+                keep = (w > 1 - clip) & (w < 1 + clip)
+            return keep * w, np.where(keep, w, bound)
 
         if level == "token":
-            dw, cut = weights(np.exp(self.lth - law))
+            w = np.exp(self.lth - law)
             if place != "loss":
                 kt = _k(est, law - self.lp)
                 ret = (np.cumsum(kt[:, ::-1], 1)[:, ::-1] if place == "reward_to_go"
                        else np.repeat(kt.sum(1, keepdims=True), self.n, 1))
-                coef = (1.0 if on else dw) * ret
+                coef = ret if on else weights(w, ret)[0] * ret
             else:
                 x = self.lth - self.lp
+                dw, cut = weights(w, _k(est, x))
                 coef = _dk(est, x) if on else dw * _k(est, x) + cut * _dk(est, x)
             return np.einsum("it,itd->id", coef, s)
-        dw, cut = weights(np.exp((self.lth - law).sum(1)))
+        w = np.exp((self.lth - law).sum(1))
         if place != "loss":
             x = (law - self.lp).sum(1)
-            coef = _k(est, x) if on else dw * _k(est, x)
+            coef = _k(est, x) if on else weights(w, _k(est, x))[0] * _k(est, x)
         else:
             x = (self.lth - self.lp).sum(1)
+            dw, cut = weights(w, _k(est, x))
             coef = _dk(est, x) if on else dw * _k(est, x) + cut * _dk(est, x)
         return coef[:, None] * score
 
-    def moments(self, impl, clip=CLIP):
+    def moments(self, impl, clip=CLIP, form="clip"):
         prob = self.q if impl.weighting == "on_policy" else np.exp(self.lold.sum(1))
-        g = self.estimate(*impl, clip=clip)
+        g = self.estimate(*impl, clip=clip, form=form)
         mean = prob @ g
         return mean, np.einsum("i,id,ie->de", prob, g, g) - np.outer(mean, mean)
 
@@ -209,6 +223,75 @@ def test_every_cell_against_enumeration(markov, off):
         hi, lo = (Enum(flat + sgn * step, flat, lp0, lp, N, markov) for sgn in (1, -1))
         fd = (hi.kl_qp() - lo.kl_qp()) / (2 * h)
         assert s.grad_kl_qp[d] == pytest.approx(fd, abs=1e-8)
+
+
+def _tilted_reference():
+    """A time-inhomogeneous p: the tilt of the chain (MU, TRANS)."""
+    base = jaxalign.MarkovLM.from_probs(MU, TRANS, length=N)
+    return jaxalign.markov.tilt(base, jaxalign.LinearReward([0.0, 1.0, 0.5]), 0.8)
+
+
+@functools.cache
+def _summary_varying(off):
+    """The table of the time-varying policy ``(A, B_VAR)``: against the chain on
+    policy, against its tilt (time-inhomogeneous too) off ``θ_old``."""
+    with jax.enable_x64(True):
+        p = _tilted_reference() if off else jaxalign.MarkovLM.from_probs(
+            MU, TRANS, length=N)
+        out = kg.summary((A, B_VAR), p, old_params=(A_OLD, B_VAR_OLD) if off else None,
+                         clip=CLIP, implementations=OFF_GRID if off else kg.GRID)
+        lp0, lp = np.asarray(p.log_init), np.asarray(p.log_trans)
+    arrays = ("mean", "covariance", "kl_qp", "kl_pq", "grad_kl_qp", "grad_kl_pq")
+    out = out._replace(**{f: np.asarray(getattr(out, f)) for f in arrays})
+    flat = np.concatenate([A, B_VAR.ravel()])
+    old = np.concatenate([A_OLD, B_VAR_OLD.ravel()]) if off else flat
+    return out, Enum(flat, old, lp0, lp if lp.ndim == 3 else np.stack([lp] * (N - 1)),
+                     N, True)
+
+
+@pytest.mark.parametrize("off", [False, True], ids=["on-policy", "off"])
+def test_time_varying_policy_every_cell_against_enumeration(off):
+    s, e = _summary_varying(off)
+    assert s.mean.shape == (len(s.implementations), K + (N - 1) * K * K)
+    for j, impl in enumerate(s.implementations):
+        mean, cov = e.moments(impl)
+        _close(s.mean[j], mean)
+        _close(s.covariance[j], cov)
+    assert float(s.kl_qp) == pytest.approx(e.kl_qp(), rel=1e-12)
+    assert float(s.kl_pq) == pytest.approx(e.kl_pq(), rel=1e-12)
+    ell = (e.lth - e.lp).sum(1)
+    _close(s.grad_kl_qp, e.q @ (ell[:, None] * e.s.sum(1)))
+    _close(s.grad_kl_pq, -(e.p @ e.s.sum(1)))
+    if off:  # the weighted rows are not the on-policy ones, and the clip binds
+        w = np.exp(e.lth - e.lold)
+        assert np.any(np.abs(w - 1) > CLIP) and not np.all(np.abs(w - 1) > CLIP)
+
+
+def test_identical_slices_are_the_homogeneous_policy(x64):
+    """``(A, B)`` and ``(A, [B, B, B])`` are one law; tying the slices, the
+    homogeneous estimate is ``Jᵀ g`` for the time-varying one (``J`` stacks an
+    identity per slice: the chain rule), so the means are ``Jᵀ E g`` and the
+    covariances ``Jᵀ Cov J``, the KLs equal."""
+    hom = _summary(True, True)
+    tied = kg.summary((A, np.stack([B] * (N - 1))),
+                      jaxalign.MarkovLM.from_probs(MU, TRANS, length=N),
+                      old_params=(A_OLD, np.stack([B_OLD] * (N - 1))), clip=CLIP,
+                      implementations=OFF_GRID)
+    jac = np.zeros((K + (N - 1) * K * K, K + K * K))
+    jac[:K, :K] = np.eye(K)
+    for t in range(N - 1):
+        jac[K + t * K * K:K + (t + 1) * K * K, K:] = np.eye(K * K)
+    _close(np.asarray(tied.mean) @ jac, hom.mean)
+    _close(np.einsum("rde,df,eg->rfg", np.asarray(tied.covariance), jac, jac),
+           hom.covariance)
+    _close(np.asarray(tied.grad_kl_qp) @ jac, hom.grad_kl_qp)
+    _close(np.asarray(tied.grad_kl_pq) @ jac, hom.grad_kl_pq)
+    assert float(tied.kl_qp) == pytest.approx(float(hom.kl_qp), rel=1e-12)
+    assert float(tied.kl_pq) == pytest.approx(float(hom.kl_pq), rel=1e-12)
+    v_tied = kg.value_moments((A, np.stack([B] * (N - 1))), _tilted_reference())
+    v_hom = kg.value_moments((A, B), _tilted_reference())
+    for f in ("token_mean", "token_variance", "sequence_mean", "sequence_variance"):
+        _close(np.asarray(getattr(v_tied, f)), np.asarray(getattr(v_hom, f)))
 
 
 def test_off_policy_rows_move_off_theta_old():
@@ -397,6 +480,22 @@ def test_value_moments_against_enumeration(x64):
                 assert float(got_var) == pytest.approx(var, rel=1e-11, abs=1e-14)
 
 
+def test_time_varying_value_moments_against_enumeration(x64):
+    p = _tilted_reference()
+    v = kg.value_moments((A, B_VAR), p)
+    e = Enum(np.concatenate([A, B_VAR.ravel()]), np.concatenate([A, B_VAR.ravel()]),
+             np.asarray(p.log_init), np.asarray(p.log_trans), N, True)
+    ell = e.lth - e.lp
+    for r, est in enumerate(kg.ESTIMATORS):
+        for level, value in (("token", _k(est, ell).sum(1)),
+                             ("sequence", _k(est, ell.sum(1)))):
+            mean = e.q @ value
+            assert float(getattr(v, f"{level}_mean")[r, -1]) == pytest.approx(
+                mean, rel=1e-12)
+            assert float(getattr(v, f"{level}_variance")[r, -1]) == pytest.approx(
+                e.q @ (value - mean) ** 2, rel=1e-11)
+
+
 def test_value_variance_sequence_exponential_token_linear(x64):
     """Memoryless closed forms: Var Σ_t k3(ℓ_t) = t Var k3(ℓ_1) (linear) and
     Var k3(ℓ) = ρ^t − 1 + t σ² − 2t (KL(q‖p) + KL(p‖q)) per token, ρ = Σ p²/q
@@ -446,6 +545,101 @@ def test_monte_carlo_within_5_stderr(markov, off, key, x64):
                                                     abs=1e-9), impl.name
 
 
+def test_monte_carlo_time_varying_within_5_stderr(key, x64):
+    """One cell per recursion, on and off policy, for the time-varying policy."""
+    for off in (False, True):
+        s, _ = _summary_varying(off)
+        p = _tilted_reference() if off else jaxalign.MarkovLM.from_probs(
+            MU, TRANS, length=N)
+        for i, cell in enumerate([("k1", "reward_to_go", "token"),
+                                  ("k3", "reward", "token"), ("k2", "loss", "token"),
+                                  ("k3", "loss", "sequence")]):
+            impl = kg.Implementation(*cell, "ratio" if off else "on_policy")
+            est = kg.monte_carlo_gradient(
+                jax.random.fold_in(key, 10 * off + i), (A, B_VAR), p, *impl,
+                old_params=(A_OLD, B_VAR_OLD) if off else None, num_samples=4000)
+            want = s.mean[s.implementations.index(impl)]
+            mean, stderr = np.asarray(est.mean), np.asarray(est.stderr)
+            z = (mean - want) / np.where(stderr > 0, stderr, 1.0)
+            assert np.all(np.abs(z) < 5), (impl.name, z)
+            assert np.all((stderr > 0) | (np.abs(mean - want) < 1e-12)), impl.name
+
+
+# ------------------------------------------------- PPO's min form of the clip
+
+# exact off θ_old: the token-level clipped cells but k1 in a reward (its sum's sign)
+MIN_EXACT = tuple(i for i in kg.GRID if i.weighting == "clipped" and i.level == "token"
+                  and not (i.estimator == "k1" and i.placement != "loss"))
+
+
+@pytest.mark.parametrize("varying", [False, True], ids=["homogeneous", "varying"])
+def test_min_clip_form_against_enumeration(varying, x64):
+    trans, trans_old = (B_VAR, B_VAR_OLD) if varying else (B, B_OLD)
+    p = jaxalign.MarkovLM.from_probs(MU, TRANS, length=N)
+    s = kg.summary((A, trans), p, old_params=(A_OLD, trans_old), clip=CLIP,
+                   implementations=MIN_EXACT, clip_form="min")
+    lp = np.stack([np.log(TRANS)] * (N - 1))
+    e = Enum(np.concatenate([A, trans.ravel()]), np.concatenate([A_OLD,
+                                                                 trans_old.ravel()]),
+             np.log(MU), lp, N, True)
+    differs = 0
+    for j, impl in enumerate(s.implementations):
+        mean, cov = e.moments(impl, form="min")
+        _close(np.asarray(s.mean[j]), mean)
+        _close(np.asarray(s.covariance[j]), cov)
+        differs += np.max(np.abs(mean - e.moments(impl)[0])) > 1e-3
+    assert differs >= len(MIN_EXACT) // 2  # not the clip form under another name
+    if varying:
+        return
+    # at θ = θ_old (w = 1) the min form is the ratio for any c >= 0, c = 0 included
+    rows = [i for i in kg.GRID if i.weighting != "on_policy"]
+    for c in (0.0, CLIP):
+        at_old = kg.summary((A, trans), p, clip=c, clip_form="min",
+                            implementations=rows)
+        ratio = [rows.index(i._replace(weighting="ratio"))
+                 for i in at_old.implementations if i.weighting == "clipped"]
+        clipped = [j for j, i in enumerate(at_old.implementations)
+                   if i.weighting == "clipped"]
+        _close(np.asarray(at_old.mean)[clipped], np.asarray(at_old.mean)[ratio])
+        assert [at_old.divergence[j] for j in clipped] == [
+            at_old.divergence[j] for j in ratio]
+
+
+def test_min_clip_form_surrogate_per_sample(x64):
+    """jax.grad of the surrogate loss an RL code differentiates (the one PPO/GRPO
+    training adds) against the hand-written g(y), sequence by sequence, for every
+    clipped cell off θ_old (k1 rewards and the sequence level included)."""
+    p = jaxalign.MarkovLM.from_probs(MU, TRANS, length=N)
+    problem, markov, _ = kg._problem((A, B), p, (A_OLD, B_OLD))
+    e = _enum(True, True)
+    rows = np.arange(0, K**N, 7)
+    grad = jax.jit(jax.vmap(jax.grad(kg._surrogate), in_axes=(
+        None, 0, None, None, None, None, None, None)), static_argnums=(6, 7))
+    for impl in (i for i in kg.GRID if i.weighting == "clipped"):
+        want = e.estimate(*impl, form="min")
+        cell = kg._cell(impl, jnp.asarray(CLIP), True)
+        got = grad(problem.flat, jnp.asarray(e.y[rows]), problem, cell,
+                   jnp.asarray(impl.level == "token"),
+                   jnp.asarray(impl.placement == "reward_to_go"), K, markov)
+        np.testing.assert_allclose(np.asarray(got), want[rows], rtol=1e-10,
+                                   atol=1e-12, err_msg=impl.name)
+
+
+def test_monte_carlo_min_clip_form_off_theta_old(key, x64):
+    """The cells the exact route refuses, by Monte Carlo against enumeration."""
+    params, p, old, _, _ = _case(True, True)
+    e = _enum(True, True)
+    for i, impl in enumerate([kg.Implementation("k1", "reward_to_go", "token",
+                                                "clipped"),
+                              kg.Implementation("k3", "loss", "sequence", "clipped")]):
+        est = kg.monte_carlo_gradient(jax.random.fold_in(key, i), params, p, *impl,
+                                      old_params=old, clip=CLIP, clip_form="min",
+                                      num_samples=4000)
+        mean, _ = e.moments(impl, form="min")
+        z = (np.asarray(est.mean) - mean) / np.asarray(est.stderr)
+        assert np.all(np.abs(z) < 5), (impl.name, z)
+
+
 def test_monte_carlo_accepts_sequence_clip_off_theta_old(key, x64):
     params, p, old, flat, flat_old = _case(False, True)
     impl = kg.Implementation("k3", "loss", "sequence", "clipped")
@@ -467,6 +661,10 @@ def test_bad_input(x64):
         (lambda: kg.gradient_moments((A, B), mem), "params must be logits"),
         (lambda: kg.gradient_moments(THETA, chain), "params must be a pair"),
         (lambda: kg.gradient_moments((A, B[:2]), chain), "params must be"),
+        (lambda: kg.gradient_moments((A, B_VAR[:2]), chain),
+         r"params must be .*\(n - 1, K, K\).* got shapes \(3,\) and \(2, 3, 3\)"),
+        (lambda: kg.gradient_moments((A, B_VAR), chain, old_params=(A, B)),
+         "old_params must have the form of params"),
         (lambda: kg.gradient_moments(THETA, mem, old_params=(A, B)), "old_params"),
         (lambda: kg.gradient_moments(THETA, mem, "k4"), "estimator must be one of"),
         (lambda: kg.gradient_moments(THETA, mem, "k1", "penalty"),
@@ -483,6 +681,11 @@ def test_bad_input(x64):
         (lambda: kg.summary(THETA, mem, old_params=THETA_OLD),
          "weighting='clipped' at level='sequence' needs old_params"),
         (lambda: kg.summary(THETA, mem, implementations=()), "implementations"),
+        (lambda: kg.gradient_moments(THETA, mem, clip_form="max"),
+         r"clip_form must be one of \('clip', 'min'\), got 'max'"),
+        (lambda: kg.gradient_moments(THETA, mem, "k1", "reward", "token", "clipped",
+                                     old_params=THETA_OLD, clip_form="min"),
+         "clip_form='min' with estimator='k1' in a reward needs old_params"),
         (lambda: kg.true_gradients(THETA, "p"), "p must be a MemorylessLM or"),
         (lambda: kg.value_moments(THETA, jaxalign.MemorylessLM.from_probs(
             [0.5, 0.5, 0.0], length=N)), "positive probability"),
