@@ -11,6 +11,16 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 _CACHE = pathlib.Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax"
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# Compile the test programs without LLVM's optimisation passes: the tests' programs
+# are small and compile-bound, and on 2 CPU cores this cuts the cold suite's CPU time
+# by about a third (test_sample + test_counts + test_policies, cold: 322 s -> 215 s
+# user time) at the cost of slower code in the few long Monte Carlo runs.  Same XLA
+# semantics (the HLO passes still run); users' programs keep the default level.
+# Subprocesses inherit the flags: tests that add a device count append to them.
+_FLAGS = os.environ.get("XLA_FLAGS", "")
+if "xla_backend_optimization_level" not in _FLAGS:
+    os.environ["XLA_FLAGS"] = (f"{_FLAGS} --xla_backend_optimization_level=0 "
+                               "--xla_llvm_disable_expensive_passes=true").strip()
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

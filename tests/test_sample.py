@@ -402,7 +402,8 @@ def test_results_do_not_depend_on_threefry_partitionable_flag():
 _DEVICE_SCRIPT = textwrap.dedent(
     """
     import os, resource, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                               + " --xla_force_host_platform_device_count=4")
     import jax, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     import jaxalign

@@ -111,10 +111,16 @@ def _write_config(tmp_path, text=SMALL):
     return path
 
 
+def _devices_env(count):
+    """The test session's XLA flags plus ``count`` simulated host devices."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    return {"XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={count}"}
+
+
 def test_four_devices_match_one(reference_run, tmp_path):
     path = _write_config(tmp_path)
     out = tmp_path / "run4"
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = _devices_env(4)
     proc = run_cli("sweep", str(path), "--out", str(out), "--quiet", env=env)
     assert proc.returncode == 0, proc.stderr
     env_json = (out / "environment.json").read_text()
@@ -145,7 +151,7 @@ def test_two_processes_with_jax_distributed(tmp_path):
     path = _write_config(tmp_path, two_points)
     out = tmp_path / "run2"
     port = _free_port()
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = _devices_env(2)
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "jaxalign.cli", "sweep", str(path), "--out",
