@@ -79,8 +79,9 @@ def _stirling_tail(k: Array) -> Array:
 
 
 # Inversion steps per loop iteration for a binomial of mean <= 10 (its search
-# continues in the next iteration if it has not stopped).
-_SEARCH_STEPS = 8
+# continues in the next iteration if it has not stopped): 4 ran 5-10% faster
+# than 8 (and 16: 30% slower) at n = 1024 and 65536, K = 16, on the 2-core CPU.
+_SEARCH_STEPS = 4
 
 
 def _btrs(u: Array, v: Array, count: Array, q: Array) -> tuple[Array, Array]:
