@@ -7,9 +7,9 @@ For n = 64, 256, ..., 65536 (powers of 4) prints sequences/s and
 token-equivalents/s (sequences/s times n) of ``sample.best_of_n`` at
 ``level="token"`` (every token drawn through the alias table) and
 ``level="counts"`` (the token counts ``c ~ Multinomial(n, p)`` by K - 1
-conditional binomials in one loop, ``R = sum_k c_k r_k``), their ratio, and the crossover
-length (where the count level starts to win, interpolated in log-log between
-the grid points).  Then, as baselines, binomial draws/s of jax.random.binomial
+conditional binomials in one loop, ``R = sum_k c_k r_k``), their ratio, and the
+crossover length (where the count level starts to win, interpolated in log-log
+between the grid points).  Then, as baselines, binomial draws/s of jax.random.binomial
 (one flat call) and of the count stage's own binomial (vmapped over keys, as in
 the sampler: the counts of K = 2 tokens), at ``n = 65536``, ``p = 1/16``.
 Timings exclude compilation (warm-up call first), use block_until_ready and take

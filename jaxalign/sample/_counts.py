@@ -23,11 +23,11 @@ from jaxalign._types import Array
 from jaxalign.models import LinearReward, MemorylessLM
 from jaxalign.sample._kernels import _fixed_order_sum, _Stage
 
-# Token-equivalents of one binomial draw, for the work budget: about 320 on a
-# 2-core CPU (benchmarks/bench_counts.py --quick, a loaded machine: 2.4e4
-# sequences/s at K = 16, i.e. 3.7e5 binomials/s, against 1.2e8 tokens/s at the
-# token level).
-_TOKENS_PER_BINOMIAL = 320
+# Token-equivalents of one binomial draw, for the work budget: about 110 on a
+# 2-core CPU (benchmarks/bench_counts.py --quick at n = 65536, load 2-5, four
+# runs: 1.0e5-1.65e5 sequences/s at K = 16, i.e. 1.5e6-2.5e6 binomials/s,
+# against 1.75e8-2.6e8 tokens/s at the token level: 90-115).
+_TOKENS_PER_BINOMIAL = 110
 # Random 32-bit words a count draw keeps live per token (memory sizing only).
 _WORDS_PER_COUNT = 16
 
