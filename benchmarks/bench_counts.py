@@ -7,11 +7,11 @@ For n = 64, 256, ..., 65536 (powers of 4) prints sequences/s and
 token-equivalents/s (sequences/s times n) of ``sample.best_of_n`` at
 ``level="token"`` (every token drawn through the alias table) and
 ``level="counts"`` (the token counts ``c ~ Multinomial(n, p)`` by K - 1
-conditional binomials, ``R = sum_k c_k r_k``), their ratio, and the crossover
-length (where the count level starts to win, interpolated in log-log between
-the grid points).  Then, as baselines, binomial draws/s of jax.random.binomial
+conditional binomials in one loop, ``R = sum_k c_k r_k``), their ratio, and the
+crossover length (where the count level starts to win, interpolated in log-log
+between the grid points).  Then, as baselines, binomial draws/s of jax.random.binomial
 (one flat call) and of the count stage's own binomial (vmapped over keys, as in
-the sampler), at ``n = 65536``, ``p = 1/16``.
+the sampler: the counts of K = 2 tokens), at ``n = 65536``, ``p = 1/16``.
 Timings exclude compilation (warm-up call first), use block_until_ready and take
 the best of a few repeats.  The machine is shared: re-run to gauge noise.
 """
@@ -29,7 +29,7 @@ from _timing import best_time
 import jaxalign
 from jaxalign import sample
 from jaxalign._types import classic_threefry
-from jaxalign.sample._counts import _binomial
+from jaxalign.sample._counts import _multinomial_counts, _split_probs
 from jaxalign.sample._kernels import _step_scale
 
 K = 16
@@ -64,8 +64,9 @@ def binomial_rates(key, draws, repeats):
     count, prob = jnp.float32(65536), jnp.float32(1 / 16)
     flat = jax.jit(classic_threefry(lambda k: jax.random.binomial(
         k, jnp.full(draws, count), jnp.full(draws, prob))))
+    q, flip = _split_probs(jnp.log(jnp.stack([prob, 1 - prob])))
     ours = jax.jit(classic_threefry(lambda k: jax.vmap(
-        lambda i: _binomial(jax.random.fold_in(k, i), count, prob))(
+        lambda i: _multinomial_counts(jax.random.fold_in(k, i), 65536, q, flip))(
             jnp.arange(draws, dtype=jnp.uint32))))
     return (draws / best_time(lambda: flat(key), repeats),
             draws / best_time(lambda: ours(key), repeats))

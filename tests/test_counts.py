@@ -16,7 +16,7 @@ import scipy.stats
 
 import jaxalign
 from jaxalign import exact, policies, sample
-from jaxalign.sample._counts import _count_stage
+from jaxalign.sample._counts import _count_stage, _split_probs
 
 P_MIN = 1e-6
 Z_MAX = 5.0
@@ -210,3 +210,89 @@ def test_counts_errors(key):
                                        policies.BestOfN(4), 2, level="counts")):
         with pytest.raises(ValueError, match="level='counts' needs a memoryless"):
             call()
+
+
+def pooled_chisquare(observed, expected_probs, num):
+    """Chi-square p-value of cell counts against exact cell probabilities, the cells
+    expected fewer than 5 times pooled into one."""
+    expected = np.asarray(expected_probs, np.float64) * num
+    low = expected < 5
+    obs = np.append(observed[~low], observed[low].sum())
+    exp = np.append(expected[~low], expected[low].sum())
+    if exp[-1] == 0:
+        obs, exp = obs[:-1], exp[:-1]
+    return scipy.stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue
+
+
+def multinomial_pmf(cell, probs):
+    n = sum(cell)
+    return math.factorial(n) / np.prod([math.factorial(k) for k in cell]) * np.prod(
+        np.asarray(probs, np.float64) ** np.asarray(cell))
+
+
+@pytest.mark.parametrize("probs,n", [
+    ([0.5, 0.2, 0.3], 6),
+    ([0.1, 0.4, 0.05, 0.25, 0.2], 4),
+    (list(np.arange(1, 18) / np.arange(1, 18).sum()), 2),
+], ids=["K3", "K5", "K17"])
+def test_counts_match_enumeration_any_vocabulary(key, probs, n):
+    num = 20_000
+    lm = jaxalign.MemorylessLM.from_probs(probs, length=n)
+    counts = draw_counts(key, lm, jaxalign.LinearReward(np.zeros(len(probs))), num)
+    assert counts.shape == (num, len(probs)) and np.all(counts.sum(1) == n)
+    cells = [tuple(np.bincount(c, minlength=len(probs))) for c in
+             itertools.combinations_with_replacement(range(len(probs)), n)]
+    expected = np.array([multinomial_pmf(c, probs) for c in cells])
+    assert math.isclose(expected.sum(), 1.0)
+    index = {c: i for i, c in enumerate(cells)}
+    observed = np.bincount([index[tuple(c)] for c in counts], minlength=len(cells))
+    assert pooled_chisquare(observed, expected, num) > P_MIN
+
+
+@pytest.mark.parametrize("n", [40, 3000], ids=["small_means", "mixed_means"])
+def test_counts_marginals_are_binomial(key, n):
+    # K = 17 (not a power of two), means from below 1 to above 10: each token's
+    # count is Bin(n, p_k), and the inversion and BTRS paths both run.
+    probs = np.arange(1, 18, dtype=np.float64) ** 2
+    probs /= probs.sum()
+    num = 4000
+    lm = jaxalign.MemorylessLM.from_probs(probs, length=n)
+    counts = draw_counts(key, lm, jaxalign.LinearReward(np.zeros(17)), num)
+    assert np.all(counts.sum(1) == n)
+    p = np.asarray(np.exp(lm.log_probs), np.float64)
+    for k in range(17):
+        support = np.arange(n + 1)
+        observed = np.bincount(counts[:, k], minlength=n + 1)
+        assert pooled_chisquare(observed, scipy.stats.binom.pmf(support, n, p[k]),
+                                num) > P_MIN, k
+
+
+@pytest.mark.parametrize("n", [5, 1 << 16])
+def test_zero_probability_tokens_get_count_zero(key, n):
+    probs = [0.0, 0.3, 0.0, 0.0, 0.7, 0.0]
+    lm = jaxalign.MemorylessLM.from_probs(probs, length=n)
+    counts = draw_counts(key, lm, jaxalign.LinearReward(np.zeros(6)), 500)
+    assert np.all(counts[:, [0, 2, 3, 5]] == 0)
+    assert np.all(counts[:, 1] + counts[:, 4] == n)
+    assert abs(z_mean(counts[:, 1], 0.3 * n)) < Z_MAX
+
+
+@pytest.mark.parametrize("where", [0, 2], ids=["first", "last"])
+def test_counts_tiny_probability(key, where):
+    probs = np.array([0.4, 0.6, 0.0])
+    probs = np.insert(probs[:2], where, 1e-30)
+    lm = jaxalign.MemorylessLM.from_probs(probs, length=1 << 16)
+    # The split that separates the tiny token keeps its relative accuracy.
+    q, flip = _split_probs(lm.log_probs)
+    # (float32 log-probabilities: a relative error of about 70 eps in q.)
+    split = 0 if where == 0 else 1
+    log_p = np.asarray(lm.log_probs, np.float64)
+    expected = math.exp(log_p[where] - np.logaddexp.reduce(log_p[split:]))
+    assert math.isclose(expected, 1e-30, rel_tol=0.5)
+    assert bool(flip[split]) == (where != 0)
+    assert math.isclose(float(q[split]), expected, rel_tol=1e-4)
+    counts = draw_counts(key, lm, jaxalign.LinearReward(np.zeros(3)), 500)
+    assert np.all(counts[:, where] == 0) and np.all(counts.sum(1) == 1 << 16)
+    heavy = 1 if where == 0 else 0
+    assert abs(z_mean(counts[:, heavy], float(np.exp(lm.log_probs[heavy])) * (1 << 16))
+               ) < Z_MAX

@@ -23,11 +23,11 @@ from jaxalign._types import Array
 from jaxalign.models import LinearReward, MemorylessLM
 from jaxalign.sample._kernels import _fixed_order_sum, _Stage
 
-# Token-equivalents of one binomial draw, for the work budget: about 320 on a
-# 2-core CPU (benchmarks/bench_counts.py --quick, a loaded machine: 2.4e4
-# sequences/s at K = 16, i.e. 3.7e5 binomials/s, against 1.2e8 tokens/s at the
-# token level).
-_TOKENS_PER_BINOMIAL = 320
+# Token-equivalents of one binomial draw, for the work budget: about 110 on a
+# 2-core CPU (benchmarks/bench_counts.py --quick at n = 65536, load 2-5, four
+# runs: 1.0e5-1.65e5 sequences/s at K = 16, i.e. 1.5e6-2.5e6 binomials/s,
+# against 1.75e8-2.6e8 tokens/s at the token level: 90-115).
+_TOKENS_PER_BINOMIAL = 110
 # Random 32-bit words a count draw keeps live per token (memory sizing only).
 _WORDS_PER_COUNT = 16
 
@@ -38,20 +38,28 @@ def _sequence_cost(num_tokens: int) -> int:
     return max(1, num_tokens - 1) * _TOKENS_PER_BINOMIAL
 
 
-def _conditional_probs(log_probs: Array) -> Array:
-    r"""``q_k = p_k / sum_{j >= k} p_j`` for ``k < K - 1``, from log-probabilities.
+def _split_probs(log_probs: Array) -> tuple[Array, Array]:
+    r"""The conditional binomials' probabilities, from log-probabilities: for
+    ``k < K - 1`` token ``k`` takes ``Bin(left, p_k / T_k)`` of the ``left`` tokens
+    not given to tokens before it (``T_k = sum_{j >= k} p_j``).  Returns
+    ``(q, flip)``, ``(K - 1,)`` each: the lighter side's probability
 
-    The tail sums are a reverse cumulative ``logaddexp`` (an associative scan), so
-    tiny probabilities keep relative accuracy; a zero-probability token has
-    ``q = 0`` exactly and a token followed only by zero-probability tokens has
-    ``q = 1`` exactly.
+    .. math::
+        q_k = \frac{\min(p_k, T_{k+1})}{T_k} \le \frac12
+
+    and ``flip_k = p_k > T_{k+1}`` (token ``k`` is the heavier side: it takes
+    ``left - Bin(left, q_k)``).  The tail sums are a reverse cumulative
+    ``logaddexp`` (an associative scan), so both sides keep relative accuracy
+    however tiny; a side of zero probability has ``q = 0`` exactly (the other
+    side takes all ``left``).
     """
     log_tail = jax.lax.associative_scan(jnp.logaddexp, log_probs[::-1])[::-1]
-    head = log_probs[:-1]
-    tail = log_tail[:-1]
-    # p_k = 0 (or an all-zero tail, which then holds nothing to split): q = 0.
-    ok = jnp.isfinite(head) & jnp.isfinite(tail)
-    return jnp.where(ok, jnp.exp(jnp.minimum(head - jnp.where(ok, tail, 0), 0)), 0)
+    node = log_tail[:-1]
+    head, rest = log_probs[:-1], log_tail[1:]
+    light = jnp.minimum(head, rest)
+    ok = jnp.isfinite(light) & jnp.isfinite(node)
+    log_q = jnp.minimum(light - jnp.where(ok, node, 0), -math.log(2))
+    return jnp.where(ok, jnp.exp(log_q), 0), head > rest
 
 
 _STIRLING_TAIL = np.array([
@@ -70,31 +78,16 @@ def _stirling_tail(k: Array) -> Array:
     return jnp.where(small, table[jnp.clip(k, 0, 9).astype(jnp.int32)], approx)
 
 
-def _binomial_search(key: Array, count: Array, q: Array) -> Array:
-    """``Bin(count, q)`` by inversion: the smallest ``k`` with ``F(k) >= U``, found
-    by a sequential search from 0 (``count * q <= 10``: about ``count * q`` steps,
-    one uniform, no random numbers in the loop)."""
-    u = jax.random.uniform(key, (), q.dtype)
-    ratio = q / (1 - q)
-    f0 = jnp.exp(count * jnp.log1p(-q))
-
-    def cond(state):
-        k, _, cdf = state
-        return (u > cdf) & (k < count)
-
-    def body(state):
-        k, f, cdf = state
-        f = f * ratio * (count - k) / (k + 1)
-        return k + 1, f, cdf + f
-
-    k, _, _ = jax.lax.while_loop(cond, body, (jnp.zeros((), q.dtype), f0, f0))
-    return k
+# Inversion steps per loop iteration for a binomial of mean <= 10 (its search
+# continues in the next iteration if it has not stopped): 4 ran 5-10% faster
+# than 8 (and 16: 30% slower) at n = 1024 and 65536, K = 16, on the 2-core CPU.
+_SEARCH_STEPS = 4
 
 
-def _binomial_btrs(key: Array, count: Array, q: Array) -> Array:
-    """``Bin(count, q)`` by Hörmann's transformed rejection with squeeze (BTRS,
-    1993) for ``count * q >= 10``, ``q <= 1/2``: attempt ``i`` uses two uniforms
-    from ``fold_in(key, i)``; exact in law (a rejection sampler)."""
+def _btrs(u: Array, v: Array, count: Array, q: Array) -> tuple[Array, Array]:
+    """One attempt of Hörmann's transformed rejection with squeeze (BTRS, 1993)
+    for ``Bin(count, q)``, ``count * q >= 10``, ``q <= 1/2``, from uniforms
+    ``u, v``: ``(k, accepted)``; the first accepted ``k`` is exact in law."""
     stddev = jnp.sqrt(count * q * (1 - q))
     b = 1.15 + 2.53 * stddev
     a = -0.0873 + 0.0248 * b + 0.01 * q
@@ -103,64 +96,101 @@ def _binomial_btrs(key: Array, count: Array, q: Array) -> Array:
     r = q / (1 - q)
     alpha = (2.83 + 5.1 / b) * stddev
     m = jnp.floor((count + 1) * q)
-    log_top = ((m + 0.5) * jnp.log((m + 1) / (r * (count - m + 1)))
-               + _stirling_tail(m) + _stirling_tail(count - m))
-
-    def cond(state):
-        return ~state[2]
-
-    def body(state):
-        i, _, _ = state
-        u, v = jax.random.uniform(jax.random.fold_in(key, i), (2,), q.dtype)
-        u = u - 0.5
-        us = 0.5 - jnp.abs(u)
-        k = jnp.floor((2 * a / us + b) * u + c)
-        inside = (k >= 0) & (k <= count)
-        squeeze = (us >= 0.07) & (v <= v_r)
-        log_v = jnp.log(v * alpha / (a / (us * us) + b))
-        kc = jnp.clip(k, 0, count)
-        log_ratio = (log_top
-                     + (count + 1) * jnp.log((count - m + 1) / (count - kc + 1))
-                     + (kc + 0.5) * jnp.log(r * (count - kc + 1) / (kc + 1))
-                     - _stirling_tail(kc) - _stirling_tail(count - kc))
-        return i + 1, k, squeeze | (inside & (log_v <= log_ratio))
-
-    init = (jnp.uint32(0), jnp.zeros((), q.dtype), jnp.bool_(False))
-    return jax.lax.while_loop(cond, body, init)[1]
+    u = u - 0.5
+    us = 0.5 - jnp.abs(u)
+    k = jnp.floor((2 * a / us + b) * u + c)
+    inside = (k >= 0) & (k <= count)
+    squeeze = (us >= 0.07) & (v <= v_r)
+    log_v = jnp.log(v * alpha / (a / (us * us) + b))
+    kc = jnp.clip(k, 0, count)
+    log_ratio = ((m + 0.5) * jnp.log((m + 1) / (r * (count - m + 1)))
+                 + _stirling_tail(m) + _stirling_tail(count - m)
+                 + (count + 1) * jnp.log((count - m + 1) / (count - kc + 1))
+                 + (kc + 0.5) * jnp.log(r * (count - kc + 1) / (kc + 1))
+                 - _stirling_tail(kc) - _stirling_tail(count - kc))
+    return k, squeeze | (inside & (log_v <= log_ratio))
 
 
-def _binomial(key: Array, count: Array, prob: Array) -> Array:
-    """``Bin(count, prob)`` (floats holding integers), exact at ``prob`` 0 and 1:
-    inversion when ``count * min(p, 1-p) <= 10``, BTRS otherwise, on
-    ``min(p, 1 - p)`` (the count of the likelier outcome is ``count - k``)."""
-    flip = prob > 0.5
-    q = jnp.where(flip, 1 - prob, prob)
-    inner = q > 0
-    q = jnp.where(inner, q, 0.25)
-    small = count * q <= 10
-    key_search, key_btrs = jax.random.split(key)
-    k = jnp.where(
-        small,
-        _binomial_search(key_search, jnp.where(small, count, 0), q),
-        _binomial_btrs(key_btrs, jnp.where(small, 100, count), q),
-    )
-    k = jnp.where(inner, k, 0)
-    return jnp.where(flip, count - k, k)
+def _search(u: Array, k: Array, f: Array, cdf: Array, count: Array, q: Array):
+    """``_SEARCH_STEPS`` steps of inversion for ``Bin(count, q)``: from ``k`` with
+    ``f = P(k)`` and ``cdf = F(k)``, the first ``k' >= k`` with ``F(k') >= u`` (or
+    ``k' = count``).  Returns ``(stopped, k', (k, f, cdf) to go on from)``."""
+    ratio = q / (1 - q)
+    ks, fs, cdfs = [k], [f], [cdf]
+    for _ in range(_SEARCH_STEPS):
+        f = f * ratio * (count - k) / (k + 1)
+        k, cdf = k + 1, cdf + f
+        ks.append(k)
+        fs.append(f)
+        cdfs.append(cdf)
+    ks, cdfs = jnp.stack(ks), jnp.stack(cdfs)
+    stop = ((u <= cdfs) | (ks >= count))[:-1]
+    return jnp.any(stop), ks[jnp.argmax(stop)], (ks[-1], fs[-1], cdfs[-1])
 
 
-def _multinomial_counts(key: Array, length: int, cond: Array) -> Array:
-    """``(K,)`` int32 counts of ``Multinomial(length, p)`` from the conditional
-    probabilities ``cond = _conditional_probs(log p)`` (``(K - 1,)``)."""
-    dtype = cond.dtype
+def _multinomial_counts(key: Array, length: int, q: Array, flip: Array) -> Array:
+    r"""``(K,)`` int32 counts of ``Multinomial(length, p)`` by the conditional
+    binomials ``(q, flip) = _split_probs(log p)`` (the last token takes the rest),
+    one after the other in one loop: iteration ``t`` takes two fresh uniforms
+    ``(u, v)`` and makes one BTRS attempt at the current binomial (mean ``> 10``)
+    or ``_SEARCH_STEPS`` steps of its inversion (mean ``<= 10``, with the ``u`` of
+    the iteration it started in); an accepted attempt or a stopped search gives the
+    binomial and the next one starts in the next iteration.  Every iteration's
+    uniforms are fresh, so the counts are exact in law.
 
-    def step(left, index_q):
-        index, q = index_q
-        c = _binomial(jax.random.fold_in(key, index), left, q)
-        return left - c, c
+    The uniforms of the first ``2 (K - 1) + 8`` iterations are drawn before the
+    loop, ``uniform(k_1, (2 (K - 1) + 8, 2))`` with ``k_1, k_2 = split(key)``
+    (a sequence needs about ``1.1 (K - 1)`` at large means); a second loop goes on
+    with ``uniform(fold_in(k_2, t), (2,))`` (a PRNG inside the loop body runs
+    about 4x slower on a CPU: XLA fuses it into the body and stops vectorising
+    it).  Under ``vmap`` a loop runs until every sequence is done.
+    """
+    num = q.shape[0]
+    dtype = q.dtype
+    if num == 0:
+        return jnp.full((1,), length, jnp.int32)
 
-    index = jnp.arange(cond.shape[0], dtype=jnp.uint32)
-    left, counts = jax.lax.scan(step, jnp.asarray(length, dtype), (index, cond))
-    return jnp.concatenate([counts, left[None]]).astype(jnp.int32)
+    ahead = 2 * num + 8
+    key_ahead, key_more = jax.random.split(key)
+    uniforms = jax.random.uniform(key_ahead, (ahead, 2), dtype)
+
+    def body_ahead(state):
+        u, v = uniforms[state[0]]
+        return step(state, u, v)
+
+    def body_more(state):
+        key_t = jax.random.fold_in(key_more, state[0])
+        u, v = jax.random.uniform(key_t, (2,), dtype)
+        return step(state, u, v)
+
+    def step(state, u, v):
+        t, j, left, counts, started, search = state
+        qj, flip_j = q[jnp.minimum(j, num - 1)], flip[jnp.minimum(j, num - 1)]
+        inner = qj > 0
+        qj = jnp.where(inner, qj, 0.25)
+        small = left * qj <= 10
+        f0 = jnp.exp(left * jnp.log1p(-qj))
+        fresh = (u, jnp.zeros((), dtype), f0, f0)
+        u_s, k, f, cdf = jax.tree.map(lambda a, b: jnp.where(started, a, b),
+                                      search, fresh)
+        stopped, k_s, (k, f, cdf) = _search(u_s, k, f, cdf, left, qj)
+        k_b, accepted = _btrs(u, v, jnp.where(small, 100, left),
+                              jnp.where(small, 0.25, qj).astype(dtype))
+        done = ~inner | jnp.where(small, stopped, accepted)
+        light = jnp.where(inner, jnp.where(small, k_s, k_b), 0)
+        c = jnp.where(flip_j, left - light, light)
+        counts = jnp.where(done, counts.at[j].set(c, mode="drop"), counts)
+        return (t + 1, jnp.where(done, j + 1, j), jnp.where(done, left - c, left),
+                counts, ~done, (u_s, k, f, cdf))
+
+    zero = jnp.zeros((), dtype)
+    init = (jnp.uint32(0), jnp.int32(0), jnp.asarray(length, dtype),
+            jnp.zeros(num + 1, dtype), jnp.bool_(False), (zero, zero, zero, zero))
+    state = jax.lax.while_loop(lambda s: (s[1] < num) & (s[0] < ahead),
+                               body_ahead, init)
+    _, _, left, counts, _, _ = jax.lax.while_loop(lambda s: s[1] < num, body_more,
+                                                  state)
+    return counts.at[num].set(left).astype(jnp.int32)
 
 
 def _count_stage(lm: MemorylessLM, reward: LinearReward) -> _Stage:
@@ -173,14 +203,15 @@ def _count_stage(lm: MemorylessLM, reward: LinearReward) -> _Stage:
 
     (the last token takes the rest), and ``consume(c)`` the reward
     ``R = sum_k c_k r_k`` in a fixed summation order, in the reward's dtype.
-    Binomial ``k`` uses the key ``fold_in(key, k)``.
+    The random numbers are the sequence's own (:func:`_multinomial_counts`), so
+    the counts do not depend on batch or chunk sizes.
     """
-    cond = _conditional_probs(lm.log_probs)
+    q, flip = _split_probs(lm.log_probs)
     length = lm.length
     r = reward.token_rewards
 
     def draw(key):
-        return _multinomial_counts(key, length, cond)
+        return _multinomial_counts(key, length, q, flip)
 
     def consume(counts):
         return _fixed_order_sum(counts.astype(r.dtype) * r)
