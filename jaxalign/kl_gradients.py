@@ -85,6 +85,7 @@ from jaxalign._types import (
     is_concrete,
     prng_jit,
 )
+from jaxalign.markov._finite import _chain_kl
 from jaxalign.markov._model import MarkovLM
 from jaxalign.models import MemorylessLM
 
@@ -732,32 +733,11 @@ def gradient_moments(params, p, estimator: str = "k1", placement: str = "reward"
 # ------------------------------------------------------------ true gradients
 
 
-def _chain_kl(lq0, lq, lp0, lp, forward_law: bool):
-    """``KL(q‖p)`` (``forward_law``: marginals of q) or ``KL(p‖q)`` for chains
-    given as ``(log init, log step(s))``; ``lq``, ``lp`` are ``(n - 1, K, K)``."""
-    if forward_law:
-        a0, b0, a, b = lq0, lp0, lq, lp
-    else:
-        a0, b0, a, b = lp0, lq0, lp, lq
-    m = jnp.exp(a0)
-    total = jnp.sum(m * (a0 - b0))
-
-    def body(carry, ab):
-        m, total = carry
-        at, bt = ab
-        pa = jnp.exp(at)
-        total = total + m @ jnp.sum(pa * (at - bt), axis=1)
-        return (m @ pa, total), None
-
-    (_, total), _ = jax.lax.scan(body, (m, total), (a, b))
-    return total
-
-
 def _true_impl(problem: _Problem, k: int, markov: bool, length: int):
     def kls(flat):
         lq0, lq = _tables(flat, k, markov, length)
-        return jnp.stack([_chain_kl(lq0, lq, problem.lp0, problem.lp, True),
-                          _chain_kl(lq0, lq, problem.lp0, problem.lp, False)])
+        return jnp.stack([_chain_kl(lq0, lq, problem.lp0, problem.lp, length),
+                          _chain_kl(problem.lp0, problem.lp, lq0, lq, length)])
 
     values = kls(problem.flat)
     grads = jax.jacrev(kls)(problem.flat)
@@ -776,7 +756,8 @@ def true_gradients(params, p) -> TrueGradients:
         \mathrm{KL}(Q\|P) = \mathrm{KL}(q_1\|p_1) + \sum_{t=2}^n \sum_a
         Q(y_{t-1} = a)\, \mathrm{KL}(Q(a, \cdot)\|P_t(a, \cdot)),
 
-    by forward recursions of the marginals, differentiated by autodiff.
+    by forward recursions of the marginals (:func:`jaxalign.markov.chain_kl`'s),
+    differentiated by autodiff.
 
     Examples:
       >>> import jax.numpy as jnp
