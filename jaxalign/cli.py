@@ -431,8 +431,9 @@ def _add_kl_gradients(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="TOML",
                         help="read the options below from a TOML file (keys probs, "
                              "trans, length, lam, rewards, q_probs, q_trans, clip, "
-                             "weighting; lists for vectors, lists of rows for "
-                             "matrices); options on the command line win")
+                             "clip_form, weighting; lists for vectors, lists of rows "
+                             "for matrices, q_trans also a list of n - 1 matrices); "
+                             "options on the command line win")
     parser.add_argument("--probs",
                         help="reference p: token probabilities (memoryless), or the "
                              "initial law with --trans; comma-separated, all > 0")
@@ -444,16 +445,24 @@ def _add_kl_gradients(parser: argparse.ArgumentParser) -> None:
                         help="sequence length n (an integer >= 1)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--lam", type=float,
-                       help="q is the tilt of p at lam with --rewards (the token-"
-                            "level tilt for a chain)")
+                       help="q is the tilt q ∝ p e^(lam R) of p at lam, R the sum "
+                            "of the per-token --rewards (for a chain p the exact "
+                            "tilt: a time-varying chain, jaxalign.markov.tilt)")
     which.add_argument("--q-probs", metavar="PROBS",
                        help="q's token probabilities (memoryless) or initial law "
                             "(with --q-trans), all > 0")
     parser.add_argument("--rewards", help="per-token rewards r for --lam")
     parser.add_argument("--q-trans", metavar="ROWS",
-                        help="q's transition probabilities (with --trans)")
+                        help="q's transition probabilities (with --trans): one K x K "
+                             "matrix (a homogeneous chain), or n - 1 of them "
+                             "separated by '|' (time-varying: the t-th gives "
+                             "q(y_(t+1) | y_t))")
     parser.add_argument("--clip", type=float,
                         help="clip range c >= 0 of the clipped ratio (default 0.2)")
+    parser.add_argument("--clip-form", choices=_KLG_CLIP_FORMS,
+                        help="clipped rows: 'clip' weighs a penalty x by the clipped "
+                             "ratio, 'min' by PPO's pessimistic max(w x, clip(w) x) "
+                             "(default clip)")
     parser.add_argument("--weighting", choices=_KLG_WEIGHTINGS,
                         help="which rows to print (default all)")
     parser.add_argument("--json", action="store_true",
@@ -466,9 +475,10 @@ def _add_kl_gradients(parser: argparse.ArgumentParser) -> None:
 
 
 _KLG_WEIGHTINGS = ("all", "on_policy", "ratio", "clipped")
+_KLG_CLIP_FORMS = ("clip", "min")
 _KLG_KEYS = {"probs": "vector", "trans": "matrix", "length": "int", "lam": "float",
-             "rewards": "vector", "q_probs": "vector", "q_trans": "matrix",
-             "clip": "float", "weighting": "str"}
+             "rewards": "vector", "q_probs": "vector", "q_trans": "matrices",
+             "clip": "float", "clip_form": "clip_form", "weighting": "weighting"}
 
 
 def _toml_value(key: str, value: Any, kind: str, path: str) -> Any:
@@ -485,11 +495,16 @@ def _toml_value(key: str, value: Any, kind: str, path: str) -> Any:
             raise ValueError(f"{where} must be a non-empty list of numbers, got "
                              f"{value!r}")
         return ",".join(repr(number(x)) for x in value)
-    if kind == "matrix":
+    if kind == "matrices" and isinstance(value, list) and value and all(
+            isinstance(m, list) and m and all(isinstance(r, list) for r in m)
+            for m in value):  # n - 1 matrices: the steps joined by '|'
+        return "|".join(_toml_value(key, m, "matrix", path) for m in value)
+    if kind in ("matrix", "matrices"):
         if not isinstance(value, list) or not value or not all(
                 isinstance(row, list) and row for row in value):
-            raise ValueError(f"{where} must be a list of rows (lists of numbers), got "
-                             f"{value!r}")
+            raise ValueError(f"{where} must be a list of rows (lists of numbers)"
+                             f"{' or of matrices' if kind == 'matrices' else ''}, "
+                             f"got {value!r}")
         return ";".join(",".join(repr(number(x)) for x in row) for row in value)
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int) or not (
@@ -499,8 +514,9 @@ def _toml_value(key: str, value: Any, kind: str, path: str) -> Any:
         return value
     if kind == "float":
         return number(value)
-    if value not in _KLG_WEIGHTINGS:
-        raise ValueError(f"{where} must be one of {_KLG_WEIGHTINGS}, got {value!r}")
+    allowed = _KLG_CLIP_FORMS if kind == "clip_form" else _KLG_WEIGHTINGS
+    if value not in allowed:
+        raise ValueError(f"{where} must be one of {allowed}, got {value!r}")
     return value
 
 
@@ -534,11 +550,31 @@ def _kl_gradient_options(args: argparse.Namespace) -> None:
         raise ValueError("give exactly one of --lam (q a tilt of p) and --q-probs, "
                          "on the command line or in --config")
     args.clip = 0.2 if args.clip is None else args.clip
+    args.clip_form = args.clip_form or "clip"
     args.weighting = args.weighting or "all"
 
 
 def _matrix(text: str, name: str) -> list[list[float]]:
     return [float_list(row, name) for row in text.split(";")]
+
+
+def _q_trans(text: str, k: int, length: int):
+    """``--q-trans`` as ``(K, K)`` or, steps separated by ``'|'``, ``(n - 1, K, K)``
+    transition probabilities, all > 0 (rows need not sum to 1: they are logits'
+    exponentials)."""
+    import numpy as np
+
+    steps = [_matrix(step, "--q-trans") for step in text.split("|")]
+    allowed = (f"K x K = {k} x {k} probabilities > 0, or n - 1 = {length - 1} such "
+               f"matrices separated by '|' (a time-varying q)")
+    if any(len(m) != k or any(len(row) != k for row in m) for m in steps) or (
+            len(steps) > 1 and len(steps) != length - 1):
+        raise ValueError(f"--q-trans must be {allowed}, got {len(steps)} matrices "
+                         f"of shapes {[(len(m), len(m[0])) for m in steps]}")
+    qt = np.asarray(steps if len(steps) > 1 else steps[0], np.float64)
+    if not np.all(np.isfinite(qt) & (qt > 0)):
+        raise ValueError(f"--q-trans must be {allowed}, got {text!r}")
+    return qt
 
 
 def _kl_gradient_models(args: argparse.Namespace):
@@ -571,11 +607,15 @@ def _kl_gradient_models(args: argparse.Namespace):
                              f"got {r.size}")
         if not np.all(np.isfinite(r)):
             raise ValueError(f"--rewards must be finite, got {args.rewards!r}")
-        init = np.log(probs) + args.lam * r
         if args.trans is None:
-            return init, p, f"tilt of p at lam = {args.lam:g}"
-        return ((init, np.log(trans) + args.lam * r[None, :]), p,
-                f"token-level tilt of p at lam = {args.lam:g}")
+            return np.log(probs) + args.lam * r, p, f"tilt of p at lam = {args.lam:g}"
+        from jaxalign.markov import tilt
+        from jaxalign.models import LinearReward
+
+        # The tilt of a chain is a time-varying chain: exact in that form only.
+        q = tilt(p, LinearReward(r), args.lam)
+        return ((q.log_init, q.log_trans), p,
+                f"tilt of p at lam = {args.lam:g} (time-varying chain)")
     if args.rewards is not None:
         raise ValueError("--rewards goes with --lam, not --q-probs")
     q = np.asarray(float_list(args.q_probs, "--q-probs"), np.float64)
@@ -586,11 +626,9 @@ def _kl_gradient_models(args: argparse.Namespace):
         return np.log(q), p, "given by --q-probs"
     if args.q_trans is None:
         raise ValueError("a Markov p (--trans) needs --q-trans with --q-probs")
-    qt = np.asarray(_matrix(args.q_trans, "--q-trans"), np.float64)
-    if qt.shape != (k, k) or not np.all(qt > 0):
-        raise ValueError(f"--q-trans must be K x K = {k} x {k} probabilities > 0, "
-                         f"got {args.q_trans!r}")
-    return (np.log(q), np.log(qt)), p, "given by --q-probs and --q-trans"
+    qt = _q_trans(args.q_trans, k, args.length)
+    varying = " (time-varying)" if qt.ndim == 3 else ""
+    return (np.log(q), np.log(qt)), p, f"given by --q-probs and --q-trans{varying}"
 
 
 def _save_kl_gradients_plot(path: str, summary, values) -> None:
@@ -615,7 +653,8 @@ def _run_kl_gradients(args: argparse.Namespace) -> int:
                  if args.weighting in ("all", i.weighting))
     with jax.enable_x64(True):
         params, p, q_text = _kl_gradient_models(args)
-        s = kl_gradients.summary(params, p, clip=args.clip, implementations=rows)
+        s = kl_gradients.summary(params, p, clip=args.clip, implementations=rows,
+                                 clip_form=args.clip_form)
         norm_qp = float(jax.numpy.linalg.norm(s.grad_kl_qp))
         norm_pq = float(jax.numpy.linalg.norm(s.grad_kl_pq))
         if args.plot is not None:
@@ -630,12 +669,14 @@ def _run_kl_gradients(args: argparse.Namespace) -> int:
         print(json.dumps(_json_safe({
             "model": kind, "num_tokens": len(float_list(args.probs, "--probs")),
             "length": args.length, "q": q_text, "clip": args.clip,
+            "clip_form": args.clip_form,
             "kl_qp": float(s.kl_qp), "kl_pq": float(s.kl_pq),
             "grad_kl_qp_norm": norm_qp, "grad_kl_pq_norm": norm_pq, "rows": table}),
             allow_nan=False))
         return 0
     print(f"KL-penalty gradients: {kind} p, n = {args.length}, q {q_text}; exact "
-          f"(float64), at theta = theta_old, clip c = {args.clip:g}")
+          f"(float64), at theta = theta_old, clip c = {args.clip:g} "
+          f"({args.clip_form} form)")
     print(f"KL(q||p) = {_fmt(float(s.kl_qp))}  |grad KL(q||p)| = {_fmt(norm_qp)}  "
           f"KL(p||q) = {_fmt(float(s.kl_pq))}  |grad KL(p||q)| = {_fmt(norm_pq)}")
     head = (f"{'implementation':<34} {'gradient of':<22} {'cos':>8} "

@@ -85,6 +85,7 @@ from jaxalign._types import (
     is_concrete,
     prng_jit,
 )
+from jaxalign.markov._finite import _chain_kl
 from jaxalign.markov._model import MarkovLM
 from jaxalign.models import MemorylessLM
 
@@ -379,17 +380,26 @@ def _at_old(problem: _Problem) -> bool:
 # --------------------------------------------------------------------- the policy
 
 
-def _tables(flat: Array, k: int, markov: bool, length: int):
-    """``(log q(y_1) (K,), log q_t(b | a) (n - 1, K, K))`` of the policy ``θ``: one
-    transition matrix per step, whether ``θ`` holds one (homogeneous, repeated) or
-    ``n − 1`` (time-varying; the number of slices is read from ``θ``'s size)."""
-    shape = (length - 1, k, k)
+def _chain(flat: Array, k: int, markov: bool, length: int) -> MarkovLM:
+    """The policy ``θ`` as a chain: ``(K, K)`` transitions when ``θ`` holds one
+    matrix (homogeneous; for a memoryless policy every row is its law), or
+    ``(n − 1, K, K)`` (time-varying; the number of slices is read from ``θ``'s
+    size)."""
     if markov:
         slices = (flat.shape[0] - k) // (k * k)
         trans = jax.nn.log_softmax(flat[k:].reshape(slices, k, k), axis=-1)
-        return jax.nn.log_softmax(flat[:k]), jnp.broadcast_to(trans, shape)
+        init = jax.nn.log_softmax(flat[:k])
+        return MarkovLM.unchecked(init, trans[0] if slices == 1 else trans, length)
     lq = jax.nn.log_softmax(flat)
-    return lq, jnp.broadcast_to(lq, shape)
+    return MarkovLM.unchecked(lq, jnp.broadcast_to(lq, (k, k)), length)
+
+
+def _tables(flat: Array, k: int, markov: bool, length: int):
+    """``(log q(y_1) (K,), log q_t(b | a) (n - 1, K, K))`` of the policy ``θ``: one
+    transition matrix per step, whether ``θ`` holds one (homogeneous, repeated) or
+    ``n − 1`` (time-varying)."""
+    chain = _chain(flat, k, markov, length)
+    return chain.log_init, jnp.broadcast_to(chain.log_trans, (length - 1, k, k))
 
 
 def _per_token(lq0: Array, lq: Array, y: Array) -> Array:
@@ -732,32 +742,11 @@ def gradient_moments(params, p, estimator: str = "k1", placement: str = "reward"
 # ------------------------------------------------------------ true gradients
 
 
-def _chain_kl(lq0, lq, lp0, lp, forward_law: bool):
-    """``KL(q‖p)`` (``forward_law``: marginals of q) or ``KL(p‖q)`` for chains
-    given as ``(log init, log step(s))``; ``lq``, ``lp`` are ``(n - 1, K, K)``."""
-    if forward_law:
-        a0, b0, a, b = lq0, lp0, lq, lp
-    else:
-        a0, b0, a, b = lp0, lq0, lp, lq
-    m = jnp.exp(a0)
-    total = jnp.sum(m * (a0 - b0))
-
-    def body(carry, ab):
-        m, total = carry
-        at, bt = ab
-        pa = jnp.exp(at)
-        total = total + m @ jnp.sum(pa * (at - bt), axis=1)
-        return (m @ pa, total), None
-
-    (_, total), _ = jax.lax.scan(body, (m, total), (a, b))
-    return total
-
-
 def _true_impl(problem: _Problem, k: int, markov: bool, length: int):
     def kls(flat):
         lq0, lq = _tables(flat, k, markov, length)
-        return jnp.stack([_chain_kl(lq0, lq, problem.lp0, problem.lp, True),
-                          _chain_kl(lq0, lq, problem.lp0, problem.lp, False)])
+        return jnp.stack([_chain_kl(lq0, lq, problem.lp0, problem.lp, length),
+                          _chain_kl(problem.lp0, problem.lp, lq0, lq, length)])
 
     values = kls(problem.flat)
     grads = jax.jacrev(kls)(problem.flat)
@@ -776,7 +765,8 @@ def true_gradients(params, p) -> TrueGradients:
         \mathrm{KL}(Q\|P) = \mathrm{KL}(q_1\|p_1) + \sum_{t=2}^n \sum_a
         Q(y_{t-1} = a)\, \mathrm{KL}(Q(a, \cdot)\|P_t(a, \cdot)),
 
-    by forward recursions of the marginals, differentiated by autodiff.
+    by forward recursions of the marginals (:func:`jaxalign.markov.chain_kl`'s),
+    differentiated by autodiff.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -1028,27 +1018,25 @@ def _surrogate(flat, y, problem: _Problem, cell: _Cell, token: Array,
                      jnp.where(reward, seq_reward, seq_loss))
 
 
-def _draw(key, lq0, lq, length: int):
-    """One sequence of a chain ``(log init (K,), log steps (n − 1, K, K))``; token
-    ``t`` from ``fold_in(key, t)``."""
-    first = jax.random.categorical(jax.random.fold_in(key, 0), lq0)
+def _sampler(flat: Array, k: int, markov: bool, length: int):
+    """``draw(key) -> (n,)`` tokens of the policy ``θ``: the library's chain sampler
+    (the stage of :func:`jaxalign.markov.sample`: ``n`` 32-bit words per
+    sequence, alias tables for homogeneous chains with ``K <= 64``, else inverse
+    CDFs per step), its tables built once (outside the caller's loops when
+    traced)."""
+    from jaxalign.markov._sample import _stage
 
-    def body(prev, step):
-        t, lq_t = step
-        y = jax.random.categorical(jax.random.fold_in(key, t), lq_t[prev])
-        return y, y
-
-    _, rest = jax.lax.scan(body, first, (jnp.arange(1, length), lq))
-    return jnp.concatenate([first[None], rest])
+    stage = _stage(_chain(flat, k, markov, length), None)
+    return lambda key: stage.consume(stage.draw(key))
 
 
 @prng_jit("k", "markov", "length", "num_samples")
 def _mc_impl(key, problem, cell, token, to_go, k, markov, length, num_samples):
     law = jnp.where(cell.mode == 0, problem.flat, problem.old)
-    lq0, lq = _tables(law, k, markov, length)
+    draw = _sampler(law, k, markov, length)
 
     def one(i):
-        y = _draw(jax.random.fold_in(key, i), lq0, lq, length)
+        y = draw(jax.random.fold_in(key, i))
         return jax.grad(_surrogate)(problem.flat, y, problem, cell, token, to_go, k,
                                     markov)
 

@@ -497,9 +497,8 @@ def _markov_train_one(key, chain: _Chain, penalty: _Penalty, beta, learning_rate
             theta, opt_state = _opt_update(optimizer, grads, opt_state, theta)
             return (theta, opt_state), (value.kl, value.reward, value.kl, value.reward)
 
-        lq0, lq = kg._tables(theta, k, True, n)
-        draw_key = jax.random.fold_in(key, t)
-        y = jax.vmap(lambda i: kg._draw(jax.random.fold_in(draw_key, i), lq0, lq, n))(
+        draw, draw_key = kg._sampler(theta, k, True, n), jax.random.fold_in(key, t)
+        y = jax.vmap(lambda i: draw(jax.random.fold_in(draw_key, i)))(
             jnp.arange(cfg.batch_size))
         rewards = chain.first[y[:, 0]] + jnp.sum(chain.pair[y[:, :-1], y[:, 1:]], -1)
         old_lq_tok = _per_token_log_q(theta, y, k)

@@ -324,6 +324,117 @@ def test_kl_gradients_plot_writes_the_figure(capsys, tmp_path):
     assert code == 2 and out == "" and "cannot write --plot" in err
 
 
+KLG_TRANS = "0.6,0.3,0.1;0.1,0.3,0.6;0.5,0.25,0.25"
+KLG_TRANS2 = "0.2,0.3,0.5;0.4,0.4,0.2;0.1,0.1,0.8"
+
+
+def _klg_library(params, p, clip=0.2, clip_form="clip", weighting="all"):
+    """What ``kl-gradients --json`` must print, from ``kl_gradients.summary``
+    called directly (float64)."""
+    import jax
+
+    from jaxalign import kl_gradients as kg
+
+    rows = tuple(i for i in kg.GRID if weighting in ("all", i.weighting))
+    with jax.enable_x64(True):
+        s = kg.summary(params, p, clip=clip, implementations=rows,
+                       clip_form=clip_form)
+        norms = [float(jax.numpy.linalg.norm(g)) for g in (s.grad_kl_qp, s.grad_kl_pq)]
+    table = [{"implementation": impl.name, "gradient_of": s.divergence[j],
+              "cosine": float(s.cosine[j]), "relative_bias": float(s.relative_bias[j]),
+              "variance": float(s.variance[j])}
+             for j, impl in enumerate(s.implementations)]
+    return cli._json_safe({"kl_qp": float(s.kl_qp), "kl_pq": float(s.kl_pq),
+                           "grad_kl_qp_norm": norms[0], "grad_kl_pq_norm": norms[1],
+                           "rows": table})
+
+
+def _klg_chain():
+    """The reference chain of the Markov tests, in float64."""
+    import jax
+    import numpy as np
+
+    import jaxalign
+
+    with jax.enable_x64(True):
+        return jaxalign.MarkovLM.from_probs(
+            np.array([0.5, 0.3, 0.2]), np.asarray(cli._matrix(KLG_TRANS, "t")),
+            length=4)
+
+
+def _klg_json(capsys, argv):
+    code, out, err = run(capsys, argv)
+    assert (code, err) == (0, "")
+    rep = json.loads(out)
+    return rep, {key: rep[key] for key in ("kl_qp", "kl_pq", "grad_kl_qp_norm",
+                                           "grad_kl_pq_norm", "rows")}
+
+
+def test_kl_gradients_clip_form_min_is_the_library(capsys):
+    """At ``θ = θ_old`` the two forms differ at ``c = 0``: the clipped ratio is
+    frozen (zero gradient), PPO's min form keeps ``w`` on the tie."""
+    import numpy as np
+
+    p = _klg_chain()
+    params = (np.log([0.2, 0.3, 0.5]), np.log(cli._matrix(KLG_TRANS2, "t")))
+    argv = [*KLG, "--q-probs", "0.2,0.3,0.5", "--trans", KLG_TRANS, "--q-trans",
+            KLG_TRANS2, "--clip", "0", "--weighting", "clipped", "--json"]
+    rep, got = _klg_json(capsys, [*argv, "--clip-form", "min"])
+    assert rep["clip_form"] == "min" and len(rep["rows"]) == 15
+    assert got == _klg_library(params, p, 0.0, "min", "clipped")
+    rep, default = _klg_json(capsys, argv)  # the default is the clip form
+    assert rep["clip_form"] == "clip"
+    assert default == _klg_library(params, p, 0.0, "clip", "clipped")
+    labels = {r["implementation"]: r["gradient_of"] for r in default["rows"]}
+    labels_min = {r["implementation"]: r["gradient_of"] for r in got["rows"]}
+    assert labels["k1/reward/token/clipped"] == "0"  # frozen weight
+    assert labels_min["k1/reward/token/clipped"] == "KL(q||p)"
+    assert labels["k3/loss/sequence/clipped"] == "KL(p||q)"  # only k's gradient
+    assert labels_min["k3/loss/sequence/clipped"] == "KL(q||p)"  # (k + k') s
+
+
+def test_kl_gradients_tilt_of_a_chain_is_the_time_varying_tilt(capsys):
+    """``--lam`` on a chain is the exact tilt ``q ∝ p e^{λR}``: a time-varying
+    chain (``jaxalign.markov.tilt``), not a homogeneous projection of it."""
+    import jax
+
+    import jaxalign
+
+    rep, got = _klg_json(capsys, [*KLG, "--trans", KLG_TRANS, "--rewards", "0,1,2",
+                                  "--lam", "0.7", "--json"])
+    assert "time-varying" in rep["q"]
+    with jax.enable_x64(True):
+        p = _klg_chain()
+        q = jaxalign.markov.tilt(p, jaxalign.LinearReward([0.0, 1.0, 2.0]), 0.7)
+        assert q.log_trans.shape == (3, 3, 3)
+        assert got == _klg_library((q.log_init, q.log_trans), p)
+        # exact: the tilt's KL(q||p) is the library's KL of the tilt
+        kl = float(jaxalign.markov.kl(p, jaxalign.LinearReward([0.0, 1.0, 2.0]), 0.7))
+    assert got["kl_qp"] == pytest.approx(kl, rel=1e-12)
+
+
+def test_kl_gradients_time_varying_q_trans(capsys, tmp_path):
+    import numpy as np
+
+    steps = [KLG_TRANS2, KLG_TRANS, "1,1,1;1,2,3;3,2,1"]  # rows need not sum to 1
+    rep, got = _klg_json(capsys, [*KLG, "--q-probs", "0.2,0.3,0.5", "--trans",
+                                  KLG_TRANS, "--q-trans", "|".join(steps),
+                                  "--weighting", "on_policy", "--json"])
+    assert "time-varying" in rep["q"]
+    p = _klg_chain()
+    params = (np.log([0.2, 0.3, 0.5]),
+              np.log([cli._matrix(m, "t") for m in steps]))
+    assert got == _klg_library(params, p, weighting="on_policy")
+    # the same q from a TOML list of n - 1 matrices
+    path = tmp_path / "q.toml"
+    path.write_text("q_trans = " + json.dumps([cli._matrix(m, "t") for m in steps])
+                    + '\nclip_form = "min"\n')
+    rep2, from_file = _klg_json(capsys, [*KLG, "--config", str(path), "--q-probs",
+                                         "0.2,0.3,0.5", "--trans", KLG_TRANS,
+                                         "--weighting", "on_policy", "--json"])
+    assert from_file == got and rep2["clip_form"] == "min"
+
+
 KLG_BAD = [
     ["--q-probs", "0.2,0.3,0.5", "--clip", "-0.1"],
     ["--q-probs", "0.5,0.5"],
@@ -336,6 +447,13 @@ KLG_BAD = [
     ["--q-probs", "0.2,0.3,0.5", "--trans", "0.2,0.3,0.5;0.2,0.3,0.5;0.2,0.3,0.5"],
     ["--q-probs", "0.2,0.3,0.5", "--weighting", "offline"],
     ["--q-probs", "0.2,0.3,0.5", "--lam", "1"],
+    ["--q-probs", "0.2,0.3,0.5", "--clip-form", "max"],
+    ["--q-probs", "0.2,0.3,0.5", "--trans", KLG_TRANS, "--q-trans",
+     f"{KLG_TRANS}|{KLG_TRANS}"],  # 2 steps for n - 1 = 3
+    ["--q-probs", "0.2,0.3,0.5", "--trans", KLG_TRANS, "--q-trans",
+     f"{KLG_TRANS}|{KLG_TRANS}|0.5,0.5;0.5,0.5"],  # a 2 x 2 step
+    ["--q-probs", "0.2,0.3,0.5", "--trans", KLG_TRANS, "--q-trans",
+     f"{KLG_TRANS}|{KLG_TRANS}|1,0,1;1,1,1;1,1,1"],  # a zero
     [],
 ]
 
@@ -379,6 +497,10 @@ def test_kl_gradients_toml_equals_the_options(capsys, tmp_path):
      ["--q-probs", "0.4,0.6"], "exactly one of --lam"),
     ("length = 2\nq_probs = [0.4, 0.6]\n", [], "needs --probs and --length"),
     ("probs = [0.5, 0.5\n", [], "not valid TOML"),
+    ("probs = [0.5, 0.5]\nlength = 2\nq_probs = [0.4, 0.6]\nclip_form = 'max'\n",
+     [], "key 'clip_form' must be one of"),
+    ("probs = [0.5, 0.5]\nlength = 2\nq_probs = [0.4, 0.6]\nq_trans = [[[1, 'a']]]\n",
+     [], "must hold numbers"),
 ])
 def test_kl_gradients_bad_toml_exits_2(capsys, tmp_path, text, extra, message):
     path = tmp_path / "bad.toml"

@@ -267,6 +267,27 @@ def test_time_varying_policy_every_cell_against_enumeration(off):
         assert np.any(np.abs(w - 1) > CLIP) and not np.all(np.abs(w - 1) > CLIP)
 
 
+@pytest.mark.parametrize("scale", [0.02, 1.5], ids=["series", "mixed"])
+def test_true_gradients_exact_through_the_series_branch(scale, x64):
+    """The chain KL (one home: ``markov._finite._chain_kl``) switches to a
+    truncated series for ``|log q/p| < 0.5``; its gradients, both KLs, both chains
+    time-varying, match enumeration to 1e-12 with every log-ratio in the series
+    (``scale = 0.02``) or on both sides of the cut-off (``1.5``)."""
+    p = _tilted_reference()
+    lp0, lp = np.asarray(p.log_init), np.asarray(p.log_trans)
+    params = (lp0 + scale * A, lp + scale * B_VAR)
+    flat = np.concatenate([params[0], params[1].ravel()])
+    e = Enum(flat, flat, lp0, lp, N, True)
+    ell = e.lth - e.lp
+    small = np.abs(ell) < 0.5
+    assert small.all() if scale < 0.1 else (small.any() and not small.all())
+    t = kg.true_gradients(params, p)
+    assert float(t.kl_qp) == pytest.approx(e.kl_qp(), rel=1e-12)
+    assert float(t.kl_pq) == pytest.approx(e.kl_pq(), rel=1e-12)
+    _close(np.asarray(t.grad_kl_qp), e.q @ (ell.sum(1)[:, None] * e.s.sum(1)))
+    _close(np.asarray(t.grad_kl_pq), -(e.p @ e.s.sum(1)))
+
+
 def test_identical_slices_are_the_homogeneous_policy(x64):
     """``(A, B)`` and ``(A, [B, B, B])`` are one law; tying the slices, the
     homogeneous estimate is ``Jᵀ g`` for the time-varying one (``J`` stacks an
