@@ -422,6 +422,31 @@ def test_scaled_product_falls_back_where_underflow_matters(x64):
     np.testing.assert_allclose(out, want, rtol=1e-15)
 
 
+def test_law_dp_redoes_deep_underflow_with_the_fallback(x64):
+    """The DP runs scaled products only and redoes the law with the exact
+    fallback when a step dropped a state that matters: token 2 is reachable only
+    from token 1, e^800 below token 0 in the first step's column, so
+    P(S = 3) = e^-800 exactly (the scaled products alone give 0)."""
+    from jaxalign.markov import _law
+
+    lm = jaxalign.MarkovLM.from_logits(
+        [0.0, -800.0, -np.inf],
+        [[0.0, -np.inf, -np.inf], [-np.inf, -np.inf, 0.0], [-np.inf, -np.inf, 0.0]],
+        length=4)
+    law = markov.reward_law(lm, jaxalign.LinearReward([0.0, 0.0, 1.0]))
+    lp = np.asarray(law.log_pmf)
+    assert lp.shape == (5,) and lp[3] == pytest.approx(-800.0, rel=1e-14)
+    assert lp[0] == pytest.approx(0.0, abs=1e-300)
+    assert np.all(np.isneginf(lp[[1, 2, 4]]))
+    k = jnp.array([0, 0, 1])
+    args = (lm.log_init, lm.log_trans, k, jnp.broadcast_to(k, (3, 3)), k, 4, 5, None)
+    fast, deep = _law._law_dp(*args, fallback=False)
+    assert bool(deep) and np.isneginf(float(fast[3]))
+    exact_, deep_after = _law._law_dp(*args, fallback=True)
+    assert not bool(deep_after)
+    np.testing.assert_array_equal(np.asarray(exact_), lp)
+
+
 def lse_total(lp):
     return np.logaddexp.reduce(lp)
 
