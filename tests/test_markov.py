@@ -779,7 +779,7 @@ def _assert_pairs_follow(y, trans, step=None):
     assert np.all(counts[trans == 0] == 0)
     for row in range(k):
         ok = trans[row] > 0
-        if counts[row].sum() == 0:
+        if counts[row].sum() == 0 or ok.sum() < 2:  # (one token: zeros checked)
             continue
         _, pval = scipy.stats.chisquare(counts[row, ok],
                                         trans[row, ok] * counts[row].sum())
@@ -832,3 +832,33 @@ def test_sampler_rows_against_transition_counts():
     y1 = np.asarray(markov.sample(jax.random.key(42), tilt, 4000))
     p1 = 0.8 * math.e / (0.2 + 0.8 * math.e)
     assert abs(y1.mean() - p1) < 5 * math.sqrt(p1 * (1 - p1) / y1.size)
+
+
+def test_packed_alias_rows_and_emitted_rewards():
+    """The alias path packs threshold and alias in one word, a full column
+    (threshold 2^shift) stored as threshold 0 aliased to itself: K = 4 rows that
+    are uniform (every column full), deterministic (one full column, three
+    aliased to it), with zeros, and generic; chi-square of the pair counts
+    (fixed keys, p > 1e-4), zero transitions never taken.  The rewards the scan
+    emits step by step are, bit for bit, the fixed-order sum of the pair rewards
+    of the same sample's tokens."""
+    from jaxalign import sample
+    from jaxalign.sample._kernels import _fixed_order_sum
+
+    trans = np.array([[0.25, 0.25, 0.25, 0.25],
+                      [0.0, 0.0, 1.0, 0.0],
+                      [0.5, 0.0, 0.0, 0.5],
+                      [0.1, 0.2, 0.3, 0.4]])
+    lm = jaxalign.MarkovLM.from_probs(np.full(4, 0.25), trans, length=5)
+    y = np.asarray(markov.sample(jax.random.key(51), lm, 20_000))
+    assert y.min() >= 0 and y.max() < 4
+    assert np.all(y[:, 1:][y[:, :-1] == 1] == 2)
+    _assert_pairs_follow(y, trans)
+    pair = np.random.default_rng(6).normal(size=(4, 4)).astype(np.float32)
+    first = np.random.default_rng(7).normal(size=4).astype(np.float32)
+    reward = jaxalign.PairReward(pair, first)
+    r = np.asarray(sample.rewards(jax.random.key(52), lm, reward, 300))
+    toks = np.asarray(sample.tokens(jax.random.key(52), lm, 300))
+    want = first[toks[:, 0]] + np.asarray(
+        _fixed_order_sum(jnp.asarray(pair[toks[:, :-1], toks[:, 1:]])))
+    np.testing.assert_array_equal(r, want)
