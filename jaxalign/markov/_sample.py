@@ -20,6 +20,7 @@ from jaxalign.markov._model import (
     _check_model,
     _pair_form,
 )
+from jaxalign.models import LinearReward
 
 # ------------------------------------------------------------------------ sampling
 
@@ -79,16 +80,16 @@ def _stage(lm: MarkovLM, reward):
 
     length, k = lm.length, lm.num_tokens
     bits = max(1, (k - 1).bit_length())
-    first_r = pair_r = None
-    if reward is not None:  # checked first: a bad reward fails before any work
-        first_r, pair_r = _pair_form(reward, k)
+    if reward is not None and not (isinstance(reward, LinearReward)
+                                   and reward.num_tokens == k):
+        _pair_form(reward, k)  # checked first: a bad reward fails before any work
     # (n = 1: no step is taken; a tilt's log_trans is then (0, K, K).)
     log_trans = lm.log_trans[..., :1, :] if length == 1 else lm.log_trans
     homogeneous = log_trans.ndim == 2
     alias = homogeneous and k <= _ALIAS_MAX_K
     shift = 32 - bits
-    mask = jnp.uint32((1 << shift) - 1)
-    low_bits = jnp.uint32((1 << bits) - 1)
+    mask = (1 << shift) - 1  # Python ints: uint32 constants when traced
+    low_bits = (1 << bits) - 1
     built = []
 
     def tables():
@@ -127,7 +128,8 @@ def _stage(lm: MarkovLM, reward):
         if alias:
             threshold, alias_of = init
             column = (w >> shift).astype(jnp.int32)
-            return jnp.where((w & mask) < threshold[column], column, alias_of[column])
+            keep = (w & jnp.uint32(mask)) < threshold[column]
+            return jnp.where(keep, column, alias_of[column])
         return search(init, 0, w >> 1)
 
     def pick(rows, a, i, w):
@@ -135,8 +137,9 @@ def _stage(lm: MarkovLM, reward):
             column = w >> shift
             entry = rows[((a.astype(jnp.uint32) << bits) | column).astype(jnp.int32)]
             # (w << bits) is the low shift bits of w, scaled like the threshold.
-            keep = (w << bits) < (entry & ~low_bits)
-            return jnp.where(keep, column, entry & low_bits).astype(jnp.int32)
+            keep = (w << bits) < (entry & jnp.uint32(~low_bits & 0xFFFFFFFF))
+            return jnp.where(keep, column, entry & jnp.uint32(low_bits)).astype(
+                jnp.int32)
         row = a if homogeneous else i * k + a
         return search(rows, row * (k - 1), w >> 1)
 
@@ -165,9 +168,11 @@ def _stage(lm: MarkovLM, reward):
 
     if reward is None:
         return _Stage(draw, tokens_of)
-    pair_flat = pair_r.reshape(-1)
 
     def consume(words):
+        # Built where consumed (traced): no eager ops per call for a linear reward.
+        first_r, pair_r = _pair_form(reward, k)
+        pair_flat = pair_r.reshape(-1)
         first, steps = chain(words, lambda a, b: pair_flat[a * k + b])
         if steps is None:
             return first_r[first]
