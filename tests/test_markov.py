@@ -422,6 +422,31 @@ def test_scaled_product_falls_back_where_underflow_matters(x64):
     np.testing.assert_allclose(out, want, rtol=1e-15)
 
 
+def test_law_dp_redoes_deep_underflow_with_the_fallback(x64):
+    """The DP runs scaled products only and redoes the law with the exact
+    fallback when a step dropped a state that matters: token 2 is reachable only
+    from token 1, e^800 below token 0 in the first step's column, so
+    P(S = 3) = e^-800 exactly (the scaled products alone give 0)."""
+    from jaxalign.markov import _law
+
+    lm = jaxalign.MarkovLM.from_logits(
+        [0.0, -800.0, -np.inf],
+        [[0.0, -np.inf, -np.inf], [-np.inf, -np.inf, 0.0], [-np.inf, -np.inf, 0.0]],
+        length=4)
+    law = markov.reward_law(lm, jaxalign.LinearReward([0.0, 0.0, 1.0]))
+    lp = np.asarray(law.log_pmf)
+    assert lp.shape == (5,) and lp[3] == pytest.approx(-800.0, rel=1e-14)
+    assert lp[0] == pytest.approx(0.0, abs=1e-300)
+    assert np.all(np.isneginf(lp[[1, 2, 4]]))
+    k = jnp.array([0, 0, 1])
+    args = (lm.log_init, lm.log_trans, k, jnp.broadcast_to(k, (3, 3)), k, 4, 5, None)
+    fast, deep = _law._law_dp(*args, fallback=False)
+    assert bool(deep) and np.isneginf(float(fast[3]))
+    exact_, deep_after = _law._law_dp(*args, fallback=True)
+    assert not bool(deep_after)
+    np.testing.assert_array_equal(np.asarray(exact_), lp)
+
+
 def lse_total(lp):
     return np.logaddexp.reduce(lp)
 
@@ -754,7 +779,7 @@ def _assert_pairs_follow(y, trans, step=None):
     assert np.all(counts[trans == 0] == 0)
     for row in range(k):
         ok = trans[row] > 0
-        if counts[row].sum() == 0:
+        if counts[row].sum() == 0 or ok.sum() < 2:  # (one token: zeros checked)
             continue
         _, pval = scipy.stats.chisquare(counts[row, ok],
                                         trans[row, ok] * counts[row].sum())
@@ -807,3 +832,33 @@ def test_sampler_rows_against_transition_counts():
     y1 = np.asarray(markov.sample(jax.random.key(42), tilt, 4000))
     p1 = 0.8 * math.e / (0.2 + 0.8 * math.e)
     assert abs(y1.mean() - p1) < 5 * math.sqrt(p1 * (1 - p1) / y1.size)
+
+
+def test_packed_alias_rows_and_emitted_rewards():
+    """The alias path packs threshold and alias in one word, a full column
+    (threshold 2^shift) stored as threshold 0 aliased to itself: K = 4 rows that
+    are uniform (every column full), deterministic (one full column, three
+    aliased to it), with zeros, and generic; chi-square of the pair counts
+    (fixed keys, p > 1e-4), zero transitions never taken.  The rewards the scan
+    emits step by step are, bit for bit, the fixed-order sum of the pair rewards
+    of the same sample's tokens."""
+    from jaxalign import sample
+    from jaxalign.sample._kernels import _fixed_order_sum
+
+    trans = np.array([[0.25, 0.25, 0.25, 0.25],
+                      [0.0, 0.0, 1.0, 0.0],
+                      [0.5, 0.0, 0.0, 0.5],
+                      [0.1, 0.2, 0.3, 0.4]])
+    lm = jaxalign.MarkovLM.from_probs(np.full(4, 0.25), trans, length=5)
+    y = np.asarray(markov.sample(jax.random.key(51), lm, 20_000))
+    assert y.min() >= 0 and y.max() < 4
+    assert np.all(y[:, 1:][y[:, :-1] == 1] == 2)
+    _assert_pairs_follow(y, trans)
+    pair = np.random.default_rng(6).normal(size=(4, 4)).astype(np.float32)
+    first = np.random.default_rng(7).normal(size=4).astype(np.float32)
+    reward = jaxalign.PairReward(pair, first)
+    r = np.asarray(sample.rewards(jax.random.key(52), lm, reward, 300))
+    toks = np.asarray(sample.tokens(jax.random.key(52), lm, 300))
+    want = first[toks[:, 0]] + np.asarray(
+        _fixed_order_sum(jnp.asarray(pair[toks[:, :-1], toks[:, 1:]])))
+    np.testing.assert_array_equal(r, want)
