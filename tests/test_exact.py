@@ -619,3 +619,29 @@ def test_method_keyword_is_the_deprecated_name_of_algorithm():
         exact.tilted_law(lm, reward, 0.5, method="types")
     with pytest.raises(ValueError, match="algorithm must be 'lattice' or 'types'"):
         exact.reward_law(lm, reward, algorithm="fft")
+
+
+def test_best_of_n_float32_log_pmf_below_float32_range_is_minus_inf():
+    """Regression: with N = e^200 a float32 law's best-of-N log-probabilities
+    N log F(v) reach -1e41, finite in float64 and beyond float32; the cast raised
+    NumPy's overflow RuntimeWarning (an error under -W error).  Their float32 value
+    is -inf; the rest agrees with the float64 computation."""
+    probs, rewards = [0.5, 0.3, 0.2], [0.0, 1.0, 2.0]
+
+    def bon(dtype):
+        lm = jaxalign.MemorylessLM.from_probs(np.asarray(probs, dtype), length=64)
+        law = exact.reward_law(lm, jaxalign.LinearReward(np.asarray(rewards, dtype)))
+        return exact.best_of_n_from_law(law, log_num_candidates=200.0)
+
+    res32 = bon(np.float32)
+    with jax.enable_x64(True):
+        res64 = bon(np.float64)
+    lp32, lp64 = np.asarray(res32.log_pmf), np.asarray(res64.log_pmf)
+    assert lp32.dtype == np.float32
+    beyond = lp64 < -np.finfo(np.float32).max
+    assert beyond.any()  # the case the cast must handle
+    assert np.all(lp32[beyond] == -np.inf)
+    near = lp64 > -50
+    np.testing.assert_allclose(lp32[near], lp64[near], atol=1e-3)
+    assert float(res32.expected_reward) == pytest.approx(float(res64.expected_reward),
+                                                         rel=1e-5)

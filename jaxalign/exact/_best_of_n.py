@@ -156,6 +156,12 @@ def _bon(values, log_pmf, log_n, lam, dtype) -> BestOfNResult:
     def cast(x, extra=()):
         return jnp.asarray(x.reshape(shape + extra), dtype=dtype)
 
+    # A best-of-N log-probability N log F(v) can be finite in float64 and below
+    # float32's range (N = e^200, F(v) = 1 - 1e-45): its float32 value is -inf, the
+    # log of a probability that rounds to 0 there; cast without NumPy's overflow
+    # warning (an error under -W error).
+    with np.errstate(over="ignore"):
+        log_b = log_b.astype(np.dtype(dtype))
     return BestOfNResult(
         log_num_candidates=cast(log_n),
         expected_reward=cast(expected),
