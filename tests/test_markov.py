@@ -656,16 +656,9 @@ def test_exact_reward_law_takes_a_chain_through_the_protocol():
 def test_sample_policy_law_level_takes_a_chain(policy):
     """sample.policy draws a chain's policy from its exact law (through the
     protocol); the sample mean agrees with exact.policy_law (|z| < 5)."""
-    from jaxalign import sample
-
     lm = jaxalign.MarkovLM.sticky(np.array([0.5, 0.3, 0.2]), 0.4, length=6)
     reward = jaxalign.LinearReward([0.0, 1.0, 2.0])
-    with jax.enable_x64(True):
-        exact_law = exact.policy_law(lm, reward, policy)
-        r = np.asarray(sample.policy(jax.random.key(21), lm, reward, policy, 4000,
-                                     level="law"), np.float64)
-    se = math.sqrt(float(exact_law.variance) / r.size)
-    assert abs(r.mean() - float(exact_law.expected_reward)) < 5 * se
+    _assert_policy_mean(jax.random.key(21), lm, reward, policy, 4000, level="law")
 
 
 @pytest.mark.parametrize("policy", [policies.BestOfN(4), policies.SoftBestOfN(3, 0.5)],
@@ -678,12 +671,7 @@ def test_token_level_selection_samplers_take_a_chain(policy):
 
     lm = jaxalign.MarkovLM.sticky(np.array([0.5, 0.3, 0.2]), 0.4, length=6)
     reward = jaxalign.LinearReward([0.0, 1.0, 2.0])
-    with jax.enable_x64(True):
-        exact_law = exact.policy_law(lm, reward, policy)
-        r = np.asarray(sample.policy(jax.random.key(23), lm, reward, policy, 3000),
-                       np.float64)
-    se = math.sqrt(float(exact_law.variance) / r.size)
-    assert abs(r.mean() - float(exact_law.expected_reward)) < 5 * se
+    _assert_policy_mean(jax.random.key(23), lm, reward, policy, 3000)
     if isinstance(policy, policies.BestOfN):
         a = sample.best_of_n(jax.random.key(24), lm, reward, 5, 40)
         b = sample.best_of_n(jax.random.key(24), lm, reward, 5, 40, chunk_size=2,
@@ -696,15 +684,22 @@ def test_token_level_selection_samplers_take_a_chain(policy):
 def test_token_level_soft_best_of_n_takes_a_pair_reward():
     """Soft best-of-N on a chain with a PairReward (its temperature takes the
     reward's dtype, whatever the reward family): |z| < 5 against the exact law."""
-    from jaxalign import sample
 
     lm = jaxalign.MarkovLM.from_probs([0.5, 0.5], [[0.9, 0.1], [0.2, 0.8]], length=5)
     reward = jaxalign.PairReward([[1.0, 0.0], [0.0, 1.0]], [0.5, 0.0])
     policy = policies.SoftBestOfN(3, 0.5)
+    _assert_policy_mean(jax.random.key(26), lm, reward, policy, 2000)
+
+
+def _assert_policy_mean(key, lm, reward, policy, num_samples, level="token"):
+    """The mean of ``num_samples`` draws of ``policy`` at ``level`` agrees with
+    ``exact.policy_law`` (|z| < 5 from the exact standard error), in float64."""
+    from jaxalign import sample
+
     with jax.enable_x64(True):
         exact_law = exact.policy_law(lm, reward, policy)
-        r = np.asarray(sample.policy(jax.random.key(26), lm, reward, policy, 2000),
-                       np.float64)
+        r = np.asarray(sample.policy(key, lm, reward, policy, num_samples,
+                                     level=level), np.float64)
     se = math.sqrt(float(exact_law.variance) / r.size)
     assert abs(r.mean() - float(exact_law.expected_reward)) < 5 * se
 
