@@ -674,3 +674,33 @@ def test_every_public_function_documented():
         doc = getattr(theory, name).__doc__
         assert doc and ".. math::" in doc and "Examples:" in doc, name
         assert "References:" in doc, name
+
+
+def test_light_compiled_solvers_work_top_level_nested_and_batched(x64):
+    # theory's programs are compiled with light compiler options (jaxalign._types.
+    # light_jit), which JAX takes on top-level calls only: a call under another jit,
+    # on traced arguments or on constants, and under vmap or grad must still work
+    # and agree with the top-level call.  The reference is mpmath's root of
+    # KL(lam) = delta for a Bernoulli(1/2) token with rewards 0 and 1.
+    lm = jaxalign.MemorylessLM.bernoulli(0.5, length=1)
+    r = jaxalign.LinearReward([0.0, 1.0])
+    mp.mp.dps = 30
+
+    def kl_of(lam):  # per-token KL of the tilted Bernoulli(1/2)
+        q = mp.e**lam / (1 + mp.e**lam)
+        return q * mp.log(2 * q) + (1 - q) * mp.log(2 * (1 - q))
+
+    expected = [float(mp.findroot(lambda lam: kl_of(lam) - d, 1.0)) for d in (0.1, 0.3)]
+    top = [float(theory.lam_for_kl(lm, r, d)) for d in (0.1, 0.3)]
+    traced = jax.jit(lambda d: theory.lam_for_kl(lm, r, d))
+    constant = jax.jit(lambda: theory.lam_for_kl(lm, r, 0.1))
+    batched = jax.vmap(lambda d: theory.lam_for_kl(lm, r, d))(jnp.array([0.1, 0.3]))
+    np.testing.assert_allclose(top, expected, rtol=1e-13)
+    np.testing.assert_allclose([float(traced(0.1)), float(traced(0.3))], expected,
+                               rtol=1e-13)
+    np.testing.assert_allclose(float(constant()), expected[0], rtol=1e-13)
+    np.testing.assert_allclose(batched, expected, rtol=1e-13)
+    # Under grad: d KL / d lam = lam Var_lam(r), Var = q (1 - q).
+    q = 1 / (1 + math.exp(-expected[0]))
+    np.testing.assert_allclose(jax.grad(lambda lam: theory.kl(lm, r, lam))(expected[0]),
+                               expected[0] * q * (1 - q), rtol=1e-12)

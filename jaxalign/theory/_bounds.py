@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import math
 
-import jax
 import jax.numpy as jnp
 
 from jaxalign._types import (
     Array,
     ArrayLike,
     check_exactly_one,
+    light_jit,
 )
 from jaxalign.models import LinearReward, MemorylessLM
 from jaxalign.theory._tilt import (
@@ -79,7 +79,7 @@ def best_of_n_kl_bound(num_candidates: ArrayLike | None = None,
     return _bon_bound_impl(log_n)
 
 
-@jax.jit
+@light_jit
 def _bon_bound_impl(log_n: Array) -> Array:
     small, l = _small(log_n)
     direct = log_n + jnp.expm1(-jnp.where(jnp.isinf(log_n), 0.0, log_n))
@@ -121,7 +121,7 @@ def subgaussian_reward_bound(variance: ArrayLike, kl_budget: ArrayLike) -> Array
     return _sqrt_2_product(variance, budget)
 
 
-@jax.jit
+@light_jit
 def _sqrt_2_product(a: Array, b: Array) -> Array:
     return jnp.sqrt(2 * a) * jnp.sqrt(b)  # no underflow of the product
 
@@ -158,7 +158,7 @@ def hoeffding_variance(reward: LinearReward, lm: MemorylessLM | None = None) -> 
     return _hoeffding_impl(log_p, r)
 
 
-@jax.jit
+@light_jit
 def _hoeffding_impl(log_p: Array, r: Array) -> Array:
     support = log_p > -jnp.inf
     hi = jnp.max(jnp.where(support, r, -jnp.inf))

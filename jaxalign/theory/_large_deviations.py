@@ -13,6 +13,7 @@ from jaxalign._types import (
     Array,
     ArrayLike,
     is_concrete,
+    light_jit,
 )
 from jaxalign.models import LinearReward, MemorylessLM
 from jaxalign.theory._renyi import (
@@ -37,7 +38,7 @@ class _ScgfForms(NamedTuple):
     divergence: Array  # () R3: (t/lam) [Lambda(lam) + D_{1+t/lam}(p_lam || p)]
 
 
-@jax.jit
+@light_jit
 def _scgf_impl(log_p: Array, r: Array, t: Array, lam: Array) -> _ScgfForms:
     tl = _tilted(log_p, r, lam)
     direct = _tilted(tl.log_phi, r, t).log_mgf

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -10,6 +9,7 @@ from jaxalign._types import (
     Array,
     ArrayLike,
     is_concrete,
+    light_jit,
     log_tolerance,
 )
 from jaxalign.theory._tilt import (
@@ -77,7 +77,7 @@ def _renyi_cross_entropy(p: Array, q: Array, alpha: Array) -> Array:
     return jnp.where(beta == 0, ce, -lme / jnp.where(beta == 0, 1.0, beta))
 
 
-@jax.jit
+@light_jit
 def _renyi_jit(p: Array, q: Array, alpha: Array) -> tuple[Array, Array]:
     # One compile for both (their other branches are cheap); alpha = inf is only
     # valid for the divergence.

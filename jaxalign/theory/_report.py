@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxalign._types import check_exactly_one, check_positive_int
+from jaxalign._types import check_exactly_one, check_positive_int, light_jit
 from jaxalign.models import LinearReward, MemorylessLM
 from jaxalign.theory._bounds import (
     best_of_n_kl_bound,
@@ -35,7 +35,7 @@ from jaxalign.theory._large_deviations import (
 from jaxalign.theory._tilt import _lam, _prepare, _scalar
 
 
-@functools.partial(jax.jit, static_argnames=("order", "by_budget"))
+@light_jit(static_argnames=("order", "by_budget"))
 def _report_values(lm: MemorylessLM, reward: LinearReward, x, order: int,
                    by_budget: bool) -> dict:
     # One compiled program for the whole report: the public functions validate
@@ -107,8 +107,8 @@ def report(lm: MemorylessLM, reward: LinearReward, *, lam: float | None = None,
     out: dict = {
         "num_tokens": lm.num_tokens,
         "length": lm.length,
-        "probs": [float(p) for p in lm.probs],
-        "rewards": [float(r) for r in reward.token_rewards],
+        "probs": np.asarray(lm.probs, np.float64).tolist(),
+        "rewards": np.asarray(reward.token_rewards, np.float64).tolist(),
         "kl_budget": kl_budget,
         "lam": lam,
         "beta": math.inf if lam == 0 else 1.0 / lam,

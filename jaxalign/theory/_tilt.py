@@ -7,7 +7,6 @@ kernels behind the public functions, and the validation shared by them.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import NamedTuple
 
@@ -20,6 +19,7 @@ from jaxalign._types import (
     ArrayLike,
     check_real,
     is_concrete,
+    light_jit,
 )
 from jaxalign.models import LinearReward, MemorylessLM, check_compatible
 
@@ -213,7 +213,7 @@ def _solve_lam_token(log_p: Array, r: Array, delta: Array) -> Array:
     return jnp.where(delta >= delta_max, jnp.inf, lam)
 
 
-_solve_lam_token_jit = jax.jit(_solve_lam_token)
+_solve_lam_token_jit = light_jit(_solve_lam_token)
 
 
 def _solve_theta(log_q: Array, r: Array, x: Array) -> Array:
@@ -273,19 +273,19 @@ class _Summary(NamedTuple):
     log_p_top: Array  # () log p(A_max)
 
 
-@jax.jit
+@light_jit
 def _summary(log_p: Array, r: Array, lam: Array) -> _Summary:
     t = _tilted(log_p, r, lam)
     return _Summary(t.log_mgf, t.log_phi, _kl_token(t), _rev_token(t),
                     _jeffreys_token(t), t.mean, jnp.sum(t.w * t.u), _log_p_top(t))
 
 
-@jax.jit
+@light_jit
 def _rate_impl(log_p: Array, r: Array, x: Array, lam: Array) -> Array:
     return _rate_token(_tilted(log_p, r, lam).log_phi, r, x)
 
 
-@functools.partial(jax.jit, static_argnums=3)
+@light_jit(static_argnums=3)
 def _cumulants_impl(log_p: Array, r: Array, lam: Array, order: int) -> Array:
     t = _tilted(log_p, r, lam)
     moments = [None, jnp.zeros_like(lam)]
