@@ -677,8 +677,6 @@ def test_token_level_selection_samplers_take_a_chain(policy):
         b = sample.best_of_n(jax.random.key(24), lm, reward, 5, 40, chunk_size=2,
                              batch_size=3)
         np.testing.assert_array_equal(a.reward, b.reward)
-    with pytest.raises(ValueError, match="level='law'"):
-        sample.policy(jax.random.key(25), lm, reward, policies.Rejection(5.0), 10)
 
 
 def test_token_level_soft_best_of_n_takes_a_pair_reward():
