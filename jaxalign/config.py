@@ -565,24 +565,13 @@ def parse_config(data: Mapping[str, Any]) -> SweepConfig:
 
 
 def _check_chains(config: SweepConfig) -> None:
-    """Refuse what a Markov chain cannot be sampled by: token counts (a chain's reward
-    is not a function of its counts) and, at the token level, the policies without
-    a token sampler of their own (they reweight memoryless draws)."""
+    """Refuse token counts for a Markov chain (a chain's reward is not a function of
+    its counts)."""
     chains = [spec.name for spec in config.models if spec.kind == "markov"]
-    if not chains or config.sampling == "law":
-        return
-    if config.sampling == "counts":
+    if chains and config.sampling == "counts":
         raise _fail("sampling", config.sampling,
                     f'"token" or "law" for Markov model {chains[0]!r} (counts '
                     "sampling needs a memoryless model)")
-    samplers = [m for m in policies.names()
-                if policies.get(m).sample_tokens is not policies.Policy.sample_tokens]
-    for method in config.methods:
-        if method not in samplers:
-            raise _fail("methods", method,
-                        f"methods with a token sampler {samplers} for Markov model "
-                        f'{chains[0]!r} at sampling = "token" ({method!r} reweights '
-                        'memoryless draws; sampling = "law" runs it exactly)')
 
 
 def _check_token_work(config: SweepConfig) -> None:

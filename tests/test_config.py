@@ -285,17 +285,21 @@ def test_pair_rewards_need_a_chain():
         parse(text)
 
 
-def test_chains_refuse_counts_and_reweighting_at_the_token_level():
+def test_chains_refuse_counts_but_take_reweighting_at_the_token_level():
+    """A chain's reward is not a function of its token counts: counts refused.  The
+    policies without a token sampler of their own (rejection) reweight the chain's
+    own token draws: accepted at the token level as at the law level."""
     with pytest.raises(cfg.ConfigError, match=r"config key 'sampling': got 'counts'"
                                               r".*Markov model 'sticky'"):
         parse('sampling = "counts"\n' + MARKOV)
     text = MARKOV.replace('methods = ["tilted"]', 'methods = ["tilted", "rejection"]'
                           ).replace("lam = [0.5]", "lam = [0.5]\nthreshold = [2.0]")
-    with pytest.raises(cfg.ConfigError, match=r"config key 'methods': got 'rejection'"
-                                              r".*token sampler.*best_of_n"):
-        parse('sampling = "token"\n' + text)
-    assert parse('sampling = "law"\n' + text).methods == ("tilted", "rejection")
-    assert parse('sampling = "token"\n' + MARKOV).sampling == "token"
+    with pytest.raises(cfg.ConfigError, match=r"config key 'sampling': got 'counts'"):
+        parse('sampling = "counts"\n' + text)
+    for sampling in ("token", "law"):
+        config = parse(f'sampling = "{sampling}"\n' + text)
+        assert config.methods == ("tilted", "rejection")
+        assert config.sampling == sampling
 
 
 INHOMOGENEOUS = """

@@ -677,8 +677,6 @@ def test_token_level_selection_samplers_take_a_chain(policy):
         b = sample.best_of_n(jax.random.key(24), lm, reward, 5, 40, chunk_size=2,
                              batch_size=3)
         np.testing.assert_array_equal(a.reward, b.reward)
-    with pytest.raises(ValueError, match="level='law'"):
-        sample.policy(jax.random.key(25), lm, reward, policies.Rejection(5.0), 10)
 
 
 def test_token_level_soft_best_of_n_takes_a_pair_reward():
@@ -693,7 +691,8 @@ def test_token_level_soft_best_of_n_takes_a_pair_reward():
 
 def _assert_policy_mean(key, lm, reward, policy, num_samples, level="token"):
     """The mean of ``num_samples`` draws of ``policy`` at ``level`` agrees with
-    ``exact.policy_law`` (|z| < 5 from the exact standard error), in float64."""
+    ``exact.policy_law`` (|z| < 5 from the exact standard error), in float64;
+    returns the draws (float64)."""
     from jaxalign import sample
 
     with jax.enable_x64(True):
@@ -702,6 +701,98 @@ def _assert_policy_mean(key, lm, reward, policy, num_samples, level="token"):
                                      level=level), np.float64)
     se = math.sqrt(float(exact_law.variance) / r.size)
     assert abs(r.mean() - float(exact_law.expected_reward)) < 5 * se
+    return r
+
+
+REWEIGHTING = [p for p in POLICIES if not p.has_token_sampler]
+# A time-inhomogeneous chain, n = 4: one matrix per step, with zero transitions.
+STEPS = np.array([[[0.6, 0.4, 0.0], [0.1, 0.3, 0.6], [0.5, 0.25, 0.25]],
+                  [[0.2, 0.0, 0.8], [0.7, 0.3, 0.0], [0.3, 0.3, 0.4]],
+                  [[0.0, 0.5, 0.5], [0.4, 0.4, 0.2], [0.9, 0.1, 0.0]]])
+
+
+def _chain_case(case):
+    """``(lm, reward, Enum, (n - 1, K, K) transitions)`` of a small chain."""
+    if case == "homogeneous":
+        lm, reward = _model()
+        return lm, reward, _linear_enum(), np.broadcast_to(P, (N - 1, K, K))
+    if case == "inhomogeneous":
+        n = STEPS.shape[0] + 1
+        lm = jaxalign.MarkovLM.from_probs(MU, STEPS, length=n)
+        return lm, jaxalign.LinearReward(R), _linear_enum(n, trans=STEPS), STEPS
+    lm, reward, en = _pair_model()
+    return lm, reward, en, np.broadcast_to(P, (N - 1, K, K))
+
+
+@pytest.mark.parametrize("case", ["homogeneous", "inhomogeneous", "pair"])
+def test_token_level_reweighting_takes_a_chain(case, key, x64):
+    """The policies without a token sampler of their own (rejection, best-of-
+    Poisson, chi-squared, win-rate optimal) draw a chain by exact rejection from
+    its own token sampler: for each, the mean agrees with exact.policy_law (|z| <
+    5) and a chi-square over the support with the policy's law built from all K^n
+    sequences (enumeration, an independent route) has p > 1e-4; the exact law's pmf
+    equals the enumerated one (float64)."""
+    lm, reward, en, _ = _chain_case(case)
+    on = en.prob > 0  # the sequences of the support
+    seen = np.unique(np.round(en.reward[on], 9))
+    seen_pmf = np.array([en.prob[on & np.isclose(en.reward, v)].sum() for v in seen])
+    num = 4000
+    for i, policy in enumerate(REWEIGHTING):
+        law = exact.policy_law(lm, reward, policy)
+        # The exact law's lattice holds every reward of positive probability; its
+        # pmf is the policy's weights on the enumerated law, zero elsewhere.
+        values = np.asarray(law.values, np.float64)
+        q = np.exp(np.asarray(law.log_pmf, np.float64))
+        at = np.searchsorted(values, seen - 1e-6)
+        np.testing.assert_allclose(values[at], seen, atol=1e-9)
+        q_seen = np.exp(np.asarray(policy.log_pmf(seen, np.log(seen_pmf)), np.float64))
+        np.testing.assert_allclose(q[at], q_seen, rtol=1e-9, atol=1e-12)
+        assert q.sum() - q[at].sum() < 1e-12
+        r = _assert_policy_mean(jax.random.fold_in(key, i), lm, reward, policy, num)
+        cls = np.searchsorted(0.5 * (values[1:] + values[:-1]), r)
+        assert np.all(np.abs(values[cls] - r) < 1e-4)
+        counts = np.bincount(cls, minlength=values.size)
+        assert np.all(counts[q == 0] == 0), policy  # never off the policy's support
+        big = num * q >= 5  # cells with small expectations pooled into one
+        observed = np.append(counts[big], counts[~big].sum())
+        expected = np.append(num * q[big], num * q[~big].sum())
+        keep = expected > 0
+        _, pval = scipy.stats.chisquare(observed[keep], expected[keep])
+        assert pval > 1e-4, (policy, pval)
+
+
+@pytest.mark.parametrize("case", ["inhomogeneous", "pair"])
+def test_token_level_reweighting_of_a_chain_returns_its_tokens(case, key):
+    """return_tokens=True: sample i's sequence scores to sample i's reward, starts
+    on a token of positive initial probability and never takes a zero transition;
+    the numbers equal those without tokens and do not depend on batch_size or
+    proposals_per_step (keys by fold_in); work above the token budget is refused
+    up front."""
+    from jaxalign import sample
+
+    lm, reward, _, steps = _chain_case(case)
+    policy = policies.ChiSquared(0.3)
+    res = sample.policy(key, lm, reward, policy, 60, return_tokens=True,
+                        batch_size=7)
+    np.testing.assert_array_equal(res.reward, sample.policy(key, lm, reward, policy,
+                                                            60))
+    y = np.asarray(res.tokens)
+    assert y.shape == (60, lm.length) and y.min() >= 0 and y.max() < K
+    np.testing.assert_allclose(reward(y), res.reward, rtol=1e-6)
+    assert np.all(MU[y[:, 0]] > 0)
+    for t in range(lm.length - 1):
+        assert np.all(steps[t][y[:, t], y[:, t + 1]] > 0), t
+    law = exact.policy_law(lm, reward, policy)
+    plan = sample._reweighting(law, 60, lm.length)
+    direct = sample.reweighted(key, lm, reward, plan.values, plan.log_accept, 60,
+                               proposals_per_step=4, batch_size=16)
+    np.testing.assert_array_equal(direct, res.reward)
+    # The work budget counts the chain's sequences of n tokens like a memoryless
+    # model's, up front.
+    with (sample.token_budget(1000),
+          pytest.raises(ValueError, match=rf"token-level rejection.*sequences of "
+                                          rf"{lm.length}\).*level='law'")):
+        sample.policy(key, lm, reward, policy, 60)
 
 
 def _assert_matches_law(r, law):

@@ -584,8 +584,11 @@ def test_markov_token_sweep_agrees_with_exact_and_draws_what_sample_policy_draws
     from jaxalign import sample
 
     captured = _spy_rows(monkeypatch)
-    config = cfg.parse_config(tomllib.loads(MARKOV.format(
-        replicates=300, sampling="token", length=4, strength="num_candidates = [4]")))
+    # Rejection has no token sampler of its own: it reweights the chain's draws.
+    text = MARKOV.format(replicates=300, sampling="token", length=4,
+                         strength="num_candidates = [4]\nthreshold = [5.0]")
+    config = cfg.parse_config(tomllib.loads(text.replace(
+        '"best_of_n"]', '"best_of_n", "rejection"]')))
     out = tmp_path / "run"
     sweep.run_sweep(config, str(out))
     rows = read_results(out)
@@ -593,7 +596,8 @@ def test_markov_token_sweep_agrees_with_exact_and_draws_what_sample_policy_draws
     checked = _z_checked(rows)
     assert {q for _, q in checked} >= {"reward_per_token", "variance_per_token",
                                        "win_rate", "kl_per_token"}
-    assert len({p for p, _ in checked}) == 3
+    assert len({p for p, _ in checked}) == 4
+    assert {p.method for p, _ in captured.values()} >= {"rejection"}
     # A point's draws are sample.policy's at level="token" with the point's key.
     with jax.enable_x64(config.x64):
         lm, reward = config.models[0].build(4)

@@ -15,10 +15,11 @@ from jaxalign._types import (
     ArrayLike,
     PRNGKey,
     check_positive_int,
+    float_dtype,
     is_concrete,
     prng_jit,
 )
-from jaxalign.models import BaseModel, LinearReward, MemorylessLM
+from jaxalign.models import LinearReward, MemorylessLM
 from jaxalign.sample._counts import (
     _check_return_tokens,
     _cost_length,
@@ -49,7 +50,7 @@ def _reweight_impl(key, lm, reward, edges, log_accept, first_index, num_samples,
                    chunk, batch_size, return_tokens):
     stage = lm.sampler_stage(reward)
     indices = _indices(first_index, num_samples)
-    dtype = reward.token_rewards.dtype
+    dtype = float_dtype(*jax.tree.leaves(reward))
 
     def propose(key_i, j):
         key_tokens, key_accept = jax.random.split(jax.random.fold_in(key_i, j))
@@ -108,14 +109,17 @@ def reweighted(
         y \sim P, \quad \text{accept with probability } g(R(y)) / \max g .
 
     The expected number of proposals per draw is ``max g / E_P g``.  ``R(y)`` is
-    matched to the nearest of ``values``.  :func:`policy` calls this with ``g``
+    matched to the nearest of ``values``.  The proposals are the model's own token
+    draws (``lm.sampler_stage``): a :class:`jaxalign.MemorylessLM`'s or a
+    :class:`jaxalign.MarkovLM`'s alike.  :func:`policy` calls this with ``g``
     from the policy's exact law; ``values`` and ``log_weight`` may be traced (a
     sweep vmaps over them).
 
     Args:
       key: a typed PRNG key.
-      lm: the base model.
-      reward: per-token rewards ``(K,)``.
+      lm: the base model (any :class:`jaxalign.models.BaseModel`).
+      reward: per-token rewards ``(K,)`` (or a :class:`jaxalign.PairReward` for a
+        chain).
       values: ``(M,)`` ascending reward values covering the support of ``R``.
       log_weight: ``(M,)`` ``log g`` on ``values`` (any additive constant; ``-inf``
         where ``g = 0``).
@@ -137,12 +141,14 @@ def reweighted(
       >>> reweighted(jax.random.key(0), lm, r, support, [0.0, 1.0, 2.0], 3).shape
       (3,)
     """
+    # any_model: a MarkovLM's own sampler stage checks it and the reward.
     num_samples, _, first = _validate_sampler(key, lm, reward, num_samples, "token",
-                                              first_index)
+                                              first_index, any_model=True)
     chunk = check_positive_int(proposals_per_step, "proposals_per_step")
     batch_size = _check_optional_int(batch_size, "batch_size")
     _check_return_tokens(return_tokens, "token", lm)
-    dtype = reward.token_rewards.dtype
+    # The reward's dtype, whatever its family (a LinearReward, a PairReward).
+    dtype = float_dtype(*jax.tree.leaves(reward))
     xp = np if is_concrete(values) and is_concrete(log_weight) else jnp
     values = xp.asarray(values, dtype)
     log_weight = xp.asarray(log_weight, dtype)
@@ -202,10 +208,12 @@ def policy(
 
     ``level="token"`` draws every token: with the policy's own sampler where it
     has one (:func:`rewards`, :func:`tilted`, :func:`best_of_n`,
-    :func:`soft_best_of_n`), otherwise by exact rejection from the base model,
-    accepting a proposal ``y`` with probability ``g(R(y)) / max g`` (``g`` from
-    the policy's exact law; the expected number of proposals is ``max g``, and
-    work above the token budget, :func:`token_budget`, is refused up front).
+    :func:`soft_best_of_n`), otherwise by exact rejection from the base model (its
+    own token sampler: a :class:`jaxalign.MemorylessLM` or a
+    :class:`jaxalign.MarkovLM`), accepting a proposal ``y`` with probability
+    ``g(R(y)) / max g`` (``g`` from the policy's exact law; the expected number of
+    proposals is ``max g``, and work above the token budget, :func:`token_budget`,
+    is refused up front).
     ``level="counts"`` is the token level with every sequence's reward drawn from
     its token counts ``c ~ Multinomial(n, p)`` (O(K) per sequence whatever ``n``;
     a :class:`jaxalign.MemorylessLM` only, and no tokens to return).
@@ -215,8 +223,9 @@ def policy(
 
     Args:
       key: a typed PRNG key.
-      lm: the base model.
-      reward: per-token rewards ``(K,)``.
+      lm: the base model (any :class:`jaxalign.models.BaseModel`).
+      reward: per-token rewards ``(K,)`` (or a :class:`jaxalign.PairReward` for a
+        chain).
       policy: a :class:`jaxalign.policies.Policy`.
       num_samples: number of draws (static).
       level: ``"token"``, ``"counts"`` or ``"law"``.
@@ -246,14 +255,6 @@ def policy(
         raise ValueError(f"return_tokens=True needs level='token', got {level!r}")
     if level == "counts":
         _counts_view(lm)  # a MemorylessLM, else ValueError
-    if (level != "law" and not policy.has_token_sampler
-            and not isinstance(lm, MemorylessLM) and isinstance(lm, BaseModel)):
-        # Reweighting draws MemorylessLM tokens; another family of base models (a
-        # MarkovLM) is sampled through its exact law or its own sampler stage.
-        raise ValueError(
-            f"level='token' sampling of {type(policy).__name__} reweights "
-            f"MemorylessLM draws, got {type(lm).__name__}; use level='law' "
-            "(exact in law)")
     # any_model: a MarkovLM's own sampler stage checks it and the reward.
     num_samples, _, _ = _validate_sampler(key, lm, reward, num_samples, "token",
                                           first_index, any_model=True)
