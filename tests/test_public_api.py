@@ -24,11 +24,22 @@ def test_module_exports_are_documented(name):
             assert obj.__doc__, f"jaxalign.{name}.{attr} has no docstring"
 
 
-@pytest.mark.parametrize("name", MODULES)
-def test_docstring_examples_run(name, x64):
-    module = importlib.import_module(f"jaxalign.{name}")
-    failures, _ = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert failures == 0
+def _docstrings():
+    """``(module, docstring name)`` of every docstring with examples that
+    ``doctest.testmod`` runs, one test each (so pytest-xdist spreads a module's
+    examples over its workers)."""
+    finder = doctest.DocTestFinder()
+    return [(name, test.name) for name in MODULES
+            for test in finder.find(importlib.import_module(f"jaxalign.{name}"))
+            if test.examples]
+
+
+@pytest.mark.parametrize(("module", "name"), _docstrings())
+def test_docstring_examples_run(module, name, x64):
+    tests = doctest.DocTestFinder().find(importlib.import_module(f"jaxalign.{module}"))
+    (test,) = [t for t in tests if t.name == name]
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    assert runner.run(test).failed == 0
 
 
 def test_top_level_names():

@@ -690,7 +690,8 @@ def test_light_compiled_solvers_work_top_level_nested_and_batched(x64):
         q = mp.e**lam / (1 + mp.e**lam)
         return q * mp.log(2 * q) + (1 - q) * mp.log(2 * (1 - q))
 
-    expected = [float(mp.findroot(lambda lam: kl_of(lam) - d, 1.0)) for d in (0.1, 0.3)]
+    expected = [float(mp.findroot(lambda lam, d=d: kl_of(lam) - d, 1.0))
+                for d in (0.1, 0.3)]
     top = [float(theory.lam_for_kl(lm, r, d)) for d in (0.1, 0.3)]
     traced = jax.jit(lambda d: theory.lam_for_kl(lm, r, d))
     constant = jax.jit(lambda: theory.lam_for_kl(lm, r, 0.1))

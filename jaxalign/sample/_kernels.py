@@ -486,6 +486,11 @@ def _pipeline_while(draw, consume, update, init, start_of, count):
 
 
 def _draw_block(stage: _Stage, key: PRNGKey, size: int):
+    """The raw draws of ``size`` consecutive indices from ``start``.  Jitted, so the
+    pipelines' shape query and loop body share one trace of the stage's draw (the
+    count level's binomial loops take about 0.5 s to trace)."""
+
+    @jax.jit
     def draw(start):
         index = start + jnp.arange(size, dtype=jnp.uint32)
         return jax.vmap(lambda j: stage.draw(_fold_in(key, j)))(index)
@@ -535,18 +540,20 @@ def _stream_max(
             jnp.where(better, index[arg].astype(jnp.int32), best_index),
         ), None
 
-    dtype = jax.eval_shape(lambda: stage.consume(stage.draw(key_i))).dtype
+    static = isinstance(num_candidates, int)
+    draw = _draw_block(stage, key_i if static else _KeyData.of(key_i), chunk)
+    raw = jax.eval_shape(draw, jnp.zeros((), jnp.uint32))  # the trace the loop reuses
+    dtype = jax.eval_shape(jax.vmap(stage.consume), raw).dtype
     init = (jnp.full((), -jnp.inf, dtype), jnp.zeros((), dtype), jnp.int32(0))
-    if isinstance(num_candidates, int):
+    if static:
         num_chunks = -(-num_candidates // chunk)
         starts = jnp.arange(num_chunks, dtype=jnp.uint32) * chunk
-        (_, reward, index), _ = _pipeline(
-            _draw_block(stage, key_i, chunk), consume, update, init, starts)
+        (_, reward, index), _ = _pipeline(draw, consume, update, init, starts)
     else:
         num_candidates = jnp.asarray(num_candidates, jnp.uint32)
         count = (num_candidates + (chunk - 1)) // chunk
         _, reward, index = _pipeline_while(
-            _draw_block(stage, _KeyData.of(key_i), chunk), consume, update, init,
+            draw, consume, update, init,
             lambda t: jnp.asarray(t, jnp.uint32) * chunk, count)
     return reward, index
 
