@@ -265,22 +265,29 @@ def _is_finite(v) -> bool:
     return math.isfinite(v)
 
 
-def _floats(value, key) -> tuple[float, ...]:
+def _floats(value, key, logits: bool = False) -> tuple[float, ...]:
+    """A list of at least 2 finite numbers; logits may also be ``-inf`` (zero mass,
+    TOML's ``-inf``), with at least one finite entry."""
     if not isinstance(value, list) or len(value) < 2:
         raise _fail(key, value, "a list of at least 2 numbers")
+    allowed = "finite numbers or -inf" if logits else "finite numbers"
     for v in value:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not _is_finite(v):
-            raise _fail(key, v, "finite numbers")
+        if (isinstance(v, bool) or not isinstance(v, (int, float))
+                or not (_is_finite(v) or (logits and v == -math.inf))):
+            raise _fail(key, v, allowed)
+    if not any(_is_finite(v) for v in value):
+        raise _fail(key, value, f"{allowed}, at least one of them finite")
     return tuple(float(v) for v in value)
 
 
-def _matrix(value, key) -> tuple[tuple[float, ...], ...]:
-    """A square matrix of finite numbers, at least 2 x 2, as nested tuples."""
+def _matrix(value, key, logits: bool = False) -> tuple[tuple[float, ...], ...]:
+    """A square matrix of finite numbers (logits: or ``-inf``, see :func:`_floats`),
+    at least 2 x 2, as nested tuples."""
     if (not isinstance(value, list) or len(value) < 2
             or not all(isinstance(row, list) for row in value)):
         raise _fail(key, value, "a K x K matrix (a list of K lists of K numbers), "
                     "K >= 2")
-    rows = tuple(_floats(row, f"{key}[{j}]") for j, row in enumerate(value))
+    rows = tuple(_floats(row, f"{key}[{j}]", logits) for j, row in enumerate(value))
     for j, row in enumerate(rows):
         if len(row) != len(rows):
             raise _fail(f"{key}[{j}]", list(row),
@@ -301,7 +308,7 @@ def _depth(value) -> int:
     return depth
 
 
-def _transitions(value, key, k: int, init_key: str) -> tuple:
+def _transitions(value, key, k: int, init_key: str, logits: bool = False) -> tuple:
     """A chain's transitions: one ``K x K`` matrix, or a list of ``n - 1 >= 1`` of
     them (time-inhomogeneous: the matrix of step ``t -> t + 1``), as nested
     tuples; ``K`` from the initial law ``init_key``."""
@@ -316,7 +323,7 @@ def _transitions(value, key, k: int, init_key: str) -> tuple:
     for name, mat in zip(names, mats, strict=True):
         if _depth(mat) != 2:
             raise _fail(name, mat, allowed)
-        out.append(_matrix(mat, name))
+        out.append(_matrix(mat, name, logits))
         if len(out[-1]) != k:
             raise _fail(name, mat, allowed)
     return out[0] if depth == 2 else tuple(out)
@@ -364,8 +371,9 @@ def _parse_markov(value, where: str) -> tuple[tuple, int]:
         return ("sticky", float(s), probs), len(probs)
     if form in ("init", "init_logits"):
         first, steps = MARKOV_FORMS[form]
-        init = _floats(value[first], f"{where}.{first}")
-        trans = _transitions(value[steps], f"{where}.{steps}", len(init), first)
+        logits = form == "init_logits"
+        init = _floats(value[first], f"{where}.{first}", logits)
+        trans = _transitions(value[steps], f"{where}.{steps}", len(init), first, logits)
         return (form, init, trans), len(init)
     num_tokens = _num_tokens(value["dirichlet"], f"{where}.dirichlet")
     seed = value.get("seed", 0)
@@ -422,7 +430,7 @@ def _parse_model(i: int, m: Any, x64: bool = True) -> ModelSpec:
     if kind == "markov":
         params, num_tokens = _parse_markov(value, where)
     elif kind in ("probs", "logits"):
-        params = _floats(value, f"{where}.{kind}")
+        params = _floats(value, f"{where}.{kind}", logits=kind == "logits")
         num_tokens = len(params)
     elif kind == "bernoulli":
         if (

@@ -384,3 +384,67 @@ def test_time_inhomogeneous_and_logit_chains_build_through_the_constructors(x64)
 )
 def test_bad_time_inhomogeneous_chain_names_the_key(change, key, allowed):
     _refused(INHOMOGENEOUS, change, key, allowed)
+
+
+NEG_INF = """
+methods = ["tilted"]
+[[model]]
+name = "chain"
+markov = { init_logits = [0.0, -inf, 1.0], trans_logits = [[0.0, -inf, 1.0],
+                                                            [0.5, 0.0, -inf],
+                                                            [-inf, 2.0, 0.0]] }
+rewards = [0.0, 1.0, 2.0]
+[[model]]
+name = "tokens"
+logits = [0.0, -inf, 1.0]
+rewards = [0.0, 1.0, 2.0]
+[grid]
+length = [3]
+lam = [0.5]
+"""
+
+
+def test_logits_take_minus_inf_as_zero_mass(x64):
+    # TOML's -inf in logits is a zero-probability token or transition, as in the
+    # constructors (it was refused as "finite numbers"); the run record keeps it.
+    import json
+
+    import jax
+    import numpy as np
+
+    import jaxalign
+
+    c = parse(NEG_INF)
+    inf = -np.inf
+    direct = [
+        jaxalign.MarkovLM.from_logits(
+            [0.0, inf, 1.0], [[0.0, inf, 1.0], [0.5, 0.0, inf], [inf, 2.0, 0.0]],
+            length=3),
+        jaxalign.MemorylessLM.from_logits([0.0, inf, 1.0], length=3),
+    ]
+    for spec, want in zip(c.models, direct, strict=True):
+        built, _ = spec.build(3)
+        for a, b in zip(jax.tree.leaves(built), jax.tree.leaves(want), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    chain = c.models[0].build(3)[0]
+    np.testing.assert_array_equal(np.asarray(chain.trans_probs)[[0, 1, 2], [1, 2, 0]], 0.0)
+    assert np.asarray(c.models[1].build(3)[0].probs)[1] == 0.0
+    stored = json.loads(json.dumps(c.to_dict()))["models"]
+    assert tuple(cfg.ModelSpec.from_dict(m) for m in stored) == c.models
+
+
+@pytest.mark.parametrize(
+    ("change", "key", "allowed"),
+    [
+        (("[-inf, 2.0, 0.0]]", "[-inf, -inf, -inf]]"),
+         "model[0].markov.trans_logits[2]", "at least one of them finite"),
+        (("init_logits = [0.0, -inf, 1.0]", "init_logits = [0.0, inf, 1.0]"),
+         "model[0].markov.init_logits", "finite numbers or -inf"),
+        (("logits = [0.0, -inf, 1.0]\n", "logits = [-inf, -inf, -inf]\n"),
+         "model[1].logits", "at least one of them finite"),
+        (("rewards = [0.0, 1.0, 2.0]", "rewards = [0.0, -inf, 2.0]"),
+         "model[0].rewards", "finite numbers"),
+    ],
+)
+def test_minus_inf_only_in_logits(change, key, allowed):
+    _refused(NEG_INF, change, key, allowed)
