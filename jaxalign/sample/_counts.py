@@ -163,6 +163,7 @@ def _multinomial_counts(key: Array, length: int, q: Array, flip: Array) -> Array
         u, v = jax.random.uniform(key_t, (2,), dtype)
         return step(state, u, v)
 
+    @jax.jit  # one trace for both loops' bodies
     def step(state, u, v):
         t, j, left, counts, started, search = state
         qj, flip_j = q[jnp.minimum(j, num - 1)], flip[jnp.minimum(j, num - 1)]
