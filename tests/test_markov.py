@@ -948,3 +948,31 @@ def test_packed_alias_rows_and_emitted_rewards():
     want = first[toks[:, 0]] + np.asarray(
         _fixed_order_sum(jnp.asarray(pair[toks[:, :-1], toks[:, 1:]])))
     np.testing.assert_array_equal(r, want)
+
+
+@pytest.mark.parametrize("spread", [3.0, 2000.0])
+def test_perron_squaring_against_a_log_space_sum(spread, x64):
+    """The Perron power iteration squares M in linear space (one matrix product,
+    shifted by row and column maxima) when every entry of the product is a normal
+    float64, and by a log-space sum otherwise: both against SciPy's logsumexp over
+    the (K, K, K) array.  ``spread`` 3: the product is used; 2000: entries down to
+    e^-2000 underflow it, so the log-space sum is (the product would give -inf)."""
+    import scipy.special
+
+    from jaxalign.markov import _perron
+
+    rng = np.random.default_rng(5)
+    k = 7
+    log_m = rng.uniform(-spread, 0.0, size=(k, k))
+    log_m[2, 5] = -np.inf  # a zero transition stays zero
+    want = scipy.special.logsumexp(log_m[:, :, None] + log_m[None, :, :], axis=1)
+    want -= want.max()
+    got = np.asarray(_perron._log_square(jnp.asarray(log_m)))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * max(1.0, spread))
+    # The Perron pair of exp(log_m) at that spread against numpy's eigensolver.
+    if spread < 700:
+        values, vectors = np.linalg.eig(np.exp(log_m))
+        top = np.argmax(values.real)
+        v = np.abs(vectors[:, top].real)
+        np.testing.assert_allclose(np.exp(_perron._perron_vector(jnp.asarray(log_m))),
+                                   v / v.sum(), rtol=1e-11)

@@ -59,13 +59,43 @@ def _normalise(x: Array) -> Array:
     return x - jax.nn.logsumexp(x)
 
 
+_NORMAL = 1e-290  # above float64's smallest normal number with a margin of K <= 1e18
+
+
+def _log_square(power: Array) -> Array:
+    """``log(exp(power) @ exp(power))``, shifted by its maximum.
+
+    One matrix product of ``exp(power - row max) @ exp(power - column max)``
+    (O(K^3) flops in BLAS; the log-space sum over a ``(K, K, K)`` array took 0.2 s
+    at K = 256, 50x longer).  Every entry of the product is a sum of non-negative
+    terms, so when every entry is at least ``1e-290`` (a normal number: the terms
+    lost below float64's range are relatively ``< K 1e-18``) it has the same
+    relative accuracy as the log-space sum; otherwise (a dynamic range beyond
+    about 660 in log, or a zero row) the log-space sum is used.
+    """
+    row = jnp.max(power, axis=1, keepdims=True)
+    col = jnp.max(power, axis=0, keepdims=True)
+    row = jnp.where(jnp.isfinite(row), row, 0.0)
+    col = jnp.where(jnp.isfinite(col), col, 0.0)
+    product = jnp.matmul(jnp.exp(power - row), jnp.exp(power - col),
+                         precision=jax.lax.Precision.HIGHEST)  # no TF32 on GPUs
+
+    def fast():
+        return jnp.log(product) + row + col
+
+    def exact():
+        return jax.nn.logsumexp(power[:, :, None] + power[None, :, :], axis=1)
+
+    squared = jax.lax.cond(jnp.min(product) >= _NORMAL, fast, exact)
+    return squared - jnp.max(squared)
+
+
 def _perron_vector(log_m: Array) -> Array:
     """Log right Perron vector of ``exp(log_m)`` (``Σ e^v = 1``), by power
     iteration on ``M^64`` in log space (``log_m`` primitive)."""
     power = log_m
     for _ in range(_SQUARINGS):
-        power = jax.nn.logsumexp(power[:, :, None] + power[None, :, :], axis=1)
-        power = power - jnp.max(power)
+        power = _log_square(power)
     tol = 64 * jnp.finfo(log_m.dtype).eps
 
     def sweep(x):
