@@ -44,10 +44,12 @@ def classic_threefry(fn):
 
 
 # Compiler options for small programs whose compile time is all the user waits for
-# (closed forms and root solvers over K tokens): no LLVM optimisation passes and XLA's
-# older CPU fusion code generator.  `jaxalign theory`'s report compiled in 1.6-1.8 s
-# with XLA's defaults and in 0.5 s with these (2-core CPU, JAX 0.10.2); the HLO passes
-# are the same, so are the results.
+# (closed forms, root solvers, Perron rates over K tokens): no LLVM optimisation passes
+# and XLA's older CPU fusion code generator.  `jaxalign theory`'s report compiled in
+# 1.6-1.8 s with XLA's defaults and in 0.5 s with these; a chain's lam_for_kl_rate
+# first call took 4.0 s instead of 2.2 s, at twice the run time at K = 256 (0.8 s
+# against 0.4 s; milliseconds at K = 16).  2-core CPU, JAX 0.10.2.  The HLO passes are
+# the same, so are the results.
 _LIGHT_OPTIONS = {"xla_backend_optimization_level": 0,
                   "xla_llvm_disable_expensive_passes": True,
                   "xla_cpu_use_fusion_emitters": False}

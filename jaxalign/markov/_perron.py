@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -14,6 +13,7 @@ from jaxalign._types import (
     ArrayLike,
     check_positive_int,
     is_concrete,
+    light_jit,
 )
 from jaxalign.markov._finite import (
     _kl_terms,
@@ -94,8 +94,8 @@ def _perron_vector(log_m: Array) -> Array:
     """Log right Perron vector of ``exp(log_m)`` (``Σ e^v = 1``), by power
     iteration on ``M^64`` in log space (``log_m`` primitive)."""
     power = log_m
-    for _ in range(_SQUARINGS):
-        power = _log_square(power)
+    # A loop, not unrolled: one squaring in the program (and its trace).
+    power = jax.lax.fori_loop(0, _SQUARINGS, lambda _, m: _log_square(m), power)
     tol = 64 * jnp.finfo(log_m.dtype).eps
 
     def sweep(x):
@@ -184,7 +184,7 @@ def _rates(log_trans, pair, lam, pp: _Perron | None = None) -> tuple[Array, Arra
     return reward, kl_
 
 
-@jax.jit
+@light_jit
 def _perron_result(log_trans, pair, lam) -> PerronResult:
     pp = _perron(_tilted_matrix(log_trans, pair, lam))
     return PerronResult(*pp, *_rates(log_trans, pair, lam, pp))
@@ -243,12 +243,12 @@ def scgf(lm: MarkovLM, reward, lam: ArrayLike) -> Array:
     return _scgf_jit(log_trans, pair, lam)
 
 
-@jax.jit
+@light_jit
 def _scgf_jit(log_trans, pair, lam):
     return _log_rho(_tilted_matrix(log_trans, pair, lam))
 
 
-@functools.partial(jax.jit, static_argnames="order")
+@light_jit(static_argnames="order")
 def _cumulants(log_trans, pair, lam, order: int) -> Array:
     def derivative(fn):
         def d(l):
@@ -295,10 +295,10 @@ def _lam_rate(log_trans, pair, delta):
     return jnp.where(delta > 0, lam, 0.0)
 
 
-_lam_rate_jit = jax.jit(_lam_rate)
+_lam_rate_jit = light_jit(_lam_rate)
 
 
-@jax.jit
+@light_jit
 def _limit_reward(log_trans, pair, delta):
     return _rates(log_trans, pair, _lam_rate(log_trans, pair, delta))[0]
 
@@ -327,7 +327,7 @@ def lam_for_kl_rate(lm: MarkovLM, reward, delta: ArrayLike) -> Array:
     return _lam_rate_jit(log_trans, pair, delta)
 
 
-@jax.jit
+@light_jit
 def _tilt_rates(log_trans, pair, lam) -> TiltSummary:
     # Λ'' = dΛ'/dλ: one forward-mode derivative of the rates (as _solve_rate).
     (mean, kl_), (variance, _) = jax.jvp(lambda l: _rates(log_trans, pair, l),
@@ -383,7 +383,7 @@ def limit_reward_per_token(lm: MarkovLM, reward, delta: ArrayLike) -> Array:
     return _limit_reward(log_trans, pair, delta)
 
 
-@jax.jit
+@light_jit
 def _rate_function(log_trans, pair, x):
     from jaxalign.theory._tilt import _bracketed_newton
 
@@ -458,7 +458,7 @@ def renyi_rate(q: MarkovLM, p: MarkovLM, alpha: ArrayLike) -> Array:
     return _renyi_rate(q.log_trans.astype(dtype), p.log_trans.astype(dtype), alpha)
 
 
-@jax.jit
+@light_jit
 def _renyi_rate(log_q, log_p, alpha):
     on = (log_q > -jnp.inf) & (log_p > -jnp.inf)
     log_m = jnp.where(on, alpha * jnp.where(on, log_q, 0.0)
