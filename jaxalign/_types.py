@@ -47,9 +47,8 @@ def classic_threefry(fn):
 # (closed forms, root solvers, Perron rates over K tokens): no LLVM optimisation passes
 # and XLA's older CPU fusion code generator.  `jaxalign theory`'s report compiled in
 # 1.6-1.8 s with XLA's defaults and in 0.5 s with these; a chain's lam_for_kl_rate
-# first call took 4.0 s instead of 2.2 s, at twice the run time at K = 256 (0.8 s
-# against 0.4 s; milliseconds at K = 16).  2-core CPU, JAX 0.10.2.  The HLO passes are
-# the same, so are the results.
+# first call 4.0 s and 2.2 s at K = 16 (long runs are slower: see `light_when`).  2-core
+# CPU, JAX 0.10.2.  The HLO passes are the same, so are the results.
 _LIGHT_OPTIONS = {"xla_backend_optimization_level": 0,
                   "xla_llvm_disable_expensive_passes": True,
                   "xla_cpu_use_fusion_emitters": False}
@@ -72,7 +71,7 @@ def _light_options() -> dict:
     return {k: v for k, v in _LIGHT_OPTIONS.items() if known({k: v})}
 
 
-def light_jit(fn=None, **jit_kwargs):
+def light_jit(fn=None, *, light_when=None, **jit_kwargs):
     """``jax.jit`` with light compiler options, for small programs that are compiled
     far more often than they run long (closed forms, scalar root solvers over K
     tokens).
@@ -80,10 +79,12 @@ def light_jit(fn=None, **jit_kwargs):
     The options are looked up at the first call, so importing compiles nothing.  JAX
     takes compiler options on top-level calls only: traced arguments (under another
     jit, ``vmap`` or ``grad``) or a call staged into another jit on constants use a
-    plain ``jax.jit``, and the enclosing program's options apply.
+    plain ``jax.jit``, and the enclosing program's options apply.  ``light_when``
+    (e.g. :func:`small_work`) picks, from the concrete arguments, the calls that get
+    the light options; the others (long runs) get XLA's defaults.
     """
     if fn is None:
-        return functools.partial(light_jit, **jit_kwargs)
+        return functools.partial(light_jit, light_when=light_when, **jit_kwargs)
     plain = jax.jit(fn, **jit_kwargs)
 
     @functools.cache
@@ -94,6 +95,8 @@ def light_jit(fn=None, **jit_kwargs):
     def call(*args, **kwargs):
         if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))):
             return plain(*args, **kwargs)
+        if light_when is not None and not light_when(*args, **kwargs):
+            return plain(*args, **kwargs)
         try:
             return light()(*args, **kwargs)
         except ValueError as err:  # staged into another jit on constants
@@ -103,6 +106,21 @@ def light_jit(fn=None, **jit_kwargs):
 
     call.lower = lambda *args, **kwargs: light().lower(*args, **kwargs)
     return call
+
+
+def small_work(limit: int):
+    """A ``light_when`` for :func:`light_jit`: the calls whose largest array argument's
+    size times their integer arguments (a static length) is at most ``limit``."""
+
+    def small(*args, **kwargs):
+        leaves = jax.tree.leaves((args, kwargs))
+        size = max((math.prod(np.shape(x)) for x in leaves if hasattr(x, "shape")),
+                   default=1)
+        steps = math.prod(x for x in leaves
+                          if isinstance(x, int) and not isinstance(x, bool))
+        return size * steps <= limit
+
+    return small
 
 
 def prng_jit(*static_argnames: str):

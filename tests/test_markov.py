@@ -976,3 +976,15 @@ def test_perron_squaring_against_a_log_space_sum(spread, x64):
         v = np.abs(vectors[:, top].real)
         np.testing.assert_allclose(np.exp(_perron._perron_vector(jnp.asarray(log_m))),
                                    v / v.sum(), rtol=1e-11)
+
+
+def test_light_compiles_only_small_chains():
+    """Chain programs compile with light options (fast to compile, slower to run)
+    only when K^2 n is small; long chains keep XLA's defaults."""
+    from jaxalign._types import small_work
+
+    small = small_work(2**20)
+    assert small(np.zeros((16, 16)), np.zeros(16), 0.5, 64)  # 16^2 * 64
+    assert not small(np.zeros((256, 256)), np.zeros(256), 0.5, 1024)
+    assert not small(np.zeros((1023, 16, 16)), 1024)  # time-varying: n K^2 * n
+    assert small(np.zeros((16, 16)), True)  # a bool is not a length

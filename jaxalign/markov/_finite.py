@@ -3,7 +3,6 @@ frontier, the myopic tilt and its look-ahead gap, power and temperature chains."
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -13,6 +12,8 @@ from jaxalign._types import (
     Array,
     ArrayLike,
     is_concrete,
+    light_jit,
+    small_work,
 )
 from jaxalign.markov._model import (
     MarkovLM,
@@ -25,6 +26,12 @@ from jaxalign.models import (
 )
 
 # ------------------------------------------------------------------------ recursions
+
+
+# Light compiler options (light_jit) for chains with K^2 n <= 2^20: at K = 16, n = 64
+# lam_for_kl's first call took 1.6 s instead of 3.0 s, but at K = 256, n = 1024 it ran
+# 4x slower (23.5 s against 6.1 s), so long chains keep XLA's defaults.
+_SMALL = small_work(2**20)
 
 
 def _step(log_trans: Array, i) -> Array:
@@ -157,7 +164,7 @@ class _Core(NamedTuple):
     reverse_kl: Array
 
 
-@functools.partial(jax.jit, static_argnames="length")
+@light_jit(static_argnames="length", light_when=_SMALL)
 def _core(log_init, log_trans, first, pair, lam, length: int) -> _Core:
     logz, mean, var = _moments(log_init, log_trans, first, pair, lam, length)
     init, trans = _tilt_arrays(log_init, log_trans, first, pair, lam, length)
@@ -201,7 +208,7 @@ def log_partition(lm: MarkovLM, reward, lam: ArrayLike) -> Array:
     return _log_z_jit(log_init, log_trans, first, pair, lam, lm.length)
 
 
-_log_z_jit = jax.jit(_log_z, static_argnames="length")
+_log_z_jit = light_jit(_log_z, static_argnames="length", light_when=_SMALL)
 
 
 def log_messages(lm: MarkovLM, reward, lam: ArrayLike) -> Array:
@@ -224,8 +231,8 @@ def log_messages(lm: MarkovLM, reward, lam: ArrayLike) -> Array:
     return _backward_jit(log_trans, pair, lam, lm.length)
 
 
-_backward_jit = jax.jit(_backward, static_argnames="length")
-_tilt_jit = jax.jit(_tilt_arrays, static_argnames="length")
+_backward_jit = light_jit(_backward, static_argnames="length", light_when=_SMALL)
+_tilt_jit = light_jit(_tilt_arrays, static_argnames="length", light_when=_SMALL)
 
 
 def tilt(lm: MarkovLM, reward, lam: ArrayLike) -> MarkovLM:
@@ -340,8 +347,8 @@ def chain_kl(q: MarkovLM, p: MarkovLM) -> Array:
                          q.length)
 
 
-_chain_kl_jit = jax.jit(_chain_kl, static_argnames="length")
-_chain_mean_jit = jax.jit(_chain_mean, static_argnames="length")
+_chain_kl_jit = light_jit(_chain_kl, static_argnames="length", light_when=_SMALL)
+_chain_mean_jit = light_jit(_chain_mean, static_argnames="length", light_when=_SMALL)
 
 
 def chain_expected_reward(q: MarkovLM, reward) -> Array:
@@ -389,7 +396,7 @@ def _top(log_init, log_trans, first, pair, length: int):
     return combine(log_init + lv, cand)
 
 
-_top_jit = jax.jit(_top, static_argnames="length")
+_top_jit = light_jit(_top, static_argnames="length", light_when=_SMALL)
 
 
 def max_kl(lm: MarkovLM, reward) -> Array:
@@ -457,7 +464,7 @@ def _solve_kl(kl_and_slope, target, width):
     return jnp.exp(_bracketed_newton(fn, jnp.log(lo), jnp.log(hi), y0))
 
 
-_solve_lam_jit = jax.jit(_solve_lam, static_argnames="length")
+_solve_lam_jit = light_jit(_solve_lam, static_argnames="length", light_when=_SMALL)
 
 
 def lam_for_kl(lm: MarkovLM, reward, kl_budget: ArrayLike) -> Array:
@@ -501,7 +508,7 @@ def optimal_reward(lm: MarkovLM, reward, kl_budget: ArrayLike) -> Array:
     return _mean_or_top(log_init, log_trans, first, pair, lam, lm.length)
 
 
-@functools.partial(jax.jit, static_argnames="length")
+@light_jit(static_argnames="length", light_when=_SMALL)
 def _mean_or_top(log_init, log_trans, first, pair, lam, length: int):
     top, _ = _top(log_init, log_trans, first, pair, length)
     finite = jnp.where(jnp.isfinite(lam), lam, 0.0)
@@ -589,7 +596,7 @@ def _alpha(alpha, dtype) -> Array:
     return alpha
 
 
-@functools.partial(jax.jit, static_argnames="length")
+@light_jit(static_argnames="length", light_when=_SMALL)
 def _power_arrays(log_init, log_trans, alpha, length: int):
     k = log_init.shape[0]
     zero_first, zero_pair = jnp.zeros(k, log_init.dtype), jnp.zeros((k, k),
