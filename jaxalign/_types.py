@@ -80,8 +80,8 @@ def light_jit(fn=None, *, light_when=None, **jit_kwargs):
     takes compiler options on top-level calls only: traced arguments (under another
     jit, ``vmap`` or ``grad``) or a call staged into another jit on constants use a
     plain ``jax.jit``, and the enclosing program's options apply.  ``light_when``
-    (e.g. :func:`small_work`) picks, from the concrete arguments, the calls that get
-    the light options; the others (long runs) get XLA's defaults.
+    (e.g. :func:`small_work`) picks, from the leaves of the concrete arguments, the
+    calls that get the light options; the others (long runs) get XLA's defaults.
     """
     if fn is None:
         return functools.partial(light_jit, light_when=light_when, **jit_kwargs)
@@ -93,9 +93,9 @@ def light_jit(fn=None, *, light_when=None, **jit_kwargs):
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
-        if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves((args, kwargs))):
-            return plain(*args, **kwargs)
-        if light_when is not None and not light_when(*args, **kwargs):
+        leaves = jax.tree.leaves((args, kwargs))
+        if (any(isinstance(x, jax.core.Tracer) for x in leaves)
+                or (light_when is not None and not light_when(leaves))):
             return plain(*args, **kwargs)
         try:
             return light()(*args, **kwargs)
@@ -104,7 +104,6 @@ def light_jit(fn=None, *, light_when=None, **jit_kwargs):
                 raise
             return plain(*args, **kwargs)
 
-    call.lower = lambda *args, **kwargs: light().lower(*args, **kwargs)
     return call
 
 
@@ -112,8 +111,7 @@ def small_work(limit: int):
     """A ``light_when`` for :func:`light_jit`: the calls whose largest array argument's
     size times their integer arguments (a static length) is at most ``limit``."""
 
-    def small(*args, **kwargs):
-        leaves = jax.tree.leaves((args, kwargs))
+    def small(leaves):
         size = max((math.prod(np.shape(x)) for x in leaves if hasattr(x, "shape")),
                    default=1)
         steps = math.prod(x for x in leaves

@@ -76,7 +76,10 @@ def _log_square(power: Array) -> Array:
     terms, so when every entry is at least ``1e-290`` (a normal number: the terms
     lost below float64's range are relatively ``< K 1e-18``) it has the same
     relative accuracy as the log-space sum; otherwise (a dynamic range beyond
-    about 660 in log, or a zero row) the log-space sum is used.
+    about 660 in log, or a zero row) the log-space sum is used.  (The law's
+    :func:`jaxalign.markov._law._log_matmul` scales one side only: its other factor
+    is a transition matrix, while both factors here are powers of ``P_λ``, whose
+    entries can underflow on either side.)
     """
     row = jnp.max(power, axis=1, keepdims=True)
     col = jnp.max(power, axis=0, keepdims=True)
@@ -212,10 +215,11 @@ def perron(lm: MarkovLM, reward, lam: ArrayLike) -> PerronResult:
         \pi_\lambda = u \circ v, \quad \Lambda'(\lambda) = \pi_\lambda Q_\lambda r,
 
     so ``log Z_n(λ)/n → Λ(λ)`` and ``KL(φ_λ‖P)/n → λΛ' - Λ``.  The vectors come
-    from power iteration on ``P_λ^{64}`` in log space (no ``eig``: it runs on every
-    backend); ``Λ`` has an exact derivative (``custom_jvp``, ``ρ' = u·(∂P_λ) v /
-    u·v``), higher ones by forward mode through the iteration
-    (:func:`cumulant_rates`).  The initial law and first-token rewards do not enter.
+    from power iteration on ``P_λ^{64}`` (squared by scaled matrix products, swept in
+    log space; no ``eig``: it runs on every backend); ``Λ`` has an exact derivative
+    (``custom_jvp``, ``ρ' = u·(∂P_λ) v / u·v``), higher ones by forward mode through
+    the iteration (:func:`cumulant_rates`).  The initial law and first-token rewards
+    do not enter.
 
     Raises:
       ValueError: a time-inhomogeneous chain, or one that is not irreducible and
