@@ -7,8 +7,8 @@ For Dirichlet(1) chains with K=16 and K=256 tokens, n=256 and S sequences
 (16384 on a CPU, 64x more on a GPU/TPU; --quick: 4096), prints tokens/s of
   * jaxalign.sample.rewards on the MarkovLM (token level: the chain's own
     sampler stage, a scan over t drawing one token per step per sequence from
-    one 32-bit word, through alias tables per row of P at K=16 and a binary
-    search of an integer CDF at K=256, and summing its reward),
+    one 32-bit word, through alias tables per row of P (built in every call),
+    and summing its reward),
   * (a) a vectorised NumPy chain sampler written here: per step, inverse CDF by
     one np.searchsorted of ``state + u`` in the row-offset cumulative table
     ``a + cumsum(P[a])`` (all rows in one sorted array), vectorised over the

@@ -872,22 +872,32 @@ def _assert_pairs_follow(y, trans, step=None):
         assert pval > 1e-4, row
 
 
-def test_sampler_rows_against_transition_counts():
+@pytest.mark.parametrize("path", ["alias", "search"])
+def test_sampler_rows_against_transition_counts(path, monkeypatch):
     """The chain sampler draws every step with the exact transition probabilities,
-    through alias tables (a homogeneous chain, K = 5: three padded columns per
-    row) and through the binary-searched integer CDF (its tilt, one table per
-    step; and K = 80 > 64): chi-square of the pair counts (fixed keys), tokens
-    always < K, zero transitions never taken; n = 1 (a tilt with no step) draws
-    from its initial law."""
+    through alias tables (the default up to K = 512, and for a small tilt, one
+    table per step) and through the binary-searched integer CDF (``search``: the
+    alias limits set to 0): a homogeneous chain with K = 5 (three padded columns
+    per row), its tilt and a K = 80 chain.  Chi-square of the pair counts (fixed
+    keys), tokens always < K, zero transitions never taken; n = 1 (a tilt with no
+    step) draws from its initial law.  (The two paths use different lengths, so
+    neither reuses the other's compiled sampler.)"""
+    from jaxalign.markov import _sample
+
+    extra = 0
+    if path == "search":
+        monkeypatch.setattr(_sample, "_ALIAS_MAX_K", 0)
+        extra = 1
     k = 5
     trans = np.random.default_rng(3).dirichlet(np.ones(k), size=k)
     trans[1] = [0.0, 0.5, 0.0, 0.5, 0.0]
-    lm = jaxalign.MarkovLM.from_probs(np.full(k, 1 / k), trans, length=3)
+    lm = jaxalign.MarkovLM.from_probs(np.full(k, 1 / k), trans, length=3 + extra)
     y = np.asarray(markov.sample(jax.random.key(41), lm, 20_000))
     assert y.min() >= 0 and y.max() < k
     _assert_pairs_follow(y, trans)
     with jax.enable_x64(True):
-        lm64 = jaxalign.MarkovLM.from_probs(np.full(k, 1 / k), trans, length=3)
+        lm64 = jaxalign.MarkovLM.from_probs(np.full(k, 1 / k), trans,
+                                           length=3 + extra)
         tilt = markov.tilt(lm64, jaxalign.LinearReward([0.0, 1.0, 2.0, 0.5, 3.0]),
                            0.8)
         y = np.asarray(markov.sample(jax.random.key(43), tilt, 20_000))
@@ -898,7 +908,7 @@ def test_sampler_rows_against_transition_counts():
     trans = np.random.default_rng(4).dirichlet(np.full(big, 0.5), size=big)
     trans[:, big - 1] = 0.0  # a zero last token: the top of the CDF
     trans /= trans.sum(1, keepdims=True)
-    lm = jaxalign.MarkovLM.from_probs(np.full(big, 1 / big), trans, length=2)
+    lm = jaxalign.MarkovLM.from_probs(np.full(big, 1 / big), trans, length=2 + extra)
     y = np.asarray(markov.sample(jax.random.key(44), lm, 40_000))
     assert np.all(y[:, 1] < big - 1)
     # Pool the rows: the law of the second token is the uniform mixture of rows.
@@ -915,7 +925,7 @@ def test_sampler_rows_against_transition_counts():
     assert abs(z) < 5, z
     one = jaxalign.MarkovLM.sticky(np.array([0.2, 0.8]), 0.5, length=1)
     tilt = markov.tilt(one, jaxalign.LinearReward([0.0, 1.0]), 1.0)
-    y1 = np.asarray(markov.sample(jax.random.key(42), tilt, 4000))
+    y1 = np.asarray(markov.sample(jax.random.key(42), tilt, 4000 + extra))
     p1 = 0.8 * math.e / (0.2 + 0.8 * math.e)
     assert abs(y1.mean() - p1) < 5 * math.sqrt(p1 * (1 - p1) / y1.size)
 

@@ -139,6 +139,25 @@ def test_alias_table_represents_probs(probs, x64):
     assert np.all(implied[: p.size][p == 0] == 0)
 
 
+def test_alias_tables_of_rows_are_the_single_tables(x64):
+    """A ``(..., K)`` input builds one table per row in lockstep: each equals, bit
+    for bit, the table of that row alone (rows with zeros, a deterministic row, a
+    uniform row), so the law check above covers every row."""
+    rng = np.random.default_rng(8)
+    rows = rng.dirichlet(np.full(37, 0.3), size=(2, 3))
+    rows[0, 1, ::4] = 0.0
+    rows[1, 0] = np.eye(37)[5]
+    rows[1, 2] = 1 / 37
+    rows /= rows.sum(-1, keepdims=True)
+    batch = sample._alias_table(jnp.asarray(rows))
+    assert batch.threshold.shape == batch.alias.shape == (2, 3, 64)
+    for i in np.ndindex(2, 3):
+        one = sample._alias_table(jnp.asarray(rows[i]))
+        assert one.shift == batch.shift
+        np.testing.assert_array_equal(batch.threshold[i], one.threshold)
+        np.testing.assert_array_equal(batch.alias[i], one.alias)
+
+
 # ----------------------------------------------------------------------- tokens
 
 

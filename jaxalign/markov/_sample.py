@@ -26,15 +26,17 @@ from jaxalign.models import LinearReward
 
 
 _SCALE = 2.0**31  # CDFs as integers in [0, 2^31], compared with 31-bit words
-# Homogeneous chains up to this K draw through alias tables per row of P (O(1)
-# per token).  The tables are built by a vmapped while loop whose cost grows like
-# K^3 (8.8 s at K = 1024, n = 256 against 0.1 s for the whole binary-search
-# sampler), and for a tilt one table per step and row (20 s at K = 256): larger or
-# time-inhomogeneous chains use the binary search.  Measured on a shared 2-core
-# CPU, rewards of 16384 sequences, n = 256, M tokens/s: K = 16 alias 40, binary
-# search 26, the former K-wide compare 34.5; K = 256 binary search 9.7, compare
-# 3.2; a K = 16 tilt: binary search 26.7, compare 27.0.
-_ALIAS_MAX_K = 64
+# Chains up to this K draw through alias tables per row of P (O(1) per token),
+# time-inhomogeneous ones (a tilt: a table per step and row) while their
+# transition tables hold at most _ALIAS_MAX_ENTRIES; the others search an integer
+# CDF (O(log K)).  All rows' tables are built in lockstep (O(K) steps of O(rows)
+# work; a vmapped while loop was O(K^3): 8.8 s at K = 1024).  Measured on a 2-core
+# CPU, rewards of 16384 sequences, n = 256, M tokens/s (alias / binary search):
+# K = 16: 76-83 / 40; K = 256: 41-54 / 16; K = 512: 0.22 s / 0.34 s a call;
+# K = 1024: 6.6 / 8.1 (its tables take 0.33 s); a K = 16 tilt 60-67 / 28-30,
+# K = 32: 52 / 27, K = 64 (2^20 entries): 9.8 / 21.
+_ALIAS_MAX_K = 512
+_ALIAS_MAX_ENTRIES = 1 << 18
 
 
 def _cdf_table(log_probs: Array) -> Array:
@@ -52,7 +54,7 @@ def _tables(log_init: Array, log_trans: Array, alias: bool):
     if not alias:
         return _cdf_table(log_init), _cdf_table(log_trans)
     init = _alias_table(jnp.exp(log_init))
-    rows = jax.vmap(_alias_table)(jnp.exp(log_trans))
+    rows = _alias_table(jnp.exp(log_trans))  # one table per row, in lockstep
     return (init.threshold, init.alias), (rows.threshold, rows.alias)
 
 
@@ -63,9 +65,9 @@ def _stage(lm: MarkovLM, reward):
     """One 32-bit word per token, turned into the next token by the current
     state's row of ``P`` (per step for a time-inhomogeneous chain):
 
-    * homogeneous chains with ``K <= 64``: Walker alias tables per row (the
-      memoryless sampler's, :mod:`jaxalign.sample`): O(1) per token,
-      probabilities to ``2^-32``;
+    * chains with ``K <= 512`` (time-inhomogeneous ones while ``(n - 1) K^2 <=
+      2^18``): Walker alias tables per row (the memoryless sampler's,
+      :mod:`jaxalign.sample`): O(1) per token, probabilities to ``2^-32``;
     * otherwise an inverse CDF: the word's top 31 bits ``u`` give the token
       ``#{j < K - 1: floor(2^31 F(j)) <= u}``, found by a binary search of
       ``ceil(log2 K)`` single-entry reads (no K-wide row is read per token);
@@ -86,7 +88,8 @@ def _stage(lm: MarkovLM, reward):
     # (n = 1: no step is taken; a tilt's log_trans is then (0, K, K).)
     log_trans = lm.log_trans[..., :1, :] if length == 1 else lm.log_trans
     homogeneous = log_trans.ndim == 2
-    alias = homogeneous and k <= _ALIAS_MAX_K
+    # (A time-inhomogeneous chain has a table per step and row.)
+    alias = k <= _ALIAS_MAX_K and (homogeneous or log_trans.size <= _ALIAS_MAX_ENTRIES)
     shift = 32 - bits
     mask = (1 << shift) - 1  # Python ints: uint32 constants when traced
     low_bits = (1 << bits) - 1
@@ -135,7 +138,8 @@ def _stage(lm: MarkovLM, reward):
     def pick(rows, a, i, w):
         if alias:
             column = w >> shift
-            entry = rows[((a.astype(jnp.uint32) << bits) | column).astype(jnp.int32)]
+            row = a if homogeneous else i * k + a
+            entry = rows[((row.astype(jnp.uint32) << bits) | column).astype(jnp.int32)]
             # (w << bits) is the low shift bits of w, scaled like the threshold.
             keep = (w << bits) < (entry & jnp.uint32(~low_bits & 0xFFFFFFFF))
             return jnp.where(keep, column, entry & jnp.uint32(low_bits)).astype(
@@ -194,7 +198,8 @@ def sample(key: PRNGKey, lm: MarkovLM, num_samples: int) -> Array:
 
     Sample ``i`` uses the key ``fold_in(key, i)`` and ``n`` 32-bit words, turned
     into tokens along a scan over ``t`` by the current state's row of ``P``: an
-    alias table (homogeneous chains with ``K <= 64``, O(1) per token) or an
+    alias table (``K <= 512``, a tilt while ``(n - 1) K^2 <= 2^18``: O(1) per
+    token) or an
     inverse CDF by binary search (``O(log K)`` per token).
 
     Examples:

@@ -176,17 +176,29 @@ class _Alias(NamedTuple):
 
 
 def _alias_table(probs: Array) -> _Alias:
-    """Walker's alias table (Vose's construction) with integer thresholds."""
+    """Walker's alias table (Vose's construction) with integer thresholds.
+
+    ``probs`` is ``(K,)``, or ``(..., K)`` for one table per row (the fields
+    then have the leading axes): the rows are paired in lockstep, one pairing
+    per row and step, so ``R`` rows of ``K`` cost ``O(R K)``, and each row's
+    table is the one a single call builds (the same floating-point steps).
+    (``vmap`` of a while loop would select whole arrays at every step,
+    ``O(R K^2)``.)
+    """
     num_tokens = probs.shape[-1]
+    batch = probs.shape[:-1]
+    probs = probs.reshape(-1, num_tokens)
+    num_rows = probs.shape[0]
     bits = max(1, (num_tokens - 1).bit_length())
     num_columns = 1 << bits
     dtype = probs.dtype
-    q = jnp.zeros(num_columns, dtype).at[:num_tokens].set(probs) * num_columns
-    q = jnp.maximum(q, 0)
+    q = jnp.zeros((num_rows, num_columns), dtype).at[:, :num_tokens].set(probs)
+    q = jnp.maximum(q * num_columns, 0)
     # Ascending order: zero-probability columns are paired first, while large
     # columns certainly remain, so they always get threshold 0.
-    order = jnp.argsort(q).astype(jnp.int32)
-    num_small = jnp.sum(q < 1).astype(jnp.int32)
+    order = jnp.argsort(q, axis=-1).astype(jnp.int32)
+    num_small = jnp.sum(q < 1, axis=-1).astype(jnp.int32)
+    rows = jnp.arange(num_rows)
 
     def active(state):
         _, _, _, i, j, _, has_pending = state
@@ -194,33 +206,44 @@ def _alias_table(probs: Array) -> _Alias:
 
     def step(state):
         q, prob, alias, i, j, pending, has_pending = state
-        small = jnp.where(has_pending, pending, order[jnp.minimum(i, num_columns - 1)])
-        large = order[j]
-        q = q.at[large].set(q[large] + q[small] - 1)
+        go = active(state)
+        small = jnp.where(has_pending, pending,
+                          order[rows, jnp.minimum(i, num_columns - 1)])
+        large = order[rows, jnp.maximum(j, 0)]
+        # Finished rows write out of bounds (dropped): no whole-array select.
+        q = q.at[rows, jnp.where(go, large, num_columns)].set(
+            q[rows, large] + q[rows, small] - 1, mode="drop")
         # Everything else reads the updated q (small != large): a value read from
         # the old q and used after the update makes XLA copy q on every step,
         # O(K^2) in all (17 s at K = 2^18 before this ordering).
-        q_large = q[large]
-        prob = prob.at[small].set(q[small])
-        alias = alias.at[small].set(large)
+        q_large = q[rows, large]
+        target = jnp.where(go, small, num_columns)
+        prob = prob.at[rows, target].set(q[rows, small], mode="drop")
+        alias = alias.at[rows, target].set(large, mode="drop")
         becomes_small = q_large < 1
-        i = jnp.where(has_pending, i, i + 1)
-        j = jnp.where(becomes_small, j - 1, j)
-        return q, prob, alias, i, j, large, becomes_small
+        i = jnp.where(go & ~has_pending, i + 1, i)
+        j = jnp.where(go & becomes_small, j - 1, j)
+        pending = jnp.where(go, large, pending)
+        has_pending = jnp.where(go, becomes_small, has_pending)
+        return q, prob, alias, i, j, pending, has_pending
 
+    zero = jnp.zeros(num_rows, jnp.int32)
     state = (
         q,
-        jnp.ones(num_columns, dtype),
-        jnp.arange(num_columns, dtype=jnp.int32),
-        jnp.int32(0),
-        jnp.int32(num_columns - 1),
-        jnp.int32(0),
-        jnp.bool_(False),
+        jnp.ones((num_rows, num_columns), dtype),
+        jnp.broadcast_to(jnp.arange(num_columns, dtype=jnp.int32),
+                         (num_rows, num_columns)),
+        zero,
+        zero + (num_columns - 1),
+        zero,
+        jnp.zeros(num_rows, bool),
     )
-    _, prob, alias, *_ = jax.lax.while_loop(active, step, state)
+    _, prob, alias, *_ = jax.lax.while_loop(
+        lambda state: jnp.any(active(state)), step, state)
     capacity = float(2 ** (32 - bits))
     threshold = jnp.clip(jnp.floor(prob * capacity), 0, capacity).astype(jnp.uint32)
-    return _Alias(threshold, alias, 32 - bits)
+    shape = (*batch, num_columns)
+    return _Alias(threshold.reshape(shape), alias.reshape(shape), 32 - bits)
 
 
 def _split_words(table: _Alias, words: Array) -> tuple[Array, Array]:
