@@ -17,6 +17,7 @@ from jaxalign._types import (
     check_length,
     check_positive_int,
     classic_threefry,
+    device_array,
     is_concrete,
     log_tolerance,
 )
@@ -27,6 +28,7 @@ from jaxalign.models import (
     TiltSummary,
     _as_float_array,
     _as_float_vector,
+    _log_normalised,
     _new,
 )
 
@@ -116,8 +118,8 @@ class MarkovLM:
         if is_concrete(log_trans) and log_trans.size:
             _check_log_rows(np.asarray(log_trans), "log_trans")
         dtype = jnp.result_type(log_init.dtype, log_trans.dtype)
-        object.__setattr__(self, "log_init", log_init.astype(dtype))
-        object.__setattr__(self, "log_trans", log_trans.astype(dtype))
+        object.__setattr__(self, "log_init", device_array(log_init, dtype))
+        object.__setattr__(self, "log_trans", device_array(log_trans, dtype))
         object.__setattr__(self, "length", length)
 
     def tree_flatten(self):
@@ -152,9 +154,7 @@ class MarkovLM:
             _check_prob_rows(np.asarray(init), "init")
         if is_concrete(trans):
             _check_prob_rows(np.asarray(trans), "trans")
-        log_init = jnp.log(init) - jnp.log(jnp.sum(init))
-        log_trans = jnp.log(trans) - jnp.log(jnp.sum(trans, axis=-1, keepdims=True))
-        return cls(log_init, log_trans, length)
+        return cls(_log_normalised(init), _log_normalised(trans), length)
 
     @classmethod
     def from_logits(cls, init_logits: ArrayLike, trans_logits: ArrayLike, *,

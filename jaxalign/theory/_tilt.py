@@ -18,6 +18,7 @@ from jaxalign._types import (
     Array,
     ArrayLike,
     check_real,
+    device_array,
     is_concrete,
     light_jit,
 )
@@ -316,13 +317,16 @@ def _scalar(value: ArrayLike, name: str, dtype, *, allow_inf: bool = True,
             check_real(value, name, minimum=minimum, allow_inf=allow_inf)
         except ValueError as err:
             raise ValueError(f"{err}; allowed: {allowed}") from None
-    arr = jnp.asarray(value)
+    # Host numbers are converted by NumPy: an eager cast compiles a program first
+    # in a new process.
+    host = is_concrete(value) and not isinstance(value, jax.Array)
+    arr = np.asarray(value) if host else jnp.asarray(value)
     if arr.ndim != 0:
         raise ValueError(
             f"{name} must be a scalar (shape ()), got shape {arr.shape}; "
             f"use jax.vmap to evaluate a batch"
         )
-    return arr.astype(dtype)
+    return device_array(arr, dtype) if host else arr.astype(dtype)
 
 
 def _lam(lam, dtype, *, allow_inf=True):
