@@ -39,6 +39,10 @@ class Command(NamedTuple):
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    # What it keeps between runs under $XDG_CACHE_HOME/jaxalign: "xla" (JAX's
+    # persistent compilation cache), "programs" (whole executables, see
+    # jaxalign._programs: no tracing either), or None (it runs no JAX).
+    cache: str | None = "xla"
 
 
 _NEGATIVE_VALUE = re.compile(r"^-(\d|\.\d|inf(inity)?$)", re.IGNORECASE)
@@ -751,7 +755,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 
 COMMANDS: list[Command] = [
     Command("theory", "closed-form quantities of the tilted (KL-optimal) policy",
-            _add_theory, _run_theory),
+            _add_theory, _run_theory, cache="programs"),
     Command("sweep", "run a sweep (default: the embedded Yang et al. equivalence)",
             _add_sweep, _run_sweep),
     Command("exact", "exact best-of-N table (any N) beside the KL-optimal frontier",
@@ -764,7 +768,7 @@ COMMANDS: list[Command] = [
     Command("bench", "quick sampling throughput check on this device",
             _add_bench, _run_bench),
     Command("list", "list the embedded example sweep configs",
-            lambda parser: None, _run_list),
+            lambda parser: None, _run_list, cache=None),
 ]
 
 
@@ -785,43 +789,53 @@ def build_parser() -> argparse.ArgumentParser:
             "--no-cache", action="store_true",
             help="do not use the persistent compilation cache (also: "
                  f"{_NO_CACHE_ENV}=1)")
-        child.set_defaults(_run=command.run)
+        child.set_defaults(_run=command.run, _cache=command.cache)
     return parser
 
 
 _NO_CACHE_ENV = "JAXALIGN_NO_CACHE"
 
 
-def compilation_cache_dir(environ=os.environ) -> str:
-    """Where the CLI keeps JAX's persistent compilation cache:
-    ``$XDG_CACHE_HOME/jaxalign/xla`` (default ``~/.cache/jaxalign/xla``)."""
+def compilation_cache_dir(environ=os.environ, kind: str = "xla") -> str:
+    """Where the CLI keeps what it compiled: ``$XDG_CACHE_HOME/jaxalign/<kind>``
+    (default ``~/.cache/jaxalign/<kind>``), ``kind`` ``"xla"`` for JAX's persistent
+    compilation cache or ``"programs"`` for whole executables."""
     base = environ.get("XDG_CACHE_HOME") or os.path.join(
         os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "jaxalign", "xla")
+    return os.path.join(base, "jaxalign", kind)
 
 
 def _cache_target(args: argparse.Namespace, environ, configured: str | None):
     """The cache directory to turn on, or None: off with ``--no-cache`` or
-    ``JAXALIGN_NO_CACHE=1``, for ``list`` (no JAX), and when the user configured
-    JAX's own cache (``JAX_COMPILATION_CACHE_DIR``), which is left alone."""
+    ``JAXALIGN_NO_CACHE=1``, for commands that run no JAX (``list``), and when the
+    user configured JAX's own cache (``JAX_COMPILATION_CACHE_DIR``), which is left
+    alone.  ``jaxalign theory`` keeps whole programs (``.../programs``), the other
+    commands JAX's cache (``.../xla``)."""
     off = environ.get(_NO_CACHE_ENV, "") not in ("", "0")
-    if off or args.no_cache or args.command == "list":
+    if off or args.no_cache or args._cache is None:
         return None
     if environ.get("JAX_COMPILATION_CACHE_DIR") or configured:
         return None
-    return compilation_cache_dir(environ)
+    return compilation_cache_dir(environ, args._cache)
 
 
 def _use_compilation_cache(args: argparse.Namespace) -> None:
-    """Turn on JAX's persistent compilation cache (see :func:`_cache_target`), so a
-    second ``jaxalign theory`` or a resumed sweep loads its programs instead of
-    compiling them again."""
+    """Turn on the command's cache (see :func:`_cache_target`), so a second
+    ``jaxalign theory`` or a resumed sweep loads its programs instead of compiling
+    them again.  JAX's cache stays off where whole programs are kept: XLA cannot
+    serialise an executable that came from it (see :mod:`jaxalign._programs`)."""
     if _cache_target(args, os.environ, None) is None:
         return
     import jax
 
     target = _cache_target(args, os.environ, jax.config.jax_compilation_cache_dir)
-    if target is not None:
+    if target is None:
+        return
+    if args._cache == "programs":
+        from jaxalign import _programs
+
+        _programs.use_directory(target)
+    else:
         jax.config.update("jax_compilation_cache_dir", target)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 

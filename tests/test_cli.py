@@ -217,29 +217,45 @@ def test_registry_is_extensible(capsys, monkeypatch):
 
 
 def test_console_script_subprocess(tmp_path):
-    """The installed script runs, and keeps its compiled programs in the user's
-    cache directory ($XDG_CACHE_HOME/jaxalign/xla) for the next call."""
+    """The installed script runs and keeps the theory report's compiled program in
+    the user's cache directory ($XDG_CACHE_HOME/jaxalign/programs); the next call
+    loads it (the file is neither removed nor rewritten) and prints the same JSON,
+    and a damaged file is replaced."""
     script = Path(sys.executable).with_name("jaxalign")
     command = [str(script)] if script.exists() else [sys.executable, "-m",
                                                      "jaxalign.cli"]
     env = {k: v for k, v in os.environ.items()
            if k not in ("JAX_COMPILATION_CACHE_DIR", "JAXALIGN_NO_CACHE")}
     env["XDG_CACHE_HOME"] = str(tmp_path)
-    ok = subprocess.run(command + BASE + ["--kl", "4", "--json"], capture_output=True,
-                        text=True, timeout=120, env=env)
-    assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout)["kl"] == pytest.approx(4.0, rel=1e-12)
-    assert any((tmp_path / "jaxalign" / "xla").iterdir())
+
+    def theory_json():
+        ok = subprocess.run(command + BASE + ["--kl", "4", "--json"],
+                            capture_output=True, text=True, timeout=120, env=env)
+        assert ok.returncode == 0, ok.stderr
+        return json.loads(ok.stdout)
+
+    first = theory_json()
+    assert first["kl"] == pytest.approx(4.0, rel=1e-12)
+    (path,) = (tmp_path / "jaxalign" / "programs").iterdir()
+    assert not (tmp_path / "jaxalign" / "xla").exists()
+    stamp = path.stat().st_mtime_ns
+    assert theory_json() == first
+    assert path.stat().st_mtime_ns == stamp
+    path.write_bytes(path.read_bytes()[:1000])
+    assert theory_json() == first
+    assert path.stat().st_size > 1000
+    assert theory_json() == first
 
 
 @pytest.mark.parametrize(
     "argv, environ, configured, expected",
     [
-        (["theory"], {"XDG_CACHE_HOME": "/c"}, None, "/c/jaxalign/xla"),
+        (["theory"], {"XDG_CACHE_HOME": "/c"}, None, "/c/jaxalign/programs"),
+        (["sweep"], {"XDG_CACHE_HOME": "/c"}, None, "/c/jaxalign/xla"),
         (["theory", "--no-cache"], {"XDG_CACHE_HOME": "/c"}, None, None),
         (["theory"], {"XDG_CACHE_HOME": "/c", "JAXALIGN_NO_CACHE": "1"}, None, None),
         (["theory"], {"XDG_CACHE_HOME": "/c", "JAXALIGN_NO_CACHE": "0"}, None,
-         "/c/jaxalign/xla"),
+         "/c/jaxalign/programs"),
         (["theory"], {"JAX_COMPILATION_CACHE_DIR": "/mine"}, None, None),
         (["theory"], {}, "/mine", None),
         (["list"], {"XDG_CACHE_HOME": "/c"}, None, None),

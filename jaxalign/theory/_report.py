@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxalign import _programs
 from jaxalign._types import check_exactly_one, check_positive_int, light_jit
 from jaxalign.models import LinearReward, MemorylessLM
 from jaxalign.theory._bounds import (
@@ -100,14 +101,15 @@ def report(lm: MemorylessLM, reward: LinearReward, *, lam: float | None = None,
                     allowed="a real number >= 0 (inf allowed)")
     else:
         x = _lam(lam, dtype)
-    values = jax.device_get(_report_values(lm, reward, x, order=order,
-                                           by_budget=kl_budget is not None))
+    values = jax.device_get(_programs.call(
+        _report_values, "theory.report", (lm, reward, x), order=order,
+        by_budget=kl_budget is not None))
     lam = float(values["lam"])
     kl_seq = float(values["kl"])
     out: dict = {
         "num_tokens": lm.num_tokens,
         "length": lm.length,
-        "probs": np.asarray(lm.probs, np.float64).tolist(),
+        "probs": np.exp(np.asarray(lm.log_probs, np.float64)).tolist(),
         "rewards": np.asarray(reward.token_rewards, np.float64).tolist(),
         "kl_budget": kl_budget,
         "lam": lam,
