@@ -960,6 +960,59 @@ def test_packed_alias_rows_and_emitted_rewards():
     np.testing.assert_array_equal(r, want)
 
 
+def _log_backward_reference(log_trans, pair, lam, length):
+    """Backward messages by SciPy's logsumexp in NumPy, step by step."""
+    import scipy.special
+
+    lh = [np.zeros(pair.shape[0])]
+    for i in reversed(range(length - 1)):
+        step = log_trans if log_trans.ndim == 2 else log_trans[i]
+        lh.append(scipy.special.logsumexp(step + lam * pair + lh[-1][None, :], axis=1))
+    return np.stack(lh[::-1])
+
+
+@pytest.mark.parametrize("scaled", [True, False])
+def test_backward_messages_scaled_and_log_space(scaled, monkeypatch, x64):
+    """The backward messages against SciPy's logsumexp, by the scaled
+    matrix-vector products with their log-space fallback (``scaled``: forced for
+    these small chains) and by the log-space recursion alone: a dense chain, a
+    time-inhomogeneous chain with zero transitions and a pair reward (rtol 1e-12);
+    and a chain whose scaled sums underflow (P = I, r = (0, 1), λ = 10, n = 100:
+    h_t = (1, e^{λ(n-1-t)})), where the products alone give log h = -inf for
+    state 0 and the fallback the exact 0."""
+    from jaxalign.markov import _finite
+    from jaxalign.markov._finite import _backward
+
+    if scaled:
+        monkeypatch.setattr(_finite, "_LINEAR_FROM", 0)
+
+    rng = np.random.default_rng(12)
+    k, n = 7, 40
+    dense = np.log(rng.dirichlet(np.ones(k), size=k))
+    pair = rng.normal(size=(k, k))
+    sparse = np.log(rng.dirichlet(np.ones(k), size=(n - 1, k)))
+    sparse[rng.random(sparse.shape) < 0.3] = -np.inf
+    sparse[..., 0] = np.log(0.5)  # every row keeps a successor
+    for log_trans, lam in ((dense, 0.7), (sparse, -1.3), (dense, 25.0)):
+        got = np.asarray(_backward(jnp.asarray(log_trans), jnp.asarray(pair), lam, n))
+        want = _log_backward_reference(log_trans, pair, lam, n)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    if scaled:  # log Z, E R, Var R (forward mode through the products) agree
+        args = (jnp.log(jnp.full(k, 1 / k)), jnp.asarray(sparse), jnp.zeros(k),
+                jnp.asarray(pair), jnp.float64(0.4), n)
+        got = np.asarray(_finite._moments(*args))
+        monkeypatch.setattr(_finite, "_LINEAR_FROM", 2**62)
+        np.testing.assert_allclose(got, np.asarray(_finite._moments(*args)),
+                                   rtol=1e-12)
+        monkeypatch.setattr(_finite, "_LINEAR_FROM", 0)
+    eye = np.array([[0.0, -np.inf], [-np.inf, 0.0]])  # log of the identity
+    reward = np.array([[0.0, 1.0], [0.0, 1.0]])
+    got = np.asarray(_backward(jnp.asarray(eye), jnp.asarray(reward), 10.0, 100))
+    t = np.arange(100)
+    np.testing.assert_allclose(got, np.stack([0 * t, 10.0 * (99 - t)], 1),
+                               rtol=1e-13, atol=0)
+
+
 @pytest.mark.parametrize("spread", [3.0, 2000.0])
 def test_perron_squaring_against_a_log_space_sum(spread, x64):
     """The Perron power iteration squares M in linear space (one matrix product,
