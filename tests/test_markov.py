@@ -960,6 +960,31 @@ def test_packed_alias_rows_and_emitted_rewards():
     np.testing.assert_array_equal(r, want)
 
 
+def test_lam_for_kl_on_the_large_chain_path(monkeypatch, x64):
+    """``lam_for_kl`` as chains with K^2 n > 2^20 run it (scaled recursion; the
+    polish skipped where eps (n + |λE| + |log Z|) < 1e-13 Δ), forced on the small
+    model: KL(φ_λ‖P) by enumeration equals Δ to 1e-11 (1e-7 at Δ = 1e-8; the
+    small budgets are polished, the large ones not), and the chain KL at
+    Δ = 1e-12 to 1e-9."""
+    from jaxalign.markov import _finite
+    from jaxalign.markov._model import _prepare
+
+    monkeypatch.setattr(_finite, "_LINEAR_FROM", 0)
+    lm, reward = _model()
+    en = _linear_enum()
+    args = _prepare(lm, reward)[:4]
+    solve = jax.jit(lambda budget: _finite._solve_lam(*args, budget, lm.length))
+    for budget in (1e-8, 1e-3, 0.5, 2.0):
+        lam = float(solve(jnp.float64(budget)))
+        phi, _ = en.tilted(lam)
+        assert _kl(phi, en.prob) == pytest.approx(budget, rel=1e-11 if budget > 1e-4
+                                                  else 1e-7)
+    # Where λE - log Z cancels (relative error ~1e-5 unpolished), the polish
+    # brings the chain's own (cancellation-free) KL to the budget.
+    lam = solve(jnp.float64(1e-12))
+    assert float(markov.kl(lm, reward, lam)) == pytest.approx(1e-12, rel=1e-9)
+
+
 def _log_backward_reference(log_trans, pair, lam, length):
     """Backward messages by SciPy's logsumexp in NumPy, step by step."""
     import scipy.special
