@@ -639,6 +639,18 @@ def test_law_too_big_for_memory_is_refused_up_front():
         markov.reward_law(lm, jaxalign.LinearReward([0.0, 1.0]))
 
 
+def test_tilt_too_big_for_memory_is_refused_up_front():
+    """The tilt and the power chain store (n - 1, K, K) transitions: K = 4096,
+    n = 10^4 (about 3.7 TB) is refused before any work, with its estimate."""
+    lm = jaxalign.MarkovLM.sticky(np.full(4096, 1 / 4096), 0.3, length=10**4)
+    reward = jaxalign.LinearReward(np.linspace(0.0, 1.0, 4096))
+    with pytest.raises(ValueError, match=r"markov.tilt .* \(9999, 4096, 4096\).*"
+                                         "estimated peak memory .* GiB"):
+        markov.tilt(lm, reward, 0.5)
+    with pytest.raises(ValueError, match="markov.power_chain .* GiB"):
+        markov.power_chain(lm, 2.0)
+
+
 def test_exact_reward_law_takes_a_chain_through_the_protocol():
     lm = jaxalign.MarkovLM.sticky(np.array([0.5, 0.3, 0.2]), 0.4, length=6)
     reward = jaxalign.LinearReward([0.0, 1.0, 2.0])

@@ -304,6 +304,21 @@ _backward_jit = light_jit(_backward, static_argnames="length", light_when=_SMALL
 _tilt_jit = light_jit(_tilt_arrays, static_argnames="length", light_when=_SMALL)
 
 
+def _check_steps_fit(name: str, lm: MarkovLM, dtype) -> None:
+    """Refuse, before any work, a chain of ``(n - 1, K, K)`` transitions that
+    would not fit in memory (the program holds about three arrays of that size)."""
+    from jaxalign.exact._lattice import _available_memory
+
+    k, steps = lm.num_tokens, max(lm.length - 1, 0)
+    need, have = 3 * steps * k * k * jnp.dtype(dtype).itemsize, _available_memory()
+    if need > have:
+        raise ValueError(
+            f"{name} builds (n - 1, K, K) = ({steps}, {k}, {k}) transitions: "
+            f"estimated peak memory {need / 2**30:.3g} GiB, more than the "
+            f"{have / 2**30:.3g} GiB available; tilt_summary, kl, lam_for_kl and "
+            "optimal_reward need only (n, K) messages, or use a shorter length")
+
+
 def tilt(lm: MarkovLM, reward, lam: ArrayLike) -> MarkovLM:
     r"""The KL-optimal policy ``φ_λ ∝ P e^{λR}``: a time-inhomogeneous chain.
 
@@ -323,6 +338,7 @@ def tilt(lm: MarkovLM, reward, lam: ArrayLike) -> MarkovLM:
     """
     log_init, log_trans, first, pair, dtype = _prepare(lm, reward)
     lam = _scalar(lam, "lam", dtype)
+    _check_steps_fit("markov.tilt", lm, dtype)
     init, trans = _tilt_jit(log_init, log_trans, first, pair, lam, lm.length)
     return MarkovLM.unchecked(init, trans, lm.length)
 
@@ -709,6 +725,7 @@ def power_chain(lm: MarkovLM, alpha: ArrayLike) -> MarkovLM:
     """
     _check_model(lm)
     alpha = _alpha(alpha, lm.log_init.dtype)
+    _check_steps_fit("markov.power_chain", lm, lm.log_init.dtype)
     init, trans = _power_arrays(lm.log_init, lm.log_trans, alpha, lm.length)
     return MarkovLM.unchecked(init, trans, lm.length)
 
