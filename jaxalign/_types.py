@@ -27,7 +27,7 @@ def device_array(x: Any, dtype: Any = None) -> jax.Array:
     """``jnp.asarray(x, dtype)``, by a plain transfer for host data: in this JAX,
     ``jnp.asarray`` of a NumPy array runs a compiled copy (0.07-0.1 s in a new
     process, e.g. the CLI's), ``jax.device_put`` none."""
-    if isinstance(x, jax.Array | jax.core.Tracer):
+    if isinstance(x, jax.Array):  # (tracers too)
         return jnp.asarray(x, dtype)
     return jax.device_put(np.asarray(x, dtype))
 

@@ -981,7 +981,7 @@ def test_lam_for_kl_on_the_large_chain_path(monkeypatch, x64):
     from jaxalign.markov import _finite
     from jaxalign.markov._model import _prepare
 
-    monkeypatch.setattr(_finite, "_LINEAR_FROM", 0)
+    monkeypatch.setattr(_finite, "_SMALL_CHAIN", 0)
     lm, reward = _model()
     en = _linear_enum()
     args = _prepare(lm, reward)[:4]
@@ -1021,7 +1021,7 @@ def test_backward_messages_scaled_and_log_space(scaled, monkeypatch, x64):
     from jaxalign.markov._finite import _backward
 
     if scaled:
-        monkeypatch.setattr(_finite, "_LINEAR_FROM", 0)
+        monkeypatch.setattr(_finite, "_SMALL_CHAIN", 0)
 
     rng = np.random.default_rng(12)
     k, n = 7, 40
@@ -1038,10 +1038,10 @@ def test_backward_messages_scaled_and_log_space(scaled, monkeypatch, x64):
         args = (jnp.log(jnp.full(k, 1 / k)), jnp.asarray(sparse), jnp.zeros(k),
                 jnp.asarray(pair), jnp.float64(0.4), n)
         got = np.asarray(_finite._moments(*args))
-        monkeypatch.setattr(_finite, "_LINEAR_FROM", 2**62)
+        monkeypatch.setattr(_finite, "_SMALL_CHAIN", 2**62)
         np.testing.assert_allclose(got, np.asarray(_finite._moments(*args)),
                                    rtol=1e-12)
-        monkeypatch.setattr(_finite, "_LINEAR_FROM", 0)
+        monkeypatch.setattr(_finite, "_SMALL_CHAIN", 0)
     eye = np.array([[0.0, -np.inf], [-np.inf, 0.0]])  # log of the identity
     reward = np.array([[0.0, 1.0], [0.0, 1.0]])
     got = np.asarray(_backward(jnp.asarray(eye), jnp.asarray(reward), 10.0, 100))

@@ -29,10 +29,21 @@ from jaxalign.models import (
 # ------------------------------------------------------------------------ recursions
 
 
-# Light compiler options (light_jit) for chains with K^2 n <= 2^20: at K = 16, n = 64
-# lam_for_kl's first call took 1.6 s instead of 3.0 s, but at K = 256, n = 1024 it ran
-# 4x slower (23.5 s against 6.1 s), so long chains keep XLA's defaults.
-_SMALL = small_work(2**20)
+# Small chains (K^2 n <= 2^20) are compile-bound, large ones run long:
+# * small ones compile with light options (light_jit): at K = 16, n = 64 lam_for_kl's
+#   first call took 1.6 s instead of 3.0 s, but at K = 256, n = 1024 it ran 4x
+#   slower (23.5 s against 6.1 s);
+# * large ones use the scaled recursion of _backward and let lam_for_kl skip its
+#   polish where rounding allows: at K = 256, n = 1024 lam_for_kl took 1.3 s a call
+#   instead of 5.4 s, but the program, which carries the log-space recursion as a
+#   fallback and the polish as a branch, compiled 1.2-1.7 s longer at K = 16
+#   (lam_for_kl's first call 1.5 -> 3.2 s at n = 64).
+_SMALL_CHAIN = 2**20
+_SMALL = small_work(_SMALL_CHAIN)
+
+
+def _small_chain(k: int, length: int) -> bool:
+    return k * k * length <= _SMALL_CHAIN
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,12 +73,6 @@ def _step(log_trans: Array, i) -> Array:
     return log_trans[i]
 
 
-# Chains with K^2 n above this use the scaled recursion of _backward (and
-# lam_for_kl skips its polish where rounding allows): it runs 2x
-# faster (K = 16, n = 1024: lam_for_kl 0.23 -> 0.11 s a call; K = 256: 5.4 -> 2.5 s)
-# but its program, which carries the log-space recursion as a fallback, compiled
-# 1.2-1.7 s longer at K = 16 (lam_for_kl's first call 1.5 -> 3.2 s at n = 64).
-_LINEAR_FROM = 2**20
 # A scaled sum below this may have lost terms to underflow (each under 2^-1074 of the
 # largest); above it the lost part is under K 2^-114 of the sum.
 _TINY = 2.0**-960
@@ -117,7 +122,7 @@ def _backward(log_trans, pair, lam, length: int) -> Array:
 
         return jax.lax.scan(body, last, steps, reverse=True)[1]
 
-    if k * k * length <= _LINEAR_FROM:  # small: one recursion compiles sooner
+    if _small_chain(k, length):  # one recursion compiles sooner
         return jnp.concatenate([log_space(), last[None, :]], axis=0)
     start = (jnp.ones(k, dtype), jnp.zeros((), dtype), jnp.zeros((), bool))
     (_, _, bad), hs = jax.lax.scan(linear, start, steps, reverse=True)
@@ -526,7 +531,7 @@ def _solve_lam(log_init, log_trans, first, pair, budget, length: int):
             lam = lam - jnp.where(slope > 0, (k - target) / slope, 0.0)
         return lam
 
-    if pair.shape[0] ** 2 * length <= _LINEAR_FROM:
+    if _small_chain(pair.shape[0], length):
         lam = polish(lam)
     else:
         logz, mean, _ = _moments(log_init, log_trans, first, pair, lam, length)

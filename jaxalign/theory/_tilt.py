@@ -317,16 +317,15 @@ def _scalar(value: ArrayLike, name: str, dtype, *, allow_inf: bool = True,
             check_real(value, name, minimum=minimum, allow_inf=allow_inf)
         except ValueError as err:
             raise ValueError(f"{err}; allowed: {allowed}") from None
-    # Host numbers are converted by NumPy: an eager cast compiles a program first
-    # in a new process.
-    host = is_concrete(value) and not isinstance(value, jax.Array)
-    arr = np.asarray(value) if host else jnp.asarray(value)
+    # Host numbers stay NumPy until device_array: an eager cast compiles a program
+    # first in a new process.
+    arr = value if isinstance(value, jax.Array) else np.asarray(value)
     if arr.ndim != 0:
         raise ValueError(
             f"{name} must be a scalar (shape ()), got shape {arr.shape}; "
             f"use jax.vmap to evaluate a batch"
         )
-    return device_array(arr, dtype) if host else arr.astype(dtype)
+    return device_array(arr, dtype)
 
 
 def _lam(lam, dtype, *, allow_inf=True):
