@@ -10,8 +10,6 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 import numpy as np
-import scipy.fft
-import scipy.special
 
 from jaxalign._numerics import compositions, lse, lse_by_group
 from jaxalign._types import Array, renamed_keyword
@@ -129,14 +127,20 @@ def _snap(r: np.ndarray, span: float):
     return a, float(span), k, float(np.max(np.abs(r - a - span * k)))
 
 
+# SciPy is imported where it is used (scipy.fft and scipy.special: 0.2 s,
+# scipy.optimize: 0.4 s), so importing jaxalign's samplers and theory needs none of it.
+
+
 def _brentq(*args, **kwargs):
-    import scipy.optimize  # imported on first use: 0.4 s, not needed by most laws
+    import scipy.optimize
 
     return scipy.optimize.brentq(*args, **kwargs)
 
 
 def _bool_convolve(x: np.ndarray, y: np.ndarray, width: int) -> np.ndarray:
     """The first ``width`` entries of the sumset indicator of ``x`` and ``y`` (0/1)."""
+    import scipy.fft
+
     x, y = x[:width].astype(np.float64), y[:width].astype(np.float64)
     # A linear convolution by one zero-padded real FFT (scipy.fft, not
     # scipy.signal, which costs 0.9 s to import); 0/1 inputs, so rounding of
@@ -223,6 +227,8 @@ def _low_frequencies(x: np.ndarray, length: int, cut: int) -> np.ndarray:
     """``sum_l x_l e^{iω_k l}`` at ``ω_k = 2π k / length``, ``k < cut``: directly
     (``e^{iωl}`` as products of two accurate exponentials, over blocks of about
     ``sqrt(len(x))``) when that is cheaper than a length-``length`` FFT."""
+    import scipy.fft
+
     if cut * len(x) > length or len(x) == 0:
         return np.conj(scipy.fft.rfft(x, length)[:cut])
     block = max(1, math.isqrt(len(x)))
@@ -262,6 +268,8 @@ def _centred_cf(w: np.ndarray, length: int, floor: float):
     (error ``~ε``) is as accurate and is used instead.  With few steps the low
     frequencies are the direct sum ``Σ_j w_j E(ω(j - μ))`` (same error).
     """
+    import scipy.fft
+
     d = len(w) - 1
     m = int(round(float(np.sum(w * np.arange(d + 1.0)))))
     plus, minus = w[m + 1 :], w[:m][::-1]
@@ -342,6 +350,8 @@ class _Tilter:
     def window(self, theta: float):
         """(first s, log P(S = s) for s in the window, log of its signal-to-noise
         ratio: the inverse of the estimated relative error of P(S = s))."""
+        import scipy.fft
+
         n, size = self.n, self.size
         lam = self.log_mgf(theta)
         tilted = np.zeros(self.d + 1)
@@ -542,6 +552,8 @@ _MAX_TYPES_DEFAULT = 2_000_000
 
 def _types_law(log_p: np.ndarray, r: np.ndarray, n: int, max_types: int):
     """Exact law of R by enumerating types (counts per distinct reward value)."""
+    import scipy.special
+
     distinct, inverse = np.unique(r, return_inverse=True)
     log_w = lse_by_group(inverse, log_p, len(distinct))
     k = len(distinct)
