@@ -5,8 +5,15 @@ with 130.  While NumPy, JAX and the CLI are being imported, a Ctrl-C is only
 recorded and acted on once the imports finish: interrupting the initialisation of
 their native extensions crashed the process (exit -6 or -11) or surfaced as an
 ``ImportError`` traceback.
+
+Once the command has returned, every object is moved out of the garbage
+collector's sight (``gc.freeze``): the interpreter's last collections at exit
+walked the whole of JAX's object graph, 0.2-0.25 s of a cached
+``jaxalign theory`` (1.5 s), for nothing (the process is ending; files are
+closed and standard streams flushed as before, and exit handlers still run).
 """
 
+import gc
 import signal
 import sys
 
@@ -29,7 +36,9 @@ def main() -> int:
     if interrupted:
         print("jaxalign: interrupted", file=sys.stderr)
         return 130
-    return cli_main()
+    code = cli_main()
+    gc.freeze()  # a fast exit (module docstring)
+    return code
 
 
 if __name__ == "__main__":
