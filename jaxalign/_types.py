@@ -6,6 +6,7 @@ import functools
 import inspect
 import math
 import operator
+import os
 import warnings
 from typing import Any
 
@@ -30,6 +31,29 @@ def device_array(x: Any, dtype: Any = None) -> jax.Array:
     if isinstance(x, jax.Array):  # (tracers too)
         return jnp.asarray(x, dtype)
     return jax.device_put(np.asarray(x, dtype))
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (Linux ``MemAvailable``), else physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(need: float, what: str, advice: str) -> None:
+    """Refuse, before any work, a computation whose estimated peak memory ``need``
+    (bytes) exceeds :func:`available_memory`: ``ValueError`` naming ``what``, the
+    estimate and ``advice``."""
+    have = available_memory()
+    if need > have:
+        raise ValueError(
+            f"{what}: estimated peak memory {need / 2**30:.3g} GiB, more than the "
+            f"{have / 2**30:.3g} GiB available; {advice}")
 
 
 def classic_threefry(fn):

@@ -4,7 +4,6 @@ the types law, tilted laws, exact tails and the Bahadur–Rao approximation."""
 from __future__ import annotations
 
 import math
-import os
 from fractions import Fraction
 from typing import NamedTuple
 
@@ -12,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxalign._numerics import compositions, lse, lse_by_group
-from jaxalign._types import Array, renamed_keyword
+from jaxalign._types import Array, check_memory, renamed_keyword
 from jaxalign.models import BaseModel, LinearReward, MemorylessLM, check_compatible
 
 # Relative tolerance for lattice detection, by input dtype (module docstring of
@@ -582,29 +581,14 @@ def _types_law(log_p: np.ndarray, r: np.ndarray, n: int, max_types: int):
     return values[new_group], merged
 
 
-def _available_memory() -> int:
-    """Bytes of memory available now (Linux ``MemAvailable``), else physical memory."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 def _check_memory(points: int, tokens: int) -> None:
     """Refuse, before any work, a lattice law that would not fit in memory."""
-    need = _BYTES_PER_POINT * points + _BYTES_PER_TOKEN * tokens
-    have = _available_memory()
-    if need > have:
-        raise ValueError(
-            f"the lattice law has n * max_k + 1 = {points} points: estimated peak "
-            f"memory {need / 2**30:.3g} GiB ({_BYTES_PER_POINT} bytes a point), more "
-            f"than the {have / 2**30:.3g} GiB available; pass a coarser span=h or a "
-            "shorter length, or use bahadur_rao_log_tail or token-level sampling"
-        )
+    check_memory(
+        _BYTES_PER_POINT * points + _BYTES_PER_TOKEN * tokens,
+        f"the lattice law has n * max_k + 1 = {points} points ({_BYTES_PER_POINT} "
+        "bytes a point)",
+        "pass a coarser span=h or a shorter length, or use bahadur_rao_log_tail or "
+        "token-level sampling")
 
 
 def _law_numpy(lm, reward, span, rtol, max_steps, algorithm, max_types):

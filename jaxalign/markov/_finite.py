@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from jaxalign._types import (
     Array,
     ArrayLike,
+    check_memory,
     is_concrete,
     light_jit,
     small_work,
@@ -312,16 +313,11 @@ _tilt_jit = light_jit(_tilt_arrays, static_argnames="length", light_when=_SMALL)
 def _check_steps_fit(name: str, lm: MarkovLM, dtype) -> None:
     """Refuse, before any work, a chain of ``(n - 1, K, K)`` transitions that
     would not fit in memory (the program holds about three arrays of that size)."""
-    from jaxalign.exact._lattice import _available_memory
-
     k, steps = lm.num_tokens, max(lm.length - 1, 0)
-    need, have = 3 * steps * k * k * jnp.dtype(dtype).itemsize, _available_memory()
-    if need > have:
-        raise ValueError(
-            f"{name} builds (n - 1, K, K) = ({steps}, {k}, {k}) transitions: "
-            f"estimated peak memory {need / 2**30:.3g} GiB, more than the "
-            f"{have / 2**30:.3g} GiB available; tilt_summary, kl, lam_for_kl and "
-            "optimal_reward need only (n, K) messages, or use a shorter length")
+    check_memory(3 * steps * k * k * jnp.dtype(dtype).itemsize,
+                 f"{name} builds (n - 1, K, K) = ({steps}, {k}, {k}) transitions",
+                 "tilt_summary, kl, lam_for_kl and optimal_reward need only (n, K) "
+                 "messages, or use a shorter length")
 
 
 def tilt(lm: MarkovLM, reward, lam: ArrayLike) -> MarkovLM:

@@ -10,6 +10,7 @@ import numpy as np
 
 from jaxalign._types import (
     Array,
+    check_memory,
     renamed_keyword,
 )
 from jaxalign.markov._finite import (
@@ -145,16 +146,10 @@ def _law_numpy(lm, reward, span=None, rtol=None, max_steps=1_000_000,
     n, k = lm.length, lm.num_tokens
     d = int(max(k_first.max(), k_pair.max()))
     size = n * d + 1
-    from jaxalign.exact._lattice import _available_memory
-
     # The DP holds (state, S) tables in float64 with a few temporaries of that size.
-    need, have = 64 * k * size, _available_memory()
-    if need > have:
-        raise ValueError(
-            f"the chain's lattice law needs K x (n * max_k + 1) = {k} x {size} DP "
-            f"entries: estimated peak memory {need / 2**30:.3g} GiB, more than the "
-            f"{have / 2**30:.3g} GiB available; pass a coarser span=h or a shorter "
-            "length")
+    check_memory(64 * k * size,
+                 f"the chain's lattice law needs K x (n * max_k + 1) = {k} x {size} DP "
+                 "entries", "pass a coarser span=h or a shorter length")
     # k(a, b) = k(b) wherever P(a, b) > 0 (linear rewards): one product per step.
     k_col = np.max(np.where(on_pair, k_pair, 0), axis=0)
     linear = bool(np.all((k_pair == k_col[None, :]) | ~on_pair))
