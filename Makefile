@@ -21,10 +21,11 @@ demo: $(STAMP)
 # Two workers, one test file each at a time (--dist loadfile): a file's tests share the
 # programs its worker compiled (its tests use the same shapes), where spreading them over
 # both workers compiled many twice.  The tests' CPU time: 726 -> 682 s on a first run,
-# 394 -> 355 s on a later one; wall 391 -> 380 s and 216 -> 206 s (2-core CPU).
+# 394 -> 355 s on a later one; wall 391 -> 380 s and 216 -> 206 s (2-core CPU).  Files
+# go out slowest first, in tests/conftest.py's order (--no-loadscope-reorder keeps it).
 test: $(STAMP)
 	$(BIN)/ruff check jaxalign tests benchmarks
-	$(BIN)/python -m pytest -n 2 --dist loadfile -q; rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
+	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q; rc=$$?; if [ $$rc -eq 5 ]; then rc=0; fi; exit $$rc
 
 # The paper notebooks as executed notebooks/*.ipynb (figures inline; built from the
 # jupytext sources notebooks/*.py, which stay the only ones in git). Open them with
